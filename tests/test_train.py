@@ -1,0 +1,210 @@
+"""Training loop, registry and inference API on a tiny generated UTKFace-style dataset (no network, no ../shared)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _face(rng: np.random.Generator, age: int, gender: int, size: int = 40) -> np.ndarray:
+    """A synthetic 'face' whose brightness follows age and whose hue follows gender, so models can learn."""
+    img = rng.integers(0, 40, (size, size, 3)).astype(np.float32)
+    img += age * 2.0
+    img[..., 2 * gender] += 60
+    cv2.circle(img, (size // 2, size // 2), size // 3, (200, 180, 160), -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A scanned 120-image dataset with ZOO_ARTIFACTS / ZOO_CACHE pointing into a temp dir."""
+    base = tmp_path_factory.mktemp("zoo")
+    root = base / "utk"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(120):
+        age, gender, race = int(rng.integers(1, 90)), int(rng.integers(0, 2)), int(rng.integers(0, 5))
+        cv2.imwrite(str(root / f"{age}_{gender}_{race}_2017010{i:010d}.jpg.chip.jpg"), _face(rng, age, gender))
+    env = {"ZOO_ARTIFACTS": str(base / "artifacts"), "ZOO_CACHE": str(base / "cache")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        from zoo.data.manifest import scan
+
+        scan("utkface", root, progress=False)
+        yield {"base": base, "root": root, "env": env}
+
+
+def _cfg(**kw):
+    from zoo.config import TrainConfig
+
+    base = dict(name="tiny", backbone="seed_cnn", backbone_kwargs={"width": 8, "hidden": 32}, formulation="dldl",
+                img_size=32, epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5, dropout=0.3, patience=50)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_registers_run_and_loads_with_safetensors(tiny):
+    from zoo.registry import list_runs, load, runs_table
+    from zoo.train import train
+
+    r = train(_cfg(), progress=False)
+    run_dir = Path(tiny["env"]["ZOO_ARTIFACTS"]) / "runs" / r["id"]
+    assert (run_dir / "run.json").exists() and not (run_dir / "state.pt").exists()
+    sd = load_file(str(run_dir / "best.safetensors"))
+    assert all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point())
+    hist = pd.read_csv(run_dir / "history.csv")
+    assert list(hist["epoch"]) == [1, 2]
+    assert {"mae", "gender_acc"} <= set(r["metrics"]["test"])
+    assert r["params"] > 0 and r["flops"] > 0 and r["infer_img_s"] > 0
+    assert r["id"] in [x["id"] for x in list_runs()]
+    assert runs_table().loc[lambda t: t.id == r["id"], "test_mae"].notna().all()
+    out = load(r["id"]).predict(np.zeros((3, 50, 50, 3), np.uint8))
+    assert out["age"].shape == (3,) and np.isfinite(out["age"]).all()
+    # Same config again: skipped (returns the registered record without training).
+    t0 = time.perf_counter()
+    assert train(_cfg(), progress=False)["created"] == r["created"]
+    assert time.perf_counter() - t0 < 5
+
+
+def test_every_formulation_and_task_mix_trains(tiny):
+    from zoo.formulations import list_formulations
+    from zoo.train import Trainer
+
+    for name in list_formulations():
+        t = Trainer(_cfg(formulation=name, epochs=1), progress=False, root=tiny["base"] / "scratch")
+        stats = t.train_epoch()
+        assert np.isfinite(stats["train_loss"]), name
+    for tasks in (["age"], ["gender"], ["age", "gender", "race"]):
+        t = Trainer(_cfg(tasks=tasks, epochs=1), progress=False, root=tiny["base"] / "scratch")
+        assert np.isfinite(t.train_epoch()["train_loss"]), tasks
+
+
+@pytest.mark.parametrize("strategy", [dict(augment="strong"), dict(train_fraction=0.25), dict(age_balance="lds"),
+                                      dict(age_balance="balanced_sampler"), dict(gender_balance="undersample"),
+                                      dict(gender_balance="reweight"), dict(gender_loss="focal"),
+                                      dict(schedule="plateau", optimizer="sgd")])
+def test_data_strategies_train(tiny, strategy):
+    from zoo.train import Trainer
+
+    t = Trainer(_cfg(epochs=1, **strategy), progress=False, root=tiny["base"] / "scratch")
+    assert np.isfinite(t.train_epoch()["train_loss"])
+    if strategy.get("train_fraction"):
+        from zoo.data.manifest import load_manifest
+
+        n_train = (load_manifest("utkface").frame["split"] == "train").sum()
+        assert len(t.feeder.idx) == round(n_train * 0.25)
+    if strategy.get("gender_balance") == "undersample":
+        g = t.data.gender[t.feeder.idx]
+        assert (g == 0).sum() == (g == 1).sum()
+
+
+def test_kill_and_resume_finishes_with_all_epochs(tiny, tmp_path):
+    cfg_path = tmp_path / "cfg.yaml"
+    epochs = 25
+    cfg_path.write_text(_cfg(name="resume", epochs=epochs, seed=7).to_yaml())
+    env = {**os.environ, **tiny["env"], "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "zoo", "train", "--config", str(cfg_path)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = Path(tiny["env"]["ZOO_ARTIFACTS"]) / "runs"
+    deadline = time.time() + 120
+    hist = None
+    while time.time() < deadline and proc.poll() is None:
+        found = [p for p in runs.glob("seed_cnn-dldl-*/history.csv") if "resume" in (p.parent / "config.yaml").read_text()]
+        if found:
+            hist = found[0]
+            break
+        time.sleep(0.02)
+    assert hist is not None, "training never finished an epoch"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = len(pd.read_csv(hist))
+    assert killed_at < epochs and not (hist.parent / "run.json").exists()
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming after epoch" in done.stdout
+    h = pd.read_csv(hist)
+    assert list(h["epoch"]) == list(range(1, epochs + 1))
+    assert json.loads((hist.parent / "run.json").read_text())["epochs_run"] == epochs
+
+
+def test_mc_dropout_tta_and_ensemble_shapes(tiny):
+    from zoo.ensemble import make_ensemble
+    from zoo.registry import load
+    from zoo.train import train
+
+    ids = [train(_cfg(seed=s, epochs=1), progress=False)["id"] for s in (1, 2)]
+    imgs = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    p = load(ids[0])
+    mc = p.predict(imgs, mc_dropout=8)
+    assert (mc["sigma_epistemic"] > 0).all()
+    plain = p.predict(imgs)
+    assert np.isnan(plain["sigma_epistemic"]).all() and np.isnan(plain["sigma_tta"]).all()
+    assert np.allclose(plain["age"], p.predict(imgs)["age"])  # deterministic without MC-Dropout
+    no_drop = load(train(_cfg(seed=3, epochs=1, dropout=0.0, backbone_kwargs={"width": 8, "hidden": 32,
+                                                                              "dropout": 0.0}),
+                         progress=False)["id"])
+    assert np.allclose(no_drop.predict(imgs, mc_dropout=5)["sigma_epistemic"], 0, atol=1e-5)
+    for mode, expect_views in (("flip", 2), ("flip+crop", 4)):
+        t = p.predict(imgs, tta=mode)
+        assert t["sigma_tta"].shape == (5,) and (t["sigma_tta"] >= 0).all()
+    e = make_ensemble(ids, progress=False)
+    assert e["kind"] == "ensemble" and set(e["members"]) == set(ids)
+    ens = load(e["id"])
+    out = ens.predict(imgs, tta="flip")
+    members = [load(i).predict(imgs, tta="flip")["age"] for i in ids]
+    assert all(out[k].shape == (5,) for k in out)
+    assert np.allclose(out["age"], np.mean(members, axis=0), atol=1e-4)
+    assert np.allclose(out["sigma_epistemic"], np.std(members, axis=0), atol=1e-4)
+
+
+def test_adabn_changes_only_bn_statistics(tiny):
+    from zoo.adabn import adapt
+    from zoo.registry import build_network, get_run
+    from zoo.train import train
+
+    parent = train(_cfg(seed=5, epochs=1), progress=False)
+    r = adapt(parent["id"], "utkface", split="test")
+    before = build_network(get_run(parent["id"])).state_dict()
+    after = build_network(get_run(r["id"])).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "AdaBN changed nothing"
+    assert all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed), changed
+
+
+def test_list_cli_on_empty_and_populated_registry(tiny, tmp_path, capsys, monkeypatch):
+    from zoo.cli import main
+
+    monkeypatch.setenv("ZOO_ARTIFACTS", str(tmp_path / "empty"))
+    assert main(["list"]) == 0
+    assert "registry is empty" in capsys.readouterr().out
+    monkeypatch.setenv("ZOO_ARTIFACTS", tiny["env"]["ZOO_ARTIFACTS"])
+    from zoo.train import train
+
+    rid = train(_cfg(), progress=False)["id"]
+    assert main(["list"]) == 0
+    assert rid in capsys.readouterr().out
+
+
+def test_freeze_linear_probe_keeps_backbone_and_bn_stats(tiny):
+    from zoo.train import Trainer
+
+    t = Trainer(_cfg(backbone="resnet18", backbone_kwargs={}, freeze="linear_probe", epochs=1), progress=False,
+                root=tiny["base"] / "scratch")
+    before = {k: v.clone() for k, v in t.model.backbone.state_dict().items()}
+    t.train_epoch()
+    after = t.model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith("num_batches_tracked"))

@@ -1,0 +1,85 @@
+"""Config identity, sweeps, augmentation presets, imbalance strategies and backbones."""
+import numpy as np
+import pytest
+import torch
+
+from zoo.augment import AUGMENTS, AugmentPreset, augment_batch
+from zoo.backbones import create_backbone, list_backbones
+from zoo.balance import AGE_BALANCE, balance
+from zoo.config import TrainConfig, expand_grid
+
+
+def test_run_id_is_config_plus_data_hash():
+    a = TrainConfig(name="x")
+    assert a.run_id("d1") == TrainConfig(name="renamed").run_id("d1")  # the label is not identity
+    assert a.run_id("d1") != a.run_id("d2")
+    assert a.run_id("d1") != TrainConfig(lr=1e-4).run_id("d1")
+    assert a.run_id("d1").startswith("resnet18-dldl-")
+
+
+def test_config_rejects_unknown_keys_and_expands_sweeps():
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_dict({"learning_rate": 1})
+    spec = {"base": {"backbone": "seed_cnn"}, "runs": [{"name": "a"}],
+            "grid": {"augment": ["none", "strong"], "train_fraction": [0.1, 1.0]}}
+    cfgs = expand_grid(spec)
+    assert len(cfgs) == 5 and all(c.backbone == "seed_cnn" for c in cfgs)
+    assert {(c.augment, c.train_fraction) for c in cfgs[1:]} == {("none", 0.1), ("none", 1.0), ("strong", 0.1),
+                                                                 ("strong", 1.0)}
+    assert TrainConfig.from_dict(yaml_roundtrip(cfgs[1])) == cfgs[1]
+
+
+def yaml_roundtrip(cfg):
+    import yaml
+
+    return yaml.safe_load(cfg.to_yaml())
+
+
+def test_augment_none_is_identity_and_flip_is_exact():
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.equal(augment_batch(x, "none"), x)
+    flipped = augment_batch(x, AugmentPreset(flip=1.0))
+    assert torch.allclose(flipped, x.flip(-1))
+    for name in AUGMENTS:
+        y = augment_batch(x.clone(), name)
+        assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1
+    strong = augment_batch(x.clone(), "strong", generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(strong, x)
+
+
+def test_age_balance_strategies_upweight_rare_ages():
+    age = np.array([25.0] * 90 + [80.0] * 10)
+    gender = np.array([0.0] * 50 + [1.0] * 50)
+    for name in ("inv_freq", "sqrt_inv", "lds"):
+        b = balance(age, gender, name)
+        assert np.isclose(b.weights.mean(), 1) and b.weights[-1] > b.weights[0], name
+    s = balance(age, gender, "balanced_sampler")
+    assert np.isclose(s.probs.sum(), 1) and np.isclose(s.probs[age == 80].sum(), 0.5)
+    assert set(AGE_BALANCE) >= {"none", "inv_freq", "sqrt_inv", "lds", "balanced_sampler"}
+
+
+def test_gender_balance():
+    age = np.full(10, 30.0)
+    gender = np.array([0.0] * 8 + [1.0] * 2)
+    u = balance(age, gender, gender_strategy="undersample")
+    assert (gender[u.keep] == 0).sum() == (gender[u.keep] == 1).sum() == 2
+    r = balance(age, gender, gender_strategy="reweight")
+    assert np.isclose(r.gender_weights[gender == 0].sum(), r.gender_weights[gender == 1].sum())
+    with pytest.raises(ValueError):
+        balance(age, gender, gender_strategy="oversample")
+
+
+@pytest.mark.parametrize("name", [n for n in list_backbones() if n not in ("vgg16_bn", "resnet50",
+                                                                            "efficientnet_b2")])
+def test_backbones_build_without_download(name):
+    model, dim, mean, std = create_backbone(name)
+    with torch.no_grad():
+        model.eval()
+        assert model(torch.rand(2, 3, 64, 64)).shape == (2, dim)
+
+
+def test_unknown_backbone_and_missing_checkpoint_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="unknown backbone"):
+        create_backbone("resnet9000")
+    with pytest.raises(FileNotFoundError):
+        create_backbone("resnet18", pretrained=str(tmp_path / "nope.safetensors"))

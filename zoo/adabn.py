@@ -1,0 +1,66 @@
+"""AdaBN (Li et al. 2016): adapt a trained network to a new domain by re-estimating BatchNorm statistics on the
+target's unlabelled images. Only running means/variances change; every learned weight stays as trained."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from zoo.data.cache import load_images
+from zoo.data.manifest import load_manifest
+from zoo.evaluate import evaluate
+from zoo.inference import Predictor, to_batch
+from zoo.paths import runs_dir
+from zoo.provenance import git_commit
+from zoo.registry import build_network, get_run
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, images: np.ndarray, img_size: int, batch_size: int = 128) -> nn.Module:
+    """Reset every BatchNorm's running statistics and recompute them as a cumulative average over `images`."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ValueError("model has no BatchNorm layers: AdaBN does not apply")
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every target image counts equally
+        bn.train()
+    for i in range(0, len(images), batch_size):
+        model(to_batch(images[i:i + batch_size], img_size))
+    for bn in bns:
+        bn.momentum = 0.1
+    return model.eval()
+
+
+def adapt(model_id: str, dataset: str, split: str = "train", root: Path | None = None) -> dict:
+    """Register `<model_id>-adabn-<dataset>`: the parent with BN statistics from the target's `split` images."""
+    root = root or runs_dir()
+    parent = get_run(model_id, root)
+    if parent["kind"] != "single":
+        raise ValueError(f"AdaBN adapts single networks, {model_id} is {parent['kind']!r}")
+    new_id = f"{model_id}-adabn-{dataset}"
+    out = root / new_id
+    if (out / "run.json").exists():
+        return json.loads((out / "run.json").read_text())
+    size = parent["config"]["img_size"]
+    m = load_manifest(dataset)
+    images = load_images(m, size)
+    idx = np.flatnonzero(m.frame["split"].to_numpy() == split)
+    model = reestimate_bn(build_network(parent, root), images[idx], size)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(out / "best.safetensors"))
+    record = {**{k: parent[k] for k in ("params", "flops", "infer_img_s", "config")}, "id": new_id,
+              "kind": "adapted", "parent": model_id, "name": f"{parent.get('name') or model_id} + AdaBN({dataset})",
+              "data": {**parent["data"], "adapted_to": dataset, "adapt_split": split},
+              "checkpoint": "best.safetensors", "commit": git_commit(),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    record["metrics"] = evaluate(Predictor(model, size, new_id), dataset)
+    (out / "run.json").write_text(json.dumps(record, indent=1))
+    return record

@@ -1,0 +1,112 @@
+"""Backbone registry: feature extractors mapping an image batch [B, 3, H, W] (normalised) to features [B, F].
+
+Everything trains from scratch unless the user points `pretrained` at a local checkpoint, or a backbone ships its own
+weights inside an installed package (see `zoo.pretrained`). Nothing here ever downloads.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import timm
+import torch
+from torch import nn
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def register_backbone(name: str) -> Callable:
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in BACKBONES:
+            raise ValueError(f"backbone {name!r} is already registered")
+        BACKBONES[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_backbones() -> list[str]:
+    return sorted(BACKBONES)
+
+
+class SeedCNN(nn.Module):
+    """The seed notebooks' plain Keras-style baseline: 4 x (conv-BN-ReLU-pool) with 32/64/128/256 filters, then a
+    dense layer with dropout."""
+
+    def __init__(self, width: int = 32, hidden: int = 256, dropout: float = 0.3):
+        super().__init__()
+        layers, c_in = [], 3
+        for i in range(4):
+            c_out = width * 2**i
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dense = nn.Sequential(nn.Linear(c_in, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.num_features = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.features(x))
+
+
+@register_backbone("seed_cnn")
+def seed_cnn(**kwargs) -> nn.Module:
+    return SeedCNN(**kwargs)
+
+
+def _timm_backbone(timm_name: str) -> Callable[..., nn.Module]:
+    def make(**kwargs) -> nn.Module:
+        # pretrained=False always: timm would download; local weights are loaded by `load_local_weights`.
+        return timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
+
+    make.__name__ = timm_name
+    return make
+
+
+for _name in ("resnet18", "resnet50", "efficientnet_b0", "efficientnet_b2", "mobilenetv2_100",
+              "mobilenetv3_small_100", "mobilenetv3_large_100", "vgg16_bn", "efficientnet_lite0",
+              "efficientnet_lite1", "efficientnet_lite2"):
+    register_backbone(_name)(_timm_backbone(_name))
+
+
+def load_local_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Load a local checkpoint (safetensors, or a torch state dict read with weights_only=True) into the backbone.
+    Classifier weights that do not fit are skipped; any other shape mismatch is an error. Returns skipped keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"{path}: shape mismatch for {bad[:5]}{'…' if len(bad) > 5 else ''}")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return sorted(set(state) - set(own))
+
+
+def create_backbone(name: str, pretrained: str | None = None, **kwargs) -> tuple[nn.Module, int, tuple, tuple]:
+    """Build a backbone; returns (module, feature dim, input mean, input std)."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
+    model = BACKBONES[name](**kwargs)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if pretrained == "imagenet":
+        from zoo.pretrained import load_packaged_imagenet
+
+        mean, std = load_packaged_imagenet(model, name)
+    elif pretrained:
+        load_local_weights(model, pretrained)
+    with torch.no_grad():  # feature width differs from num_features for some timm heads (mobilenetv3, vgg)
+        was = model.training
+        model.eval()
+        dim = model(torch.zeros(1, 3, 64, 64)).shape[1]
+        model.train(was)
+    return model, dim, mean, std

@@ -1,0 +1,169 @@
+"""`python -m zoo …`: scan datasets, train runs and sweeps, list the registry, adapt models to a new domain."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+
+def _print_scan_report(m) -> None:
+    from zoo.data.manifest import age_group
+
+    f = m.frame
+    print(f"\n{m.dataset}: {len(f):,} usable images (root {m.root}); manifest hash {m.hash}")
+    table = pd.crosstab([f["split"], f["gender"].map({0: "male", 1: "female"}).fillna("unknown")],
+                        f["age"].map(age_group), margins=True, margins_name="total")
+    print("\nimages by split x gender x age group:")
+    print(table.to_string())
+    dup = f["image_id"].str.contains("-").sum()
+    if dup:
+        print(f"\n{dup} byte-identical duplicate files kept (ids suffixed -1, -2…; each group held in one split)")
+    irregular = [i for i in m.issues if not i.excluded]
+    excluded = [i for i in m.issues if i.excluded]
+    for title, items in (("irregular names (kept)", irregular), ("excluded files", excluded)):
+        print(f"\n{title}: {len(items)}")
+        for i in items:
+            print(f"  {i.path!r}: {i.reason}")
+
+
+def cmd_data_scan(args: argparse.Namespace) -> int:
+    from zoo.data.manifest import manifest_path, scan
+    from zoo.data.splits import split_file_path
+
+    m = scan(args.dataset, Path(args.root), seed=args.seed)
+    _print_scan_report(m)
+    print(f"\nmanifest: {manifest_path(args.dataset)}\nsplit file: {split_file_path(args.dataset, args.seed)}")
+    return 0
+
+
+def cmd_data_cache(args: argparse.Namespace) -> int:
+    from zoo.data.cache import build_cache
+    from zoo.data.manifest import load_manifest
+
+    m = load_manifest(args.dataset, Path(args.root) if args.root else None)
+    print(build_cache(m, args.size))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from zoo.config import TrainConfig
+    from zoo.train import train
+
+    cfg = TrainConfig.from_yaml(args.config)
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        cfg = TrainConfig.from_dict({**cfg.__dict__, key: yaml.safe_load(value)})
+    r = train(cfg)
+    print(f"{r['id']}: test MAE {r['metrics']['test'].get('mae', float('nan')):.2f}, "
+          f"gender acc {r['metrics']['test'].get('gender_acc', float('nan')):.3f}")
+    return 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from zoo.config import expand_grid
+    from zoo.train import train
+
+    configs = expand_grid(yaml.safe_load(Path(args.grid).read_text()))
+    if args.only:
+        configs = [c for c in configs if any(o in c.name for o in args.only.split(","))]
+    print(f"{len(configs)} runs in {args.grid}")
+    failed = []
+    for i, cfg in enumerate(configs, 1):
+        print(f"[{i}/{len(configs)}] {cfg.name or cfg.backbone + '/' + cfg.formulation}")
+        try:
+            train(cfg)
+        except Exception as e:  # one broken run must not stop a sweep of many
+            failed.append((cfg.name, repr(e)))
+            print(f"  FAILED: {e!r}", file=sys.stderr)
+    for name, err in failed:
+        print(f"failed: {name}: {err}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from zoo.registry import runs_table
+
+    table = runs_table()
+    if table.empty:
+        print("registry is empty: train a model with `python -m zoo train --config CONFIG.yaml`")
+        return 0
+    table = table.sort_values(args.sort, na_position="last")
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from zoo.adabn import adapt
+
+    r = adapt(args.model, args.to, split=args.split)
+    print(f"{r['id']}: test MAE on {args.to} {r['metrics']['test'].get('mae', float('nan')):.2f}")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from zoo.ensemble import make_ensemble
+
+    r = make_ensemble(args.members.split(","), name=args.name)
+    print(f"{r['id']}: test MAE {r['metrics']['test'].get('mae', float('nan')):.2f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from zoo.data.readers import list_readers
+
+    p = argparse.ArgumentParser(prog="python -m zoo", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset manifests, splits and the decoded-image cache")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("scan", help="parse a dataset, verify every image, write the manifest and split file",
+                        description="Parse labels, verify that every image decodes, assign the fixed "
+                                    "60/20/20 split (or use the committed split file) and print counts and "
+                                    "every irregular or excluded file.")
+    s.add_argument("--dataset", required=True, choices=list_readers())
+    s.add_argument("--root", required=True, help="folder holding the dataset's images / CSVs")
+    s.add_argument("--seed", type=int, default=0, help="split seed; 0 is the committed, shared split")
+    s.set_defaults(fn=cmd_data_scan)
+    c = dsub.add_parser("cache", help="decode and resize every image once into the uint8 array cache")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--root", default=None)
+    c.add_argument("--size", type=int, default=64)
+    c.set_defaults(fn=cmd_data_cache)
+
+    t = sub.add_parser("train", help="train one run from a YAML config (resumes; skips a finished run)",
+                       description="Train one run. Its id is the hash of the config and the data manifest: "
+                                   "re-running a finished config does nothing, re-running an interrupted one "
+                                   "resumes from the last finished epoch.")
+    t.add_argument("--config", required=True, help="YAML file with TrainConfig fields (see zoo/config.py)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    t.set_defaults(fn=cmd_train)
+    g = sub.add_parser("grid", help="train every run of a sweep file (base + runs / grid)")
+    g.add_argument("grid", help="sweep YAML, e.g. zoo/configs/default_zoo.yaml")
+    g.add_argument("--only", help="comma-separated substrings of run names to train")
+    g.set_defaults(fn=cmd_grid)
+    ls = sub.add_parser("list", help="print every registered model with cost and accuracy")
+    ls.add_argument("--sort", default="test_mae", help="column to sort by (default test_mae)")
+    ls.set_defaults(fn=cmd_list)
+    a = sub.add_parser("adapt", help="AdaBN: re-estimate BatchNorm statistics on another dataset's images")
+    a.add_argument("model", help="registered model id")
+    a.add_argument("--to", required=True, help="target dataset (a scanned manifest)")
+    a.add_argument("--split", default="train", help="which target split's (unlabelled) images to use")
+    a.set_defaults(fn=cmd_adapt)
+    e = sub.add_parser("ensemble", help="register an ensemble of existing models")
+    e.add_argument("--members", required=True, help="comma-separated model ids")
+    e.add_argument("--name", default="")
+    e.set_defaults(fn=cmd_ensemble)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

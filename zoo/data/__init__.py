@@ -1,0 +1,1 @@
+"""Dataset layer: adapters (readers) → manifest (one schema) → fixed splits → decoded-image cache."""

@@ -1,0 +1,169 @@
+"""Build, save and load a dataset manifest: one row per usable image, one schema for every dataset.
+
+The manifest stores paths relative to the dataset root (the root is kept beside it, never inside the committed files)
+so that manifests and split files are portable between machines.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from zoo.data.readers import ReadResult, ScanIssue, get_reader
+from zoo.data.splits import assign_splits, split_file_path, write_split_file
+from zoo.paths import cache_dir, shared_data_dir
+
+COLUMNS = ["image_id", "path", "dataset", "age", "age_min", "age_max", "gender", "race", "subject_id", "split",
+           "content_hash", "extras"]
+MAX_PIXELS = 40_000_000  # decompression-bomb guard: a face crop this large is a mistake, not data
+AGE_GROUPS = [(0, 12, "0-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+")]
+
+
+def age_group(age: float) -> str:
+    for lo, hi, name in AGE_GROUPS:
+        if age < hi + 1:
+            return name
+    return AGE_GROUPS[-1][2]
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    root: Path
+    frame: pd.DataFrame
+    issues: list[ScanIssue]
+
+    @property
+    def hash(self) -> str:
+        """Identity of the data a model saw: image ids, labels and splits (not the machine-specific root)."""
+        cols = ["image_id", "age", "age_min", "age_max", "gender", "race", "split"]
+        blob = self.frame[cols].to_csv(index=False).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        self.frame.to_parquet(tmp, index=False)
+        tmp.replace(path)  # atomic: a crash never leaves a half-written manifest
+        side = {"dataset": self.dataset, "root": str(self.root), "hash": self.hash,
+                "issues": [asdict(i) for i in self.issues]}
+        path.with_suffix(".json").write_text(json.dumps(side, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        side = json.loads(path.with_suffix(".json").read_text())
+        frame = pd.read_parquet(path)
+        return cls(side["dataset"], Path(side["root"]), frame, [ScanIssue(**i) for i in side["issues"]])
+
+    def abspaths(self) -> list[Path]:
+        return [self.root / p for p in self.frame["path"]]
+
+
+def check_image(path: Path) -> tuple[str | None, str | None]:
+    """Return (sha1 of the bytes, None) for a decodable image, or (None, reason) for an unusable one."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return None, f"unreadable: {e.strerror}"
+    if not data:
+        return None, "zero-byte file"
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:
+        return None, "not an image (unrecognised format)"
+    if w * h > MAX_PIXELS:
+        return None, f"image too large ({w}x{h} px > {MAX_PIXELS // 1_000_000} MP)"
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)
+    if arr is None or arr.size == 0:
+        return None, "corrupt image (does not decode)"
+    return hashlib.sha1(data).hexdigest(), None
+
+
+def _image_ids(content_hashes: pd.Series, paths: pd.Series) -> pd.Series:
+    """image_id = first 16 hex of the content hash; byte-identical files (UTKFace has hundreds, sometimes with
+    different labels) get `-1`, `-2`… in path order so every row stays addressable."""
+    ids = content_hashes.str[:16].copy()
+    order = pd.DataFrame({"h": ids, "p": paths}).sort_values(["h", "p"])
+    rank = order.groupby("h").cumcount()
+    dup = rank > 0
+    ids.loc[order.index[dup]] = order.loc[dup, "h"] + "-" + rank[dup].astype(str)
+    return ids
+
+
+def build_manifest(dataset: str, root: Path, seed: int = 0, split_file: Path | None = None,
+                   workers: int = 4, progress: bool = True, reader: str | None = None) -> Manifest:
+    """Read labels with the dataset's reader (`reader`, default the dataset's own name, e.g. `csv` for a
+    synthetic set named `synth_ddpm`), verify every file decodes, hash it, and assign splits."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} is not a directory")
+    result: ReadResult = get_reader(reader or dataset)(root)
+    issues = list(result.issues)
+    paths = [root / r.path for r in result.records]
+    with ThreadPoolExecutor(workers) as pool:  # I/O + libjpeg release the GIL
+        checked = list(tqdm(pool.map(check_image, paths), total=len(paths), desc=f"scan {dataset}",
+                            disable=not progress, unit="img"))
+    rows = []
+    for rec, (sha, reason) in zip(result.records, checked):
+        if reason:
+            issues.append(ScanIssue(rec.path, reason, excluded=True))
+            continue
+        row = asdict(rec)
+        row["official_split"] = row.pop("split")
+        row["content_hash"] = sha
+        row["extras"] = json.dumps(row["extras"], sort_keys=True)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("image_id", "dataset", "split")]
+                         + ["official_split"])
+    frame["dataset"] = dataset
+    frame["image_id"] = _image_ids(frame["content_hash"], frame["path"])
+    frame["gender"] = frame["gender"].astype("Int8")
+    for c in ("age", "age_min", "age_max"):
+        frame[c] = frame[c].astype(float)
+    frame["split"] = assign_splits(frame, seed=seed, split_file=split_file)
+    frame = frame.drop(columns="official_split")[COLUMNS].sort_values("image_id", ignore_index=True)
+    return Manifest(dataset, root, frame, issues)
+
+
+# Where the team's shared copy of each dataset lives, relative to `../shared/data`.
+DEFAULT_ROOTS = {"utkface": "utkface/UTKFace", "appa": "appa-real", "fgnet": "fgnet/images", "fairface": "fairface"}
+
+
+def manifest_path(dataset: str) -> Path:
+    return cache_dir() / "manifests" / f"{dataset}.parquet"
+
+
+def scan(dataset: str, root: Path, seed: int = 0, progress: bool = True, reader: str | None = None) -> Manifest:
+    """Build the manifest, save it to the cache and (re)write the committed split file."""
+    split_file = split_file_path(dataset, seed)
+    m = build_manifest(dataset, root, seed=seed, split_file=split_file, progress=progress, reader=reader)
+    m.save(manifest_path(dataset))
+    write_split_file(m.frame, split_file, header=f"dataset={dataset} seed={seed} fractions=0.6/0.2/0.2 "
+                                                  f"(train/val/test); rows sorted by image_id")
+    return m
+
+
+def load_manifest(dataset: str, root: Path | None = None) -> Manifest:
+    """The cached manifest of a dataset, scanning it first (from `root` or the shared data folder) if needed."""
+    path = manifest_path(dataset)
+    if path.exists() and root is None:
+        return Manifest.load(path)
+    if root is None:
+        if dataset not in DEFAULT_ROOTS:
+            raise FileNotFoundError(f"no manifest for {dataset!r}; run `python -m zoo data scan --dataset "
+                                    f"{dataset} --root PATH` first")
+        root = shared_data_dir() / DEFAULT_ROOTS[dataset]
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"dataset {dataset!r} not found at {root}; pass --root or run `python -m zoo "
+                                f"data scan --dataset {dataset} --root PATH`")
+    return scan(dataset, Path(root), progress=False)

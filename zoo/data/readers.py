@@ -1,0 +1,79 @@
+"""The reader registry and the record every dataset adapter yields.
+
+A reader only parses labels (file names, CSVs) into `Record`s and reports what it could not parse; checking that
+files decode, hashing them and assigning splits is shared work done once in `zoo.data.manifest`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+GENDERS = {0: "male", 1: "female"}
+# One race vocabulary across datasets; each adapter maps its own codes onto it.
+RACES = ("white", "black", "asian", "indian", "latino_hispanic", "middle_eastern", "other")
+
+
+@dataclass
+class Record:
+    """One labelled image. `path` is relative to the dataset root (POSIX), never absolute."""
+
+    path: str
+    age: float | None = None
+    age_min: float | None = None  # interval labels (binned datasets); equal to age for exact labels
+    age_max: float | None = None
+    gender: int | None = None  # 0 male, 1 female, None unknown
+    race: str | None = None  # one of RACES, None unknown (never guessed)
+    subject_id: str | None = None
+    split: str | None = None  # the dataset's official split, when it has one
+    extras: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.age is not None:
+            self.age_min = self.age if self.age_min is None else self.age_min
+            self.age_max = self.age if self.age_max is None else self.age_max
+        elif self.age_min is not None and self.age_max is not None:
+            self.age = (self.age_min + self.age_max) / 2
+
+
+@dataclass
+class ScanIssue:
+    """A file that is irregular (`excluded=False`: kept, parsed as far as it goes) or unusable (`excluded=True`)."""
+
+    path: str
+    reason: str
+    excluded: bool
+
+
+@dataclass
+class ReadResult:
+    records: list[Record]
+    issues: list[ScanIssue]
+
+
+Reader = Callable[[Path], ReadResult]
+READERS: dict[str, Reader] = {}
+
+
+def register_reader(name: str) -> Callable[[Reader], Reader]:
+    def wrap(fn: Reader) -> Reader:
+        if name in READERS:
+            raise ValueError(f"reader {name!r} is already registered")
+        READERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_reader(name: str) -> Reader:
+    from zoo.data import adapters  # noqa: F401  (importing registers the built-in readers)
+
+    if name not in READERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(READERS))}")
+    return READERS[name]
+
+
+def list_readers() -> list[str]:
+    from zoo.data import adapters  # noqa: F401
+
+    return sorted(READERS)

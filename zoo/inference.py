@@ -1,0 +1,134 @@
+"""Inference API used by the bench and the dashboard: `zoo.load(model_id).predict(images, mc_dropout=N, tta=...)`.
+
+Every predictor returns the same dict of [B] float arrays (NaN where a quantity does not apply):
+  age              mean predicted age in years
+  sigma_aleatoric  the formulation's own predictive std (NLL / distribution heads), RMS over passes and views
+  sigma_epistemic  MC-Dropout spread (std over stochastic passes), or the spread across ensemble members
+  sigma_tta        spread of the age over test-time-augmentation views
+  gender_prob      probability of "female"
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OUTPUTS = ("age", "sigma_aleatoric", "sigma_epistemic", "sigma_tta", "gender_prob")
+TTA_MODES = ("flip", "flip+crop")
+
+
+def to_batch(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [B, H, W, 3] / [H, W, 3] arrays or float [B, 3, H, W] tensors in [0, 1] -> float [B, 3, size, size]."""
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 images [B, H, W, 3], got shape {images.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    else:
+        x = images.float()
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def tta_views(x: torch.Tensor, mode: str | None) -> list[torch.Tensor]:
+    if mode is None:
+        return [x]
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown tta {mode!r}; choose from {TTA_MODES}")
+    views = [x, x.flip(-1)]
+    if mode == "flip+crop":
+        s = x.shape[-1]
+        m = max(1, round(s * 0.05))  # a 90 % centre crop, resized back
+        crop = F.interpolate(x[..., m:s - m, m:s - m], size=(s, s), mode="bilinear", align_corners=False)
+        views += [crop, crop.flip(-1)]
+    return views
+
+
+def set_mc_dropout(model: nn.Module, active: bool) -> None:
+    """Dropout layers sample (MC-Dropout) while BatchNorm stays in eval mode."""
+    model.eval()
+    if active:
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.train()
+
+
+class Predictor:
+    """A single trained network with its decoding."""
+
+    def __init__(self, model: nn.Module, img_size: int, model_id: str = "", info: dict | None = None):
+        self.model = model.eval()
+        self.img_size = img_size
+        self.id = model_id
+        self.info = info or {}
+
+    @torch.no_grad()
+    def _passes(self, x: torch.Tensor, mc_dropout: int, tta: str | None) -> dict[str, torch.Tensor]:
+        """Stacked outputs [passes, views, B]."""
+        n = max(1, mc_dropout)
+        set_mc_dropout(self.model, mc_dropout > 0)
+        views = tta_views(x, tta)
+        ages, sigmas, genders = [], [], []
+        for _ in range(n):
+            a, s, g = [], [], []
+            for v in views:
+                out = self.model(v)
+                b = v.shape[0]
+                if "age" in out:
+                    age, sig = self.model.age.decode(out["age"])
+                else:
+                    age, sig = torch.full((b,), float("nan")), torch.full((b,), float("nan"))
+                a.append(age.float())
+                s.append(sig.float())
+                g.append(torch.sigmoid(out["gender"].float()) if "gender" in out else torch.full((b,), float("nan")))
+            ages.append(torch.stack(a)), sigmas.append(torch.stack(s)), genders.append(torch.stack(g))
+        set_mc_dropout(self.model, False)
+        return {"age": torch.stack(ages), "sigma": torch.stack(sigmas), "gender": torch.stack(genders)}
+
+    def predict(self, images: np.ndarray | torch.Tensor, mc_dropout: int = 0, tta: str | None = None,
+                batch_size: int = 256) -> dict[str, np.ndarray]:
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = images[None]
+        parts = []
+        for i in range(0, len(images), batch_size):
+            x = to_batch(images[i:i + batch_size], self.img_size)
+            r = self._passes(x, mc_dropout, tta)
+            age = r["age"]
+            parts.append({
+                "age": age.mean(dim=(0, 1)),
+                "sigma_aleatoric": r["sigma"].pow(2).mean(dim=(0, 1)).sqrt(),
+                "sigma_epistemic": age.mean(1).std(0, unbiased=False) if mc_dropout > 0 else torch.full_like(age[0, 0], float("nan")),
+                "sigma_tta": age.mean(0).std(0, unbiased=False) if tta else torch.full_like(age[0, 0], float("nan")),
+                "gender_prob": r["gender"].mean(dim=(0, 1)),
+            })
+        return {k: torch.cat([p[k] for p in parts]).numpy() for k in OUTPUTS}
+
+
+class EnsemblePredictor:
+    """Members' mean; epistemic sigma is the spread across members (combined with each member's MC spread)."""
+
+    def __init__(self, members: Sequence[Predictor], model_id: str = "", info: dict | None = None):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = list(members)
+        self.img_size = max(m.img_size for m in members)
+        self.id = model_id
+        self.info = info or {}
+
+    def predict(self, images: np.ndarray | torch.Tensor, mc_dropout: int = 0, tta: str | None = None,
+                batch_size: int = 256) -> dict[str, np.ndarray]:
+        outs = [m.predict(images, mc_dropout=mc_dropout, tta=tta, batch_size=batch_size) for m in self.members]
+        stack = {k: np.stack([o[k] for o in outs]) for k in OUTPUTS}
+        within = np.nan_to_num(stack["sigma_epistemic"]) ** 2
+        return {
+            "age": stack["age"].mean(0),
+            "sigma_aleatoric": np.sqrt(np.mean(stack["sigma_aleatoric"] ** 2, axis=0)),
+            "sigma_epistemic": np.sqrt(stack["age"].var(0) + within.mean(0)),
+            "sigma_tta": stack["sigma_tta"].mean(0),
+            "gender_prob": stack["gender_prob"].mean(0),
+        }

@@ -1,0 +1,56 @@
+"""The network: backbone → dropout → task heads (age formulation, gender logit, race logits).
+
+Input normalisation lives inside the model so every caller feeds plain [0, 1] RGB and a checkpoint carries what it
+needs to be used correctly.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from zoo.backbones import create_backbone
+from zoo.config import TrainConfig
+from zoo.data.readers import RACES
+from zoo.formulations import create_formulation
+
+
+class AgeGenderModel(nn.Module):
+    def __init__(self, cfg: TrainConfig, load_pretrained: bool = True):
+        super().__init__()
+        self.tasks = list(cfg.tasks)
+        self.backbone, dim, mean, std = create_backbone(
+            cfg.backbone, pretrained=cfg.pretrained if load_pretrained else None, **cfg.backbone_kwargs)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.age = create_formulation(cfg.formulation, dim, age_max=cfg.age_max, **cfg.formulation_kwargs) \
+            if "age" in self.tasks else None
+        self.gender = nn.Linear(dim, 1) if "gender" in self.tasks else None
+        self.race = nn.Linear(dim, len(RACES)) if "race" in self.tasks else None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: float [B, 3, H, W] in [0, 1] -> raw head outputs by task."""
+        f = self.dropout(self.features(x))
+        out = {}
+        if self.age is not None:
+            out["age"] = self.age(f)
+        if self.gender is not None:
+            out["gender"] = self.gender(f).squeeze(1)
+        if self.race is not None:
+            out["race"] = self.race(f)
+        return out
+
+
+def count_flops(model: nn.Module, img_size: int) -> int:
+    """Forward FLOPs for one image (multiply-add counted as 2), via torch's own counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, img_size, img_size))
+    model.train(was)
+    return int(counter.get_total_flops())

@@ -1,0 +1,84 @@
+"""The model registry: every finished run is a folder `artifacts/runs/<id>/` with `run.json` (+ checkpoint).
+
+Kinds: `single` (one trained network), `ensemble` (members by id), `adapted` (a parent network with BatchNorm
+statistics re-estimated on another dataset). `load(id)` returns a predictor with the common inference API.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from zoo.config import TrainConfig
+from zoo.inference import EnsemblePredictor, Predictor
+from zoo.paths import runs_dir
+
+
+def list_runs(root: Path | None = None) -> list[dict]:
+    root = root or runs_dir()
+    if not root.is_dir():
+        return []
+    runs = []
+    for p in sorted(root.glob("*/run.json")):
+        try:
+            runs.append(json.loads(p.read_text()))
+        except json.JSONDecodeError:
+            continue  # a half-written file cannot exist (atomic writes) but a hand-edited one might
+    return runs
+
+
+def get_run(model_id: str, root: Path | None = None) -> dict:
+    root = root or runs_dir()
+    if "/" in model_id or "\\" in model_id or model_id.startswith("."):
+        raise ValueError(f"invalid model id {model_id!r}")
+    path = root / model_id / "run.json"
+    if not path.exists():
+        known = [r["id"] for r in list_runs(root)]
+        raise KeyError(f"no model {model_id!r} in {root}; known: {', '.join(known) or '(registry empty)'}")
+    return json.loads(path.read_text())
+
+
+def load_state(run_dir: Path, name: str = "best.safetensors") -> dict[str, torch.Tensor]:
+    path = run_dir / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: this run's checkpoint was not shipped")
+    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+
+
+def build_network(run: dict, root: Path | None = None) -> torch.nn.Module:
+    """The network of a single or adapted run, with its weights."""
+    from zoo.model import AgeGenderModel
+
+    root = root or runs_dir()
+    base = run if run["kind"] == "single" else get_run(run["parent"], root)
+    cfg = TrainConfig.from_dict({"name": base.get("name", ""), **base["config"]})
+    model = AgeGenderModel(cfg, load_pretrained=False)  # weights come from the checkpoint
+    model.load_state_dict(load_state(root / run["id"], run.get("checkpoint", "best.safetensors")))
+    return model.eval()
+
+
+def load(model_id: str, root: Path | None = None) -> Predictor | EnsemblePredictor:
+    root = root or runs_dir()
+    run = get_run(model_id, root)
+    if run["kind"] == "ensemble":
+        return EnsemblePredictor([load(m, root) for m in run["members"]], model_id, run)
+    size = (run if run["kind"] == "single" else get_run(run["parent"], root))["config"]["img_size"]
+    return Predictor(build_network(run, root), size, model_id, run)
+
+
+def runs_table(root: Path | None = None) -> pd.DataFrame:
+    """One row per registered model: what it is, its cost and its test accuracy."""
+    rows = []
+    for r in list_runs(root):
+        cfg = r.get("config", {})
+        test = r.get("metrics", {}).get("test", {})
+        rows.append({"id": r["id"], "kind": r["kind"], "name": r.get("name", ""), "backbone": cfg.get("backbone"),
+                     "formulation": cfg.get("formulation"), "img_size": cfg.get("img_size"),
+                     "params_M": r.get("params", np.nan) / 1e6, "MFLOPs": r.get("flops", np.nan) / 1e6,
+                     "img_s": r.get("infer_img_s", np.nan), "val_mae": r.get("metrics", {}).get("val", {}).get("mae"),
+                     "test_mae": test.get("mae"), "gender_acc": test.get("gender_acc"), "commit": r.get("commit")})
+    return pd.DataFrame(rows)

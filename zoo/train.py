@@ -1,0 +1,377 @@
+"""Training: one config → one registered run, resumable after a crash or `kill -9`.
+
+Each epoch ends with an atomic `state.pt` (model, optimiser, schedule, RNG, history), so re-running the same command
+continues from the last finished epoch. The best epoch (val MAE) is kept as fp16 safetensors; on completion the run
+is evaluated on the test split and `run.json` is written, which is what makes it part of the registry.
+"""
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from zoo.augment import augment_batch
+from zoo.balance import balance
+from zoo.config import TrainConfig
+from zoo.data.cache import load_images, to_tensor
+from zoo.data.manifest import Manifest, load_manifest
+from zoo.data.readers import RACES
+from zoo.gender import create_gender_loss
+from zoo.inference import Predictor
+from zoo.metrics import all_metrics
+from zoo.model import AgeGenderModel, count_flops
+from zoo.paths import runs_dir
+from zoo.provenance import git_commit
+
+
+@dataclass
+class TrainData:
+    images: np.ndarray  # uint8 [N, S, S, 3]
+    age: np.ndarray  # float [N]
+    gender: np.ndarray  # float [N], NaN unknown
+    race: np.ndarray  # int [N], -1 unknown
+    train: np.ndarray  # indices
+    val: np.ndarray
+    test: np.ndarray
+    data_hash: str
+
+
+def _labels(m: Manifest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    f = m.frame
+    race_idx = {r: i for i, r in enumerate(RACES)}
+    return (f["age"].to_numpy(float), f["gender"].astype("float").to_numpy(),
+            f["race"].map(race_idx).fillna(-1).astype(int).to_numpy())
+
+
+def _subset(idx: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    if fraction >= 1:
+        return idx
+    if not 0 < fraction:
+        raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(idx)[: max(1, round(len(idx) * fraction))])
+
+
+def _parse_source(source: str) -> tuple[str, float, str]:
+    """real | synth:<id> | mixed:<fraction>:<id> -> (kind, synthetic fraction, synth id)."""
+    if source == "real":
+        return "real", 0.0, ""
+    kind, _, rest = source.partition(":")
+    if kind == "synth" and rest:
+        return kind, 1.0, rest
+    if kind == "mixed" and rest.count(":") >= 1:
+        frac, synth_id = rest.split(":", 1)
+        return kind, float(frac), synth_id
+    raise ValueError(f"source must be real | synth:<id> | mixed:<fraction>:<id>, got {source!r}")
+
+
+def data_hash(cfg: TrainConfig) -> str:
+    """Identity of the training data, from manifests only (no image decoding), so finished runs skip fast."""
+    kind, _, synth_id = _parse_source(cfg.source)
+    real = load_manifest(cfg.dataset).hash
+    return real if kind == "real" else f"{real}+{load_manifest(f'synth_{synth_id}').hash}"
+
+
+def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
+    """Real data (val/test always real); `source` swaps or mixes the training images with a synthetic dataset."""
+    real = load_manifest(cfg.dataset)
+    images = load_images(real, cfg.img_size, progress=progress)
+    age, gender, race = _labels(real)
+    split = real.frame["split"].to_numpy()
+    train = _subset(np.flatnonzero(split == "train"), cfg.train_fraction, cfg.seed)
+    val, test = np.flatnonzero(split == "val"), np.flatnonzero(split == "test")
+    kind, frac, synth_id = _parse_source(cfg.source)
+    if kind != "real":
+        syn = load_manifest(f"synth_{synth_id}")
+        s_images = load_images(syn, cfg.img_size, progress=progress)
+        s_age, s_gender, s_race = _labels(syn)
+        n_syn = len(train) if kind == "synth" else round(len(train) * frac)
+        pick = np.random.default_rng(cfg.seed).permutation(len(syn.frame))[:n_syn]
+        offset = len(images)
+        images = np.concatenate([images, s_images[pick]])
+        age, gender, race = (np.concatenate([a, b[pick]]) for a, b in ((age, s_age), (gender, s_gender), (race, s_race)))
+        syn_idx = offset + np.arange(len(pick))
+        train = syn_idx if kind == "synth" else np.concatenate([train, syn_idx])
+    return TrainData(images, age, gender, race, train, val, test, data_hash(cfg))
+
+
+class BatchFeeder:
+    """Yields augmented training batches from the in-memory cache, prepared one batch ahead in a thread."""
+
+    def __init__(self, data: TrainData, idx: np.ndarray, weights: np.ndarray, gender_weights: np.ndarray,
+                 probs: np.ndarray | None, batch_size: int, augment: str, rng: np.random.Generator):
+        self.data, self.idx, self.w, self.gw, self.probs = data, idx, weights, gender_weights, probs
+        self.bs, self.augment, self.rng = batch_size, augment, rng
+        self.steps = max(1, len(idx) // batch_size)
+
+    def _batch(self, pos: np.ndarray) -> dict[str, torch.Tensor]:
+        ix = self.idx[pos]
+        d = self.data
+        x = augment_batch(to_tensor(d.images[ix]), self.augment)
+        return {"x": x, "age": torch.from_numpy(d.age[ix]).float(), "gender": torch.from_numpy(d.gender[ix]).float(),
+                "race": torch.from_numpy(d.race[ix]).long(), "w": torch.from_numpy(self.w[pos]).float(),
+                "gw": torch.from_numpy(self.gw[pos]).float()}
+
+    def epoch(self):
+        n = self.steps * self.bs
+        if self.probs is not None:
+            order = self.rng.choice(len(self.idx), size=n, replace=True, p=self.probs)
+        else:
+            order = self.rng.permutation(len(self.idx))[:n]
+        q: queue.Queue = queue.Queue(maxsize=2)
+
+        def work() -> None:
+            for s in range(self.steps):
+                q.put(self._batch(order[s * self.bs:(s + 1) * self.bs]))
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        for _ in range(self.steps):
+            yield q.get()
+        t.join()
+
+
+def _frozen_param_names(model: AgeGenderModel, freeze: str) -> set[str]:
+    """`linear_probe`: the whole backbone; `stages:K`: the stem and the first K stages (timm's feature_info)."""
+    names = [n for n, _ in model.backbone.named_parameters()]
+    if freeze == "none":
+        return set()
+    if freeze == "linear_probe":
+        return set(names)
+    if freeze.startswith("stages:"):
+        k = int(freeze.split(":")[1])
+        info = getattr(model.backbone, "feature_info", None)
+        if info is None:
+            raise ValueError(f"freeze=stages:K needs a timm backbone with feature_info, not {type(model.backbone)}")
+        modules = [i["module"] for i in info]
+        if k + 1 >= len(modules):
+            return set(names)
+        first = next(i for i, n in enumerate(names) if n.startswith(modules[k + 1] + "."))
+        return set(names[:first])
+    raise ValueError(f"unknown freeze {freeze!r}; use none | linear_probe | stages:K")
+
+
+def _freeze(model: AgeGenderModel, freeze: str) -> list[nn.Module]:
+    """Freeze parameters; returns the BatchNorm layers to keep in eval mode (their statistics frozen too)."""
+    frozen = _frozen_param_names(model, freeze)
+    for n, p in model.backbone.named_parameters():
+        p.requires_grad_(n not in frozen)
+    bns = []
+    for name, m in model.backbone.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(
+                f"{name}.{p}" in frozen for p, _ in m.named_parameters()):
+            bns.append(m)
+    return bns
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data: TrainData | None = None, root: Path | None = None,
+                 progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.data = data or prepare_data(cfg, progress)
+        self.id = cfg.run_id(self.data.data_hash)
+        self.dir = (root or runs_dir()) / self.id
+        torch.manual_seed(cfg.seed)
+        self.model = AgeGenderModel(cfg)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.frozen_bn = _freeze(self.model, cfg.freeze)
+        self.gender_loss = create_gender_loss(cfg.gender_loss, **cfg.gender_loss_kwargs)
+        back = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        heads = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
+        groups = [{"params": heads, "lr": cfg.lr}]
+        if back:
+            groups.append({"params": back, "lr": cfg.lr * cfg.backbone_lr_mult})
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        if cfg.optimizer == "adamw":
+            self.opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adamw | sgd")
+        bal = balance(self.data.age[self.data.train], self.data.gender[self.data.train], cfg.age_balance,
+                      cfg.gender_balance, cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.feeder = BatchFeeder(self.data, self.data.train[bal.keep], bal.weights, bal.gender_weights, bal.probs,
+                                  min(cfg.batch_size, len(bal.keep)), cfg.augment, self.rng)
+        steps = self.feeder.steps
+        self.total_steps = cfg.max_steps or cfg.epochs * steps
+        self.epochs = math.ceil(self.total_steps / steps)
+        self.warmup = round(cfg.warmup_epochs * steps)
+        self.step, self.epoch, self.best_mae, self.best_epoch, self.plateau = 0, 0, float("inf"), -1, [1.0, 0]
+        self.history: list[dict] = []
+
+    # ---- persistence -------------------------------------------------------------------------------------
+    def _save_state(self) -> None:
+        state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
+                 "epoch": self.epoch, "best_mae": self.best_mae, "best_epoch": self.best_epoch,
+                 "plateau": self.plateau, "history": json.dumps(self.history),
+                 "torch_rng": torch.get_rng_state(), "np_rng": json.dumps(self.rng.bit_generator.state)}
+        tmp = self.dir / "state.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.dir / "state.pt")  # atomic: a kill leaves the previous epoch's state intact
+
+    def _load_state(self) -> bool:
+        path = self.dir / "state.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.best_mae, self.best_epoch, self.plateau = state["best_mae"], state["best_epoch"], state["plateau"]
+        self.history = json.loads(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.bit_generator.state = json.loads(state["np_rng"])
+        return True
+
+    def _save_best(self) -> None:
+        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in self.model.state_dict().items()}
+        save_file(sd, str(self.dir / "best.safetensors.tmp"))
+        (self.dir / "best.safetensors.tmp").replace(self.dir / "best.safetensors")
+
+    # ---- loop ----------------------------------------------------------------------------------------------
+    def _loss(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg, m = self.cfg, self.model
+        out = m(b["x"].contiguous(memory_format=torch.channels_last) if cfg.channels_last else b["x"])
+        loss = torch.zeros(())
+        if m.age is not None:
+            loss = loss + cfg.loss_weights.get("age", 1.0) * m.age.loss(out["age"], b["age"], b["w"])
+        if m.gender is not None:
+            known = ~torch.isnan(b["gender"])
+            if known.any():
+                loss = loss + cfg.loss_weights.get("gender", 1.0) * self.gender_loss(
+                    out["gender"][known], b["gender"][known], b["gw"][known])
+        if m.race is not None:
+            known = b["race"] >= 0
+            if known.any():
+                loss = loss + cfg.loss_weights.get("race", 0.5) * nn.functional.cross_entropy(
+                    out["race"][known], b["race"][known])
+        return loss
+
+    def _set_lr(self) -> None:
+        f = _lr_factor(self.step, self.total_steps, self.warmup)
+        if self.cfg.schedule == "plateau":
+            f = min(1.0, (self.step + 1) / max(1, self.warmup)) * self.plateau[0]
+        for g in self.opt.param_groups:
+            g["lr"] = g["base_lr"] * f
+
+    def train_epoch(self) -> dict:
+        self.model.train()
+        for bn in self.frozen_bn:
+            bn.eval()
+        losses, seen, t0 = [], 0, time.perf_counter()
+        bar = tqdm(self.feeder.epoch(), total=self.feeder.steps, desc=f"{self.id} epoch {self.epoch + 1}/{self.epochs}",
+                   disable=not self.progress, leave=False, unit="batch")
+        for b in bar:
+            if self.step >= self.total_steps:
+                break
+            self._set_lr()
+            loss = self._loss(b)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            seen += len(b["x"])
+            losses.append(loss.item())
+            if len(losses) % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        dt = time.perf_counter() - t0
+        return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "train_img_s": seen / dt,
+                "train_s": dt}
+
+    def evaluate(self, idx: np.ndarray, **kw) -> dict:
+        pred = Predictor(self.model, self.cfg.img_size).predict(self.data.images[idx], **kw)
+        return all_metrics(pred, self.data.age[idx], self.data.gender[idx])
+
+    def run(self) -> dict:
+        """Train to the end (or resume), then evaluate and register. Returns run.json's content."""
+        if (self.dir / "run.json").exists():
+            return json.loads((self.dir / "run.json").read_text())
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.yaml").write_text(self.cfg.to_yaml())
+        resumed = self._load_state()
+        if resumed and self.progress:
+            print(f"{self.id}: resuming after epoch {self.epoch} (step {self.step})")
+        while self.epoch < self.epochs and self.step < self.total_steps:
+            row = {"epoch": self.epoch + 1, **self.train_epoch()}
+            val = self.evaluate(self.data.val)
+            row.update({f"val_{k}": v for k, v in val.items() if k not in ("n", "n_gender")})
+            row["lr"] = self.opt.param_groups[0]["lr"]
+            self.epoch += 1
+            score = val.get("mae", -val.get("gender_acc", 0.0))  # gender-only models select on accuracy
+            if score < self.best_mae:
+                self.best_mae, self.best_epoch = score, self.epoch
+                self._save_best()
+                self.plateau[1] = 0
+            else:
+                self.plateau[1] += 1
+                if self.plateau[1] >= 2:
+                    self.plateau[0] *= 0.5
+            self.history.append(row)
+            self._save_state()  # first: the state is the truth, history.csv is its readable copy
+            pd.DataFrame(self.history).to_csv(self.dir / "history.csv", index=False)
+            if self.progress:
+                print(f"{self.id} epoch {self.epoch}: loss {row['train_loss']:.3f} val MAE {val.get('mae', float('nan')):.2f}"
+                      f" gender acc {val.get('gender_acc', float('nan')):.3f} ({row['train_img_s']:.0f} img/s)")
+            if self.epoch - self.best_epoch >= self.cfg.patience:
+                break
+        return self._finish()
+
+    def _finish(self) -> dict:
+        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                    for k, v in load_file(str(self.dir / "best.safetensors")).items()})
+        metrics = {"val": self.evaluate(self.data.val), "test": self.evaluate(self.data.test),
+                   "test_tta": self.evaluate(self.data.test, tta="flip")}
+        record = {
+            "id": self.id, "kind": "single", "name": self.cfg.name, "config": self.cfg.identity(),
+            "data": {"dataset": self.cfg.dataset, "source": self.cfg.source, "hash": self.data.data_hash},
+            "commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "device": "cpu", "params": sum(p.numel() for p in self.model.parameters()),
+            "flops": count_flops(self.model, self.cfg.img_size), "infer_img_s": inference_rate(self.model, self.cfg.img_size),
+            "train_img_s": float(np.median([h["train_img_s"] for h in self.history])),
+            "epochs_run": self.epoch, "best_epoch": self.best_epoch, "steps": self.step,
+            "checkpoint": "best.safetensors", "metrics": metrics,
+        }
+        (self.dir / "run.json.tmp").write_text(json.dumps(record, indent=1))
+        (self.dir / "run.json.tmp").replace(self.dir / "run.json")
+        (self.dir / "state.pt").unlink(missing_ok=True)  # optimiser state is only needed to resume
+        return record
+
+
+@torch.no_grad()
+def inference_rate(model: nn.Module, img_size: int, batch: int = 64, reps: int = 3) -> float:
+    model.eval()
+    x = torch.rand(batch, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
+    model(x)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        model(x)
+    return batch * reps / (time.perf_counter() - t0)
+
+
+def train(cfg: TrainConfig, progress: bool = True, root: Path | None = None) -> dict:
+    """Train (or resume) one run; a finished run is returned from the registry without loading any data."""
+    done = (root or runs_dir()) / cfg.run_id(data_hash(cfg)) / "run.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    return Trainer(cfg, progress=progress, root=root).run()
