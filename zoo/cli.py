@@ -112,6 +112,16 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from zoo.report import markdown_table, results_frame, update_readme
+
+    table = markdown_table(results_frame(args.split))
+    print(table)
+    if args.update_readme:
+        update_readme(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zoo.data.readers import list_readers
 
@@ -157,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--members", required=True, help="comma-separated model ids")
     e.add_argument("--name", default="")
     e.set_defaults(fn=cmd_ensemble)
+    r = sub.add_parser("report", help="the results table (markdown) generated from the registry")
+    r.add_argument("--split", default="test")
+    r.add_argument("--update-readme", action="store_true", help="rewrite the README's results block")
+    r.set_defaults(fn=cmd_report)
     return p
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 GENDERS = {0: "male", 1: "female"}
 # One race vocabulary across datasets; each adapter maps its own codes onto it.
@@ -49,6 +49,23 @@ class ScanIssue:
 class ReadResult:
     records: list[Record]
     issues: list[ScanIssue]
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def walk_images(root: Path, issues: list[ScanIssue]) -> Iterator[tuple[Path, str]]:
+    """Every file below `root` in sorted order as (path, POSIX path relative to root); files whose name is not an
+    image's are reported in `issues` as excluded instead of yielded."""
+    root = Path(root)
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(root).as_posix()
+        if not p.name.lower().endswith(IMAGE_SUFFIXES):
+            issues.append(ScanIssue(rel, "not an image file name (.jpg/.jpeg/.png)", excluded=True))
+            continue
+        yield p, rel
 
 
 Reader = Callable[[Path], ReadResult]

@@ -52,7 +52,11 @@ def compute_splits(frame: pd.DataFrame, seed: int = 0, fractions: tuple[float, .
     subject = frame["subject_id"] if "subject_id" in frame else pd.Series(None, index=frame.index)
     group = subject.where(subject.notna(), "h:" + frame["content_hash"].astype(str)).astype(str)
     age_bin = np.digitize(frame["age"].fillna(-1).to_numpy(), _AGE_EDGES)
-    stratum = pd.Series(age_bin, index=frame.index).astype(str) + "/" + frame["gender"].astype(str)
+    # Unknown gender is its own stratum "?". (Not `.astype(str)`: pandas >= 3 keeps <NA> missing there, the stratum
+    # became NaN, groupby dropped it and every row with unknown gender got no split at all.)
+    gender = frame["gender"] if "gender" in frame else pd.Series(None, index=frame.index, dtype=object)
+    gender = gender.map(lambda g: "?" if pd.isna(g) else str(int(g)))
+    stratum = pd.Series(age_bin, index=frame.index).astype(str) + "/" + gender
     groups = pd.DataFrame({"group": group, "stratum": stratum})
     # A group's stratum is the one most of its images fall in (ties broken by name, for determinism).
     per_group = (groups.groupby(["group", "stratum"]).size().rename("n").reset_index()
@@ -80,4 +84,6 @@ def assign_splits(frame: pd.DataFrame, seed: int = 0, split_file: Path | None = 
     todo = split.isna()
     if todo.any():
         split.loc[todo] = compute_splits(frame.loc[todo], seed=seed)
+    if split.isna().any():  # never hand out rows without a split (they would silently drop out of every split)
+        raise AssertionError(f"{int(split.isna().sum())} rows got no split")
     return split.astype(str)

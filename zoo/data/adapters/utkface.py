@@ -8,10 +8,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from zoo.data.readers import ReadResult, Record, ScanIssue, register_reader
+from zoo.data.readers import ReadResult, Record, ScanIssue, register_reader, walk_images
 
 UTK_RACES = {0: "white", 1: "black", 2: "asian", 3: "indian", 4: "other"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _REGULAR = re.compile(r"^\d{1,3}_[01]_[0-4]_\d{17}\.jpg(\.chip\.jpg)?$")
 _DATE = re.compile(r"^\d{17}$")
 
@@ -57,13 +56,7 @@ def parse_utkface_name(name: str) -> tuple[Record | None, list[str]]:
 def read_utkface(root: Path) -> ReadResult:
     records: list[Record] = []
     issues: list[ScanIssue] = []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file():
-            continue
-        rel = p.relative_to(root).as_posix()
-        if not p.name.lower().endswith(IMAGE_SUFFIXES):
-            issues.append(ScanIssue(rel, "not an image file name (.jpg/.jpeg/.png)", excluded=True))
-            continue
+    for p, rel in walk_images(root, issues):
         rec, reasons = parse_utkface_name(p.name)
         if rec is None:
             issues.append(ScanIssue(rel, "; ".join(reasons), excluded=True))

@@ -1,0 +1,69 @@
+"""`python -m bench report`: the leaderboard of the predictions DB, as a text table with 95 % bootstrap CIs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import store
+from bench.metrics import leaderboard
+
+
+def load_predictions(db: Path | str, dataset: str | None = None, perturbation: str | None = "none",
+                     split: str | None = None) -> pd.DataFrame:
+    """predictions ⋈ images (labels and attributes) ⋈ models (name, kind), filtered; one short read."""
+    where, params = ["1 = 1"], []
+    if dataset:
+        where.append("p.dataset = ?"), params.append(dataset)
+    if perturbation:
+        where.append("p.perturbation = ?"), params.append(perturbation)
+    if split:
+        where.append("i.split = ?"), params.append(split)
+    con = store.connect_read(db)
+    try:
+        return con.execute(f"""
+            SELECT p.*, i.split, i.age, i.age_min, i.age_max, i.gender, i.race, i.brightness, i.contrast, i.blur,
+                   i.jpeg_quality, i.resolution, i.face_size, i.background, i.is_synthetic,
+                   m.name AS model_name, m.kind, m.source
+            FROM predictions p
+            JOIN images i USING (dataset, image_id)
+            LEFT JOIN models m USING (model_id)
+            WHERE {' AND '.join(where)}""", params).df()
+    finally:
+        con.close()
+
+
+def _ci(v: float, lo: float, hi: float, fmt: str) -> str:
+    if v is None or np.isnan(v):
+        return "–"
+    if lo is None or np.isnan(lo):
+        return format(v, fmt)
+    return f"{format(v, fmt)} [{format(lo, fmt)}, {format(hi, fmt)}]"
+
+
+def leaderboard_table(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Display table: one row per model, metrics as `value [lo, hi]`, sorted by MAE."""
+    t = leaderboard(df, n_boot=n_boot, seed=seed)
+    if t.empty:
+        return t
+    cols = [("MAE", "mae", ".2f"), ("RMSE", "rmse", ".2f"), ("CS@5", "cs5", ".3f"), ("±10y", "acc10", ".3f"),
+            ("gender acc", "gender_acc", ".3f"), ("gender F1", "gender_f1", ".3f"), ("gender AUC", "gender_auc", ".3f")]
+    out = pd.DataFrame({"model": t["model_id"], "n": t["n"]})
+    for title, k, fmt in cols:
+        if k in t:
+            nan = pd.Series(np.nan, index=t.index)
+            out[title] = [_ci(v, lo, hi, fmt) for v, lo, hi in zip(t[k], t.get(f"{k}_lo", nan), t.get(f"{k}_hi", nan))]
+    return out
+
+
+def report(db: Path | str, dataset: str | None = None, split: str | None = None, n_boot: int = 1000) -> str:
+    df = load_predictions(db, dataset=dataset, split=split)
+    if df.empty:
+        return f"no clean-image predictions in {db}" + (f" for {dataset}" if dataset else "")
+    blocks = []
+    for ds, g in df.groupby("dataset", sort=True):
+        splits = ",".join(sorted(g["split"].dropna().unique()))
+        blocks.append(f"{ds} ({splits}; {g['image_id'].nunique()} images; clean; 95 % bootstrap CIs, "
+                      f"{n_boot} resamples)\n" + leaderboard_table(g, n_boot=n_boot).to_string(index=False))
+    return "\n\n".join(blocks)

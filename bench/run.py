@@ -1,0 +1,461 @@
+"""`python -m bench run`: predictions of every (model, image, perturbation, severity) that the DB does not have yet.
+
+Flow per run: resolve models (zoo registry ids and peers; one that fails to load is reported and skipped), datasets
+(`name[:split]`) and conditions (`none` + perturbations × severities); ask the DB *and* the pending parts which
+rows exist; compute only the missing ones, batch by batch; publish rows as atomic Parquet parts and (unless sharded)
+merge them into the DB every few seconds in short transactions (see `bench.store`). A kill at any point loses at most
+the rows of the last few seconds; the next identical run computes exactly those.
+
+Images. Clean images come from the decoded cache at each model's own img_size (`zoo.data.cache`, the same pixels
+evaluation and training use). Perturbed images are made at a larger resolution, as a degradation would happen at
+capture time: the cached decode at PERTURB_SIZE px (128, or the model's size when larger) is perturbed, then
+resized to the model's size with the cache's own resize (`square_resize`). One perturbed batch is shared by every
+model that needs it.
+
+Sharding (`--shard i/N`, 0 ≤ i < N): a deterministic partition of each dataset's image list by a hash of the
+image id, so N processes (GPUs, nodes) can fill one DB: each writes Parquet parts only, into `<db>.parts/` (a shared
+filesystem, or copy the part folders together afterwards), and `python -m bench merge --db PATH` ingests them (it
+can run while shards are still writing, and again at the end). Shards skip rows already in the DB or in parts.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import sys
+import time
+import uuid
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from tqdm import tqdm
+
+from bench import store
+from bench.attributes import images_rows
+from bench.device import device_label, on_device, pick_device
+from bench.peers import is_peer, list_peers, load_peer
+from bench.perturb import apply, resolve_suite
+from zoo.data.cache import cache_path, decode_image, load_images, square_resize
+from zoo.data.manifest import Manifest, load_manifest
+from zoo.paths import cache_dir
+
+PERTURB_SIZE = 128
+ATTR_CHUNK = 2000  # images per `images` part: attribute work survives a kill in chunks
+
+
+@dataclass
+class RunOptions:
+    models: str = "all"  # all | zoo | peers | comma-separated ids
+    datasets: list[str] = field(default_factory=lambda: ["utkface:test"])
+    perturb: str = "none"  # none | default | comma-separated names
+    mc_dropout: int = 0
+    tta: str | None = None
+    db: Path | None = None
+    batch_size: int = 64
+    shard: tuple[int, int] | None = None
+    limit: int | None = None
+    device: str = "auto"
+    flush_seconds: float = 5.0  # publish a part (and merge it, unless sharded) at least this often
+    workers: int = 2
+    progress: bool = True
+
+
+@dataclass
+class LoadedModel:
+    id: str
+    predictor: object
+    row: dict
+    latency_s: float = 0.0
+    images: int = 0
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard i/N needs 0 <= i < N, got {text!r}")
+    return i, n
+
+
+def shard_mask(image_ids: pd.Series, shard: tuple[int, int] | None) -> np.ndarray:
+    """Deterministic, order-free partition: crc32(image_id) mod N == i."""
+    if shard is None:
+        return np.ones(len(image_ids), bool)
+    i, n = shard
+    return np.fromiter((zlib.crc32(s.encode()) % n == i for s in image_ids), bool, len(image_ids))
+
+
+def parse_dataset(spec: str) -> tuple[str, list[str] | None]:
+    """`utkface` (every split), `utkface:test`, `utkface:val+test`."""
+    name, _, splits = spec.partition(":")
+    return name.strip(), ([s for s in splits.split("+") if s] if splits and splits != "all" else None)
+
+
+def select_images(m: Manifest, splits: list[str] | None, limit: int | None,
+                  shard: tuple[int, int] | None) -> np.ndarray:
+    """Manifest row indices benched: the split(s), ordered by image_id, the first `limit`, then this shard's part."""
+    f = m.frame
+    keep = np.ones(len(f), bool) if splits is None else f["split"].isin(splits).to_numpy()
+    idx = np.flatnonzero(keep)
+    idx = idx[np.argsort(f["image_id"].to_numpy()[idx], kind="stable")]
+    if limit is not None:
+        idx = idx[:limit]
+    return idx[shard_mask(f["image_id"].iloc[idx], shard)]
+
+
+@contextmanager
+def _file_lock(name: str) -> Iterator[None]:
+    """Serialise building a shared cache file between shard processes on one machine (it is written once)."""
+    path = cache_dir() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class _Decoder:
+    """Rows of a manifest decoded on demand with the cache's own `decode_image` (identical pixels), for small
+    selections (`--limit`) where building the whole dataset's cache at this size would cost far more."""
+
+    def __init__(self, m: Manifest, size: int):
+        self.paths, self.size, self.memo = m.abspaths(), size, {}
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        for i in idx:
+            if i not in self.memo:
+                self.memo[i] = decode_image(self.paths[i], self.size)
+        return np.stack([self.memo[i] for i in idx])
+
+
+def _images(m: Manifest, size: int, cache: dict, n_selected: int, progress: bool):
+    """uint8 [N, size, size, 3] indexable by manifest row: the memory-mapped decoded cache (built once, under a
+    lock shared by shard processes), or a decoder when the cache is absent and few images are benched."""
+    key = (m.dataset, size)
+    if key not in cache:
+        if not cache_path(m, size).exists() and n_selected < 0.1 * len(m.frame):
+            cache[key] = _Decoder(m, size)
+        else:
+            with _file_lock(f"{m.dataset}-{size}"):
+                cache[key] = load_images(m, size, in_memory=False, progress=progress)
+    return cache[key]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------
+
+def resolve_model_ids(spec: str) -> list[str]:
+    from zoo.registry import list_runs
+
+    spec = (spec or "all").strip()
+    zoo_ids = [r["id"] for r in list_runs()]
+    if spec == "all":
+        return zoo_ids + list_peers()
+    if spec == "zoo":
+        return zoo_ids
+    if spec == "peers":
+        return list_peers()
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def _fmt_pretrained(p: str | None) -> str | None:
+    if not p:
+        return None
+    return p if p == "imagenet" else Path(str(p)).name
+
+
+def zoo_model_row(run: dict) -> dict:
+    """The `models` row of a registry run (ensembles: member fields that all agree, else `mixed`)."""
+    from zoo.registry import get_run
+
+    cfg = dict(run.get("config", {}))
+    if run["kind"] == "ensemble":
+        members = [get_run(m).get("config", {}) for m in run.get("members", [])]
+        for k in ("dataset", "source", "pretrained", "tasks", "augment", "train_fraction", "age_balance",
+                  "gender_balance", "dropout"):
+            vals = {json.dumps(c.get(k), sort_keys=True) for c in members}
+            cfg.setdefault(k, json.loads(vals.pop()) if len(vals) == 1 else "mixed")
+    source = cfg.get("source") or "real"
+    dataset = cfg.get("dataset") or run.get("data", {}).get("dataset", "")
+    tasks = cfg.get("tasks") or ["age", "gender"]
+    num = lambda v: float(v) if isinstance(v, (int, float)) else None  # noqa: E731 ('mixed' → NULL)
+    return {"model_id": run["id"], "name": run.get("name") or run["id"], "kind": run["kind"], "source": "zoo",
+            "backbone": cfg.get("backbone"), "formulation": cfg.get("formulation"),
+            "img_size": cfg.get("img_size"), "tasks": ",".join(tasks) if isinstance(tasks, list) else str(tasks),
+            "pretrained": _fmt_pretrained(cfg.get("pretrained")), "augment": cfg.get("augment"),
+            "train_fraction": num(cfg.get("train_fraction")), "age_balance": cfg.get("age_balance"),
+            "gender_balance": cfg.get("gender_balance"),
+            "training_data": dataset if source == "real" else f"{dataset}+{source}",
+            "dropout": num(cfg.get("dropout")), "params": run.get("params"), "flops": run.get("flops"),
+            "infer_img_s": run.get("infer_img_s"), "info": json.dumps(run, default=str)}
+
+
+def load_model(model_id: str, device) -> LoadedModel:
+    """A model ready to predict on `device`; raises (with the reason) when it cannot be loaded."""
+    if is_peer(model_id):
+        p = load_peer(model_id)
+        return LoadedModel(model_id, p, p.model_row())
+    from zoo.registry import get_run, load
+
+    run = get_run(model_id)
+    return LoadedModel(model_id, on_device(load(model_id), device), zoo_model_row(run))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------------------------------------------
+
+class _Buffer:
+    """Prediction rows collected between flushes, as column arrays (cheap to turn into one Arrow table)."""
+
+    COLS = ["model_id", "dataset", "image_id", "perturbation", "severity", "age_pred", "sigma_aleatoric",
+            "sigma_epistemic", "sigma_tta", "gender_prob", "latency_ms", "bench_run"]
+
+    def __init__(self) -> None:
+        self.chunks: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, model_id: str, dataset: str, image_ids: np.ndarray, cond: tuple[str, int], out: dict,
+            latency_ms: float, run_id: str) -> None:
+        n = len(image_ids)
+        f = lambda a: pa.array(np.asarray(a, np.float64), mask=np.isnan(np.asarray(a, np.float64)))  # noqa: E731
+        self.chunks.append(pa.table({
+            "model_id": pa.array([model_id] * n, pa.string()), "dataset": pa.array([dataset] * n, pa.string()),
+            "image_id": pa.array(list(image_ids), pa.string()), "perturbation": pa.array([cond[0]] * n, pa.string()),
+            "severity": pa.array(np.full(n, cond[1], np.int32)), "age_pred": f(out["age"]),
+            "sigma_aleatoric": f(out["sigma_aleatoric"]), "sigma_epistemic": f(out["sigma_epistemic"]),
+            "sigma_tta": f(out["sigma_tta"]), "gender_prob": f(out["gender_prob"]),
+            "latency_ms": pa.array(np.full(n, latency_ms, np.float64)), "bench_run": pa.array([run_id] * n)}))
+        self.rows += n
+
+    def take(self) -> pa.Table | None:
+        if not self.chunks:
+            return None
+        t = pa.concat_tables(self.chunks)
+        self.chunks, self.rows = [], 0
+        return t
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Runner:
+    def __init__(self, opts: RunOptions):
+        self.o = opts
+        self.db = Path(opts.db or store.default_db())
+        self.sharded = opts.shard is not None
+        self.run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+        self.device = pick_device(opts.device)
+        self.buffer = _Buffer()
+        self.last_flush = time.monotonic()
+        self.written = 0
+        self.predict_s = 0.0  # wall time of the prediction loops (incl. publishing), for img/s
+        self.computed = 0
+        self.skipped: dict[str, str] = {}
+        self.cache: dict = {}
+        self.n_selected: dict[str, int] = {}
+        self.log = lambda msg: print(msg, file=sys.stderr, flush=True)
+
+    # -- publishing ------------------------------------------------------------------------------------------
+    def merge(self) -> None:
+        if self.sharded:
+            return
+        try:
+            store.merge(self.db)
+        except Exception as e:  # a reader holding the file too long must not kill hours of work: parts stay
+            if not store.is_lock_error(e):
+                raise
+            self.log(f"merge postponed (database busy): {e}")
+
+    def flush(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last_flush < self.o.flush_seconds:
+            return
+        t = self.buffer.take()
+        if t is not None:
+            store.write_part(self.db, "predictions", t, tag=self.run_id)
+            self.written += t.num_rows
+        self.last_flush = time.monotonic()
+        self.merge()
+
+    def run_record(self, finished: bool) -> dict:
+        o = self.o
+        options = {"models": o.models, "datasets": o.datasets, "perturbations": o.perturb,
+                   "mc_dropout": o.mc_dropout, "tta": o.tta, "shard": f"{o.shard[0]}/{o.shard[1]}" if o.shard else None,
+                   "limit": o.limit, "batch_size": o.batch_size, "skipped_models": self.skipped}
+        return {"run_id": self.run_id, "started": self.started, "finished": _now() if finished else None,
+                "commit": self.commit, "device": device_label(self.device),
+                "options": json.dumps(options), "n_rows": 0}
+
+    # -- main ----------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from zoo.provenance import git_commit
+
+        o = self.o
+        t0 = time.perf_counter()
+        self.started, self.commit = _now(), git_commit()
+        conds = resolve_suite(o.perturb)
+        self.merge()  # leftovers of a killed run first (unless sharded: shards never write the DB)
+        models = []
+        for mid in resolve_model_ids(o.models):
+            try:
+                models.append(load_model(mid, self.device))
+            except Exception as e:  # PeerUnavailable, a missing checkpoint, an unknown id: reported, never fatal
+                self.skipped[mid] = f"{type(e).__name__}: {e}"
+                self.log(f"skipping model {mid}: {self.skipped[mid]}")
+        store.write_part(self.db, "bench_runs", pd.DataFrame([self.run_record(False)]), tag=self.run_id)
+        if models:
+            store.write_part(self.db, "models", pd.DataFrame([m.row for m in models]), tag=self.run_id)
+        datasets = []
+        for spec in o.datasets:
+            name, splits = parse_dataset(spec)
+            try:
+                with _file_lock(f"manifest-{name}"):
+                    m = load_manifest(name)
+            except Exception as e:
+                self.skipped[f"dataset:{spec}"] = f"{type(e).__name__}: {e}"
+                self.log(f"skipping dataset {spec}: {e}")
+                continue
+            idx = select_images(m, splits, o.limit, o.shard)
+            datasets.append((m, idx))
+            self.n_selected[m.dataset] = self.n_selected.get(m.dataset, 0) + len(idx)
+        self.merge()
+        n_images = 0
+        for m, idx in datasets:
+            n_images += len(idx)
+            self._images_table(m, idx)
+            if models:
+                t = time.perf_counter()
+                self._predict_dataset(m, idx, models, conds)
+                self.flush(force=True)
+                self.predict_s += time.perf_counter() - t
+        self.flush(force=True)
+        for lm in models:  # peers carry no training-time speed: record the one measured here
+            if lm.row.get("infer_img_s") is None and lm.latency_s > 0:
+                store.write_part(self.db, "models", pd.DataFrame([{**lm.row, "infer_img_s": lm.images / lm.latency_s}]),
+                                 tag=self.run_id)
+        store.write_part(self.db, "bench_runs", pd.DataFrame([self.run_record(True)]), tag=self.run_id)
+        self.merge()
+        return {"run_id": self.run_id, "rows": self.written, "models": [m.id for m in models],
+                "skipped": dict(self.skipped), "images": n_images, "conditions": len(conds),
+                "seconds": time.perf_counter() - t0, "predict_seconds": self.predict_s,
+                "img_s": self.computed / self.predict_s if self.predict_s else float("nan"),
+                "db": str(self.db), "sharded": self.sharded}
+
+    def _images_table(self, m: Manifest, idx: np.ndarray) -> None:
+        """Attributes of the images not yet in the `images` table (DB or parts)."""
+        want = pd.DataFrame({"i": idx, "image_id": m.frame["image_id"].iloc[idx].to_numpy()})
+        missing = store.query_known(self.db, "images", ["dataset", "image_id"],
+                                    f"SELECT w.i FROM want w WHERE NOT EXISTS (SELECT 1 FROM known k WHERE "
+                                    f"k.dataset = '{_q(m.dataset)}' AND k.image_id = w.image_id) ORDER BY w.i",
+                                    frames={"want": want})["i"].to_numpy()
+        for s in range(0, len(missing), ATTR_CHUNK):
+            rows = images_rows(m, missing[s:s + ATTR_CHUNK], workers=self.o.workers, progress=self.o.progress)
+            store.write_part(self.db, "images", rows, tag=self.run_id)
+        if len(missing):
+            self.merge()
+
+    def _missing(self, m: Manifest, idx: np.ndarray, models: list[LoadedModel],
+                 conds: list[tuple[str, int]]) -> dict[tuple[int, int], np.ndarray]:
+        """{(model index, condition index): manifest rows still to compute}, by an anti-join in DuckDB."""
+        frames = {"wm": pd.DataFrame({"m": range(len(models)), "model_id": [x.id for x in models]}),
+                  "wi": pd.DataFrame({"i": idx, "image_id": m.frame["image_id"].iloc[idx].to_numpy()}),
+                  "wc": pd.DataFrame({"c": range(len(conds)), "perturbation": [c[0] for c in conds],
+                                      "severity": np.array([c[1] for c in conds], np.int32)})}
+        sql = f"""
+            WITH k AS (SELECT model_id, image_id, perturbation, severity FROM known
+                       WHERE dataset = '{_q(m.dataset)}' AND model_id IN (SELECT model_id FROM wm)),
+                 w AS (SELECT wm.m, wc.c, wi.i, wm.model_id, wi.image_id, wc.perturbation, wc.severity
+                       FROM wm, wc, wi)
+            SELECT w.m, w.c, list(w.i ORDER BY w.i) AS idx
+            FROM w ANTI JOIN k USING (model_id, image_id, perturbation, severity)
+            GROUP BY w.m, w.c"""
+        got = store.query_known(self.db, "predictions", ["model_id", "dataset", "image_id", "perturbation",
+                                                         "severity"], sql, frames=frames)
+        return {(int(r.m), int(r.c)): np.asarray(r.idx, dtype=np.int64) for r in got.itertuples()}
+
+    def _predict_dataset(self, m: Manifest, idx: np.ndarray, models: list[LoadedModel],
+                         conds: list[tuple[str, int]]) -> None:
+        o = self.o
+        todo = self._missing(m, idx, models, conds)
+        total = int(sum(len(v) for v in todo.values()))
+        if not total:
+            self.log(f"{m.dataset}: nothing to compute ({len(idx)} images × {len(models)} models × "
+                     f"{len(conds)} conditions already in {self.db})")
+            return
+        image_ids = m.frame["image_id"].to_numpy()
+        bar = tqdm(total=total, unit="pred", desc=f"bench {m.dataset}", disable=not o.progress, smoothing=0.05)
+        dead: set[int] = set()
+        for c, cond in enumerate(conds):
+            need = {mi: todo[(mi, c)] for mi in range(len(models)) if (mi, c) in todo}
+            if not need:
+                continue
+            union = np.unique(np.concatenate(list(need.values())))
+            for s in range(0, len(union), o.batch_size):
+                chunk = union[s:s + o.batch_size]
+                base: dict[int, np.ndarray] = {}  # perturbed chunk per base resolution, shared by models
+                for mi, rows in need.items():
+                    if mi in dead:
+                        continue
+                    lm = models[mi]
+                    # rows and union are sorted, so this model's share of the chunk is one contiguous slice
+                    sel = rows[np.searchsorted(rows, chunk[0]):np.searchsorted(rows, chunk[-1], side="right")]
+                    if not len(sel):
+                        continue
+                    try:
+                        x = self._inputs(m, sel, chunk, cond, lm.predictor.img_size, base)
+                        t = time.perf_counter()
+                        out = lm.predictor.predict(x, mc_dropout=o.mc_dropout, tta=o.tta, batch_size=o.batch_size)
+                        dt = time.perf_counter() - t
+                    except Exception as e:  # one model failing (OOM, a bug) must not stop the others
+                        dead.add(mi)
+                        self.skipped[lm.id] = f"failed while predicting: {type(e).__name__}: {e}"
+                        self.log(f"model {lm.id} failed on {m.dataset}/{cond[0]}@{cond[1]}: {e!r}; skipping it")
+                        continue
+                    lm.latency_s += dt
+                    lm.images += len(sel)
+                    self.computed += len(sel)
+                    self.buffer.add(lm.id, m.dataset, image_ids[sel], cond, out, 1000 * dt / len(sel), self.run_id)
+                    bar.update(len(sel))
+                    self.flush()
+        bar.close()
+
+    def _inputs(self, m: Manifest, sel: np.ndarray, chunk: np.ndarray, cond: tuple[str, int], size: int,
+                base: dict[int, np.ndarray]) -> np.ndarray:
+        """uint8 [len(sel), size, size, 3]: cached clean pixels, or the shared perturbed chunk resized."""
+        if cond[0] == "none":
+            return np.asarray(self._images_at(m, size)[sel])
+        bsize = max(PERTURB_SIZE, size)
+        if bsize not in base:
+            base[bsize] = apply(cond[0], np.asarray(self._images_at(m, bsize)[chunk]), cond[1])
+        pos = np.searchsorted(chunk, sel)
+        imgs = base[bsize][pos]
+        if bsize == size:
+            return imgs
+        return np.stack([square_resize(x, size) for x in imgs])
+
+    def _images_at(self, m: Manifest, size: int):
+        return _images(m, size, self.cache, self.n_selected.get(m.dataset, 0), self.o.progress)
+
+
+def _q(s: str) -> str:
+    return s.replace("'", "''")
+
+
+def run(opts: RunOptions) -> dict:
+    """Run the bench with `opts`; returns a summary (rows written, models benched and skipped, time)."""
+    return Runner(opts).run()
+

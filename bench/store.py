@@ -1,0 +1,406 @@
+"""The predictions store: one DuckDB file (schema in `bench/SCHEMA.md`) fed through atomic Parquet parts.
+
+Why parts: DuckDB lets one process hold a database file for writing and, while it does, no other process can open
+it at all (not even read-only). A bench run takes hours, the dashboard reads all the time. So writers never keep the
+file open: a runner writes each finished batch as a Parquet file under `<db>.parts/<table>/` (written to a temp
+name, then renamed, so a part is either complete or absent), and `merge()` ingests parts in short transactions
+(open → insert what is not there yet → commit → delete the merged parts → close), holding the file well under a
+second at a time. Readers use `connect_read()`, which retries on the lock error with backoff.
+
+Crash safety: a kill before the rename loses only that part (recomputed next run); a kill between commit and the
+deletion of the parts leaves parts whose rows are already in the DB: the next merge skips them (primary keys, and
+inserts anti-joined on the key). Duplicates across parts (two shards, or a re-run racing a merge) are reduced to
+one row per key. Hence kill at any point + re-run ⇒ exactly the expected rows.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from zoo.paths import artifacts_dir
+
+TABLES: dict[str, list[tuple[str, str]]] = {
+    "models": [
+        ("model_id", "VARCHAR PRIMARY KEY"), ("name", "VARCHAR"), ("kind", "VARCHAR"), ("source", "VARCHAR"),
+        ("backbone", "VARCHAR"), ("formulation", "VARCHAR"), ("img_size", "INTEGER"), ("tasks", "VARCHAR"),
+        ("pretrained", "VARCHAR"), ("augment", "VARCHAR"), ("train_fraction", "DOUBLE"),
+        ("age_balance", "VARCHAR"), ("gender_balance", "VARCHAR"), ("training_data", "VARCHAR"),
+        ("dropout", "DOUBLE"), ("params", "BIGINT"), ("flops", "BIGINT"), ("infer_img_s", "DOUBLE"),
+        ("info", "JSON"),
+    ],
+    "images": [
+        ("dataset", "VARCHAR"), ("image_id", "VARCHAR"), ("split", "VARCHAR"), ("path", "VARCHAR"),
+        ("age", "DOUBLE"), ("age_min", "DOUBLE"), ("age_max", "DOUBLE"), ("gender", "TINYINT"),
+        ("race", "VARCHAR"), ("extras", "JSON"), ("brightness", "DOUBLE"), ("contrast", "DOUBLE"),
+        ("blur", "DOUBLE"), ("jpeg_quality", "DOUBLE"), ("resolution", "INTEGER"), ("face_size", "DOUBLE"),
+        ("background", "DOUBLE"), ("is_synthetic", "BOOLEAN"),
+    ],
+    "predictions": [
+        ("model_id", "VARCHAR"), ("dataset", "VARCHAR"), ("image_id", "VARCHAR"), ("perturbation", "VARCHAR"),
+        ("severity", "INTEGER"), ("age_pred", "DOUBLE"), ("sigma_aleatoric", "DOUBLE"),
+        ("sigma_epistemic", "DOUBLE"), ("sigma_tta", "DOUBLE"), ("gender_prob", "DOUBLE"),
+        ("latency_ms", "DOUBLE"), ("bench_run", "VARCHAR"),
+    ],
+    "bench_runs": [
+        ("run_id", "VARCHAR PRIMARY KEY"), ("started", "TIMESTAMP"), ("finished", "TIMESTAMP"),
+        ("commit", "VARCHAR"), ("device", "VARCHAR"), ("options", "JSON"), ("n_rows", "BIGINT"),
+    ],
+}
+KEYS: dict[str, list[str]] = {
+    "models": ["model_id"],
+    "images": ["dataset", "image_id"],
+    "predictions": ["model_id", "dataset", "image_id", "perturbation", "severity"],
+    "bench_runs": ["run_id"],
+}
+# How a part's row meets an existing row: `keep` the first one written (predictions and images are pure functions
+# of their key), or `replace` it with the newest (a model's metadata, a run's finish time).
+CONFLICT = {"models": "replace", "images": "keep", "predictions": "keep", "bench_runs": "replace"}
+MERGE_ORDER = ("bench_runs", "models", "images", "predictions")
+
+LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked", "different configuration")
+
+
+def default_db() -> Path:
+    return artifacts_dir() / "bench.duckdb"
+
+
+def parts_dir(db: Path | str) -> Path:
+    return Path(f"{db}.parts")
+
+
+def _ddl(table: str) -> str:
+    cols = ", ".join(f'"{c}" {t}' for c, t in TABLES[table])
+    if table in ("images", "predictions"):
+        cols += f", PRIMARY KEY ({', '.join(KEYS[table])})"
+    return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"
+
+
+def is_lock_error(e: BaseException) -> bool:
+    return isinstance(e, duckdb.Error) and any(m in str(e) for m in LOCK_MARKERS)
+
+
+INTENT_TTL = 2.0  # a writer refreshes its intent marker while it waits; an older marker is a dead writer's
+
+
+def intent_path(db: Path | str) -> Path:
+    return Path(f"{db}.write-intent")
+
+
+def _writer_waiting(path: Path) -> bool:
+    try:
+        return time.time() - intent_path(path).stat().st_mtime < INTENT_TTL
+    except FileNotFoundError:
+        return False
+
+
+def _connect_retry(path: Path, read_only: bool, timeout: float, backoff: float, max_yield: float = 0.5,
+                   retries: int | None = None) -> duckdb.DuckDBPyConnection:
+    """Open with jittered exponential backoff while another process holds a conflicting lock.
+
+    DuckDB's file lock has no fairness: readers polling back to back could keep a writer out for long. So a writer
+    announces itself with an intent marker (refreshed while it waits) and a reader holds back for a waiting writer,
+    but for at most `max_yield` seconds, so that back-to-back merges cannot starve readers either."""
+    start = time.monotonic()
+    deadline = start + timeout
+    delay = backoff
+    attempts = 0
+    while True:
+        if read_only and time.monotonic() - start < max_yield and _writer_waiting(path):
+            time.sleep(0.005)  # short naps: catch the gap between two merges
+            continue
+        if not read_only:
+            intent_path(path).touch()
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as e:
+            attempts += 1
+            if not is_lock_error(e) or time.monotonic() + delay > deadline or (retries is not None
+                                                                                and attempts > retries):
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 1.5, 0.05 if read_only else 0.02)
+
+
+def connect_read(path: Path | str | None = None, retries: int | None = None, timeout: float = 30.0,
+                 backoff: float = 0.005) -> duckdb.DuckDBPyConnection:
+    """A read-only connection for short-lived readers (the dashboard): retries on DuckDB's lock error with jittered
+    backoff (at most `retries` times, if given, and for at most `timeout` seconds) while a merge holds the file, and
+    yields briefly to a merge waiting for it. Keep it open only for a query or two: an open reader blocks the next
+    merge just as a merge blocks readers. Raises FileNotFoundError when there is no DB yet."""
+    path = Path(path or default_db())
+    if not path.exists():
+        raise FileNotFoundError(f"no bench database at {path}; run `python -m bench run` first")
+    return _connect_retry(path, True, timeout, backoff, retries=retries)
+
+
+@contextmanager
+def connect_write(path: Path | str | None = None, timeout: float = 300.0,
+                  backoff: float = 0.005) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection with the schema in place, as a context manager: the caller keeps it well under a
+    second; readers hold back from the moment we start waiting until it is closed."""
+    path = Path(path or default_db())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = _connect_retry(path, False, timeout, backoff)
+        try:
+            for t in TABLES:
+                con.execute(_ddl(t))
+            yield con
+        finally:
+            con.close()
+    finally:
+        intent_path(path).unlink(missing_ok=True)
+
+
+def init_db(path: Path | str | None = None) -> Path:
+    path = Path(path or default_db())
+    with connect_write(path):
+        pass
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parts
+# ---------------------------------------------------------------------------------------------------------------
+
+_ARROW = {"VARCHAR": pa.string(), "JSON": pa.string(), "INTEGER": pa.int32(), "BIGINT": pa.int64(),
+          "DOUBLE": pa.float64(), "TINYINT": pa.int8(), "BOOLEAN": pa.bool_(), "TIMESTAMP": pa.timestamp("us")}
+
+
+def arrow_schema(table: str) -> pa.Schema:
+    return pa.schema([(c, _ARROW[t.split()[0]]) for c, t in TABLES[table]])
+
+
+def to_arrow(table: str, frame: pd.DataFrame | pa.Table) -> pa.Table:
+    """Cast rows to the table's exact column set and types (NaN floats become NULL)."""
+    schema = arrow_schema(table)
+    if isinstance(frame, pd.DataFrame):
+        missing = [c for c in schema.names if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{table} rows lack columns {missing}")
+        frame = pa.Table.from_pandas(frame[schema.names], preserve_index=False)
+    return frame.select(schema.names).cast(schema)
+
+
+def write_part(db: Path | str, table: str, rows: pd.DataFrame | pa.Table, tag: str = "") -> Path | None:
+    """Atomically publish rows for `table` as `<db>.parts/<table>/<time>-<tag>-<rand>.parquet`.
+
+    The name starts with a nanosecond clock so that sorting names orders parts by age (newest wins on `replace`)."""
+    data = to_arrow(table, rows)
+    if data.num_rows == 0:
+        return None
+    folder = parts_dir(db) / table
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns():020d}-{tag or 'part'}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = folder / f".{name}.tmp"  # hidden and without the .parquet suffix: never globbed by a merge
+    pq.write_table(data, tmp, compression="zstd")
+    os.replace(tmp, folder / name)
+    return folder / name
+
+
+def list_parts(db: Path | str, table: str) -> list[Path]:
+    folder = parts_dir(db) / table
+    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+def pending_rows(db: Path | str, table: str = "predictions") -> int:
+    n = 0
+    for p in list_parts(db, table):
+        try:
+            n += pq.read_metadata(p).num_rows
+        except (FileNotFoundError, OSError):
+            continue  # merged and deleted meanwhile
+    return n
+
+
+def _sql_list(paths: Iterable[Path]) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _ingest(con: duckdb.DuckDBPyConnection, table: str, files: list[Path], dedupe: bool) -> int:
+    """Insert the parts' rows into `table` inside the caller's transaction; returns rows inserted.
+
+    `keep` tables (predictions, images): anti-join on the primary key, so rows already merged (a kill after the
+    commit, before the parts were deleted) are skipped. Duplicates *among* the parts (overlapping shards or runs)
+    are rare, so the fast path inserts without de-duplicating and the caller retries with `dedupe=True` when the
+    primary key rejects the batch. `replace` tables (models, bench_runs) are small: newest part wins, always."""
+    cols = [c for c, _ in TABLES[table]]
+    key = KEYS[table]
+    col_sql = ", ".join(f'"{c}"' for c in cols)
+    cast_sql = ", ".join(f'CAST("{c}" AS {t.split()[0]}) AS "{c}"' for c, t in TABLES[table])
+    src = f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
+    on = " AND ".join(f"t.{k} = i.{k}" for k in key)
+    replace = CONFLICT[table] == "replace"
+
+    def first_per_key(order: str) -> str:
+        return (f"SELECT {col_sql} FROM (SELECT {cast_sql}, filename FROM {src}) "
+                f"QUALIFY row_number() OVER (PARTITION BY {', '.join(key)} ORDER BY {order}) = 1")
+
+    if replace:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _incoming AS {first_per_key('filename DESC')}")
+        if table == "bench_runs":
+            # n_rows is the DB's own count (maintained by merge), never a runner's guess: keep the stored value.
+            con.execute(f"UPDATE _incoming i SET n_rows = t.n_rows FROM bench_runs t WHERE {on}")
+        con.execute(f"DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM _incoming i WHERE {on})")
+        n = con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming").fetchone()[0]
+        con.execute("DROP TABLE _incoming")
+    elif table == "predictions":
+        # Each run's n_rows grows by exactly what was inserted (a recount would rescan the run's rows on every
+        # merge). Parts of a single run (the usual case): the insert's own count. Several runs: via a temp table.
+        rows = first_per_key("filename") if dedupe else f"SELECT {cast_sql} FROM {src}"
+        runs = [r[0] for r in con.execute(f"SELECT DISTINCT bench_run FROM read_parquet({_sql_list(files)}, "
+                                          "union_by_name=true)").fetchall()]
+        new = f"SELECT i.* FROM ({rows}) i WHERE NOT EXISTS (SELECT 1 FROM predictions t WHERE {on})"
+        if len(runs) == 1:
+            n = con.execute(f"INSERT INTO predictions BY NAME {new}").fetchone()[0]
+            counts = f"SELECT ?::VARCHAR AS bench_run, {int(n)} AS n"
+            params = [runs[0]]
+        else:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS {new}")
+            n = con.execute("INSERT INTO predictions BY NAME SELECT * FROM _new").fetchone()[0]
+            counts, params = "SELECT bench_run, count(*) AS n FROM _new GROUP BY bench_run", []
+        con.execute(f"""UPDATE bench_runs b SET n_rows = coalesce(b.n_rows, 0) + c.n FROM ({counts}) c
+                        WHERE b.run_id = c.bench_run""", params)
+        con.execute("DROP TABLE IF EXISTS _new")
+    else:
+        rows = first_per_key("filename") if dedupe else f"SELECT {cast_sql} FROM {src}"
+        n = con.execute(f"""INSERT INTO {table} BY NAME SELECT i.* FROM ({rows}) i
+                            WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {on})""").fetchone()[0]
+    return int(n)
+
+
+def merge(db: Path | str | None = None, max_rows: int = 200_000, max_files: int = 64,
+          timeout: float = 300.0) -> dict[str, int]:
+    """Ingest every pending part, in short transactions of at most ~`max_rows` prediction rows each.
+
+    Each round: open the DB → ingest (anti-join on the primary key) → commit → delete those parts → close. Parts
+    are deleted while the file lock is still held, so a concurrent merger never lists a part that another is
+    about to delete. Safe to run concurrently with runners writing parts and with other mergers."""
+    db = Path(db or default_db())
+    inserted = {t: 0 for t in TABLES}
+    _sweep_stale_tmp(db)
+    while True:
+        if not any(list_parts(db, t) for t in MERGE_ORDER) and db.exists():
+            return inserted  # nothing pending: don't take the lock at all
+        batches: dict[str, list[Path]] = {}
+        with connect_write(db, timeout=timeout) as con:
+            # List under the lock: another merger cannot delete files we are about to read.
+            for table in MERGE_ORDER:
+                files = list_parts(db, table)
+                if table == "predictions":
+                    files = _take(files, max_rows, max_files)
+                if files:
+                    batches[table] = files
+            if not batches:
+                return inserted
+            for dedupe in (False, True):
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    counts = {t: _ingest(con, t, files, dedupe) for t, files in batches.items()}
+                    con.execute("COMMIT")
+                    break
+                except duckdb.ConstraintException:
+                    con.execute("ROLLBACK")  # duplicates among the parts: again, de-duplicating
+                    if dedupe:
+                        raise
+                except BaseException:
+                    try:
+                        con.execute("ROLLBACK")
+                    except duckdb.Error:
+                        pass  # the original error is the one worth reporting
+                    raise
+            for t, n in counts.items():
+                inserted[t] += n
+            for files in batches.values():  # after the commit, before the lock is released (see above)
+                for f in files:
+                    f.unlink(missing_ok=True)
+
+
+def _sweep_stale_tmp(db: Path, age_s: float = 3600.0) -> None:
+    """Remove temp files of part writes killed mid-way (a live write finishes within seconds, not an hour)."""
+    folder = parts_dir(db)
+    if not folder.is_dir():
+        return
+    now = time.time()
+    for tmp in folder.glob("*/.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > age_s:
+                tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _take(files: list[Path], max_rows: int, max_files: int) -> list[Path]:
+    """The oldest parts up to a row budget (always at least one), so one transaction stays short."""
+    out, rows = [], 0
+    for f in files[:max_files]:
+        try:
+            n = pq.read_metadata(f).num_rows
+        except (FileNotFoundError, OSError):
+            continue
+        if out and rows + n > max_rows:
+            break
+        out.append(f)
+        rows += n
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading what is already there
+# ---------------------------------------------------------------------------------------------------------------
+
+def _parts_relation(db: Path, table: str, cols: list[str]) -> str | None:
+    files = list_parts(db, table)
+    if not files:
+        return None
+    return f"SELECT {', '.join(cols)} FROM read_parquet({_sql_list(files)}, union_by_name=true)"
+
+
+def query_known(db: Path | str, table: str, cols: list[str], sql_over_known: str,
+                frames: dict[str, pd.DataFrame] | None = None, retries: int = 5) -> pd.DataFrame:
+    """Run `sql_over_known` where the view `known` holds `cols` of `table` from the DB *and* from pending parts
+    (so shards and re-runs skip work that is done but not merged yet). `frames` are registered as views.
+
+    Uses a read-only connection when the DB exists (closed before returning), an in-memory one otherwise. A part
+    merged and deleted between listing and reading raises an IO error: the query is simply retried."""
+    db = Path(db)
+    for attempt in range(retries):
+        con = connect_read(db) if db.exists() else duckdb.connect()
+        try:
+            for name, f in (frames or {}).items():
+                con.register(name, f)
+            sources = []
+            if db.exists():
+                sources.append(f"SELECT {', '.join(cols)} FROM {table}")
+            parts = _parts_relation(db, table, cols)
+            if parts:
+                sources.append(parts)
+            if not sources:
+                types = dict(TABLES[table])
+                sources.append(f"SELECT {', '.join(f'NULL::{types[c].split()[0]} AS {c}' for c in cols)} WHERE false")
+            con.execute(f"CREATE TEMP VIEW known AS {' UNION ALL '.join(sources)}")
+            return con.execute(sql_over_known).df()
+        except duckdb.IOException as e:
+            if attempt == retries - 1 or is_lock_error(e):
+                raise
+        finally:
+            con.close()
+    raise AssertionError("unreachable")
+
+
+def table_counts(db: Path | str) -> dict[str, int]:
+    con = connect_read(db)
+    try:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+    finally:
+        con.close()

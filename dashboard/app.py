@@ -1,0 +1,54 @@
+"""agezoo analysis dashboard: `streamlit run dashboard/app.py`.
+
+Reads the model registry (`artifacts/runs`) and the predictions database (`artifacts/bench.duckdb`, see
+bench/SCHEMA.md); both move with ZOO_ARTIFACTS. Pages are thin scripts in dashboard/views/; every database query is in
+dashboard/queries.py, every figure in dashboard/charts.py, the photo pipeline in dashboard/photo.py.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts dashboard/ on the path, not the repo
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from dashboard import common  # noqa: E402
+from dashboard import queries as Q  # noqa: E402
+
+st.set_page_config(page_title="agezoo — age & gender model zoo", page_icon="🧭", layout="wide")
+
+VIEWS = Path(__file__).resolve().parent / "views"
+PAGES = {
+    "Results": [
+        st.Page(VIEWS / "leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),
+        st.Page(VIEWS / "errors.py", title="Errors", icon=":material/troubleshoot:"),
+        st.Page(VIEWS / "fairness.py", title="Fairness", icon=":material/balance:"),
+        st.Page(VIEWS / "uncertainty.py", title="Uncertainty", icon=":material/ssid_chart:"),
+        st.Page(VIEWS / "robustness.py", title="Robustness", icon=":material/shield:"),
+    ],
+    "Studies": [
+        st.Page(VIEWS / "data_studies.py", title="Data studies", icon=":material/science:"),
+        st.Page(VIEWS / "browser.py", title="Browser", icon=":material/photo_library:"),
+    ],
+    "Models": [
+        st.Page(VIEWS / "compare.py", title="Compare a photo", icon=":material/photo_camera:"),
+        st.Page(VIEWS / "model_card.py", title="Model card", icon=":material/badge:"),
+    ],
+}
+
+nav = st.navigation(PAGES)
+Q.reset_stale()
+with Q.batch():  # one read-only connection for this run's uncached queries, closed when the run ends
+    try:
+        common.sidebar()
+        nav.run()
+    except Q.DBUnavailable as e:  # the file vanished between the status check and a query
+        st.info(f"The predictions database is not available: {e}. " + common.BENCH_HINT.format(db=Q.db_path()))
+    except Q.DBBusy:
+        st.warning("A bench run is writing the predictions database right now; this view has no earlier result "
+                   "cached. Reload in a moment.")
+if Q.stale():
+    st.sidebar.warning("A bench run holds the database: some views show the last results read before it started.")

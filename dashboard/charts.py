@@ -1,0 +1,333 @@
+"""Plotly figures built from the frames `dashboard.queries` returns (pure functions: frame in, figure out)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+PALETTE = px.colors.qualitative.Plotly + px.colors.qualitative.D3
+SOURCE_COLORS = {"aleatoric": "#636EFA", "MC-Dropout": "#EF553B", "ensemble spread": "#00CC96", "TTA": "#AB63FA",
+                 "total (aleatoric ⊕ epistemic)": "#FFA15A", "oracle (true error)": "#7F7F7F"}
+
+
+def _layout(fig: go.Figure, height: int = 420, legend: str = "bottom", **kw) -> go.Figure:
+    """Common layout; legend 'bottom' (single panels) or 'right' (multi-panel figures, whose x titles it would hide)."""
+    leg = dict(orientation="h", yanchor="top", y=-0.2, x=0) if legend == "bottom" else dict(orientation="v", x=1.02)
+    top = 70 if kw.get("title") and any(a.text for a in fig.layout.annotations or ()) else 45
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=top, b=10), legend=leg, **kw)
+    return fig
+
+
+def colors_for(ids) -> dict[str, str]:
+    return {m: PALETTE[k % len(PALETTE)] for k, m in enumerate(ids)}
+
+
+def _err(df: pd.DataFrame, col: str) -> dict:
+    lo, hi = f"{col}_lo", f"{col}_hi"
+    if lo not in df or hi not in df:
+        return {}
+    return dict(error_y=dict(type="data", symmetric=False, array=(df[hi] - df[col]).to_numpy(),
+                             arrayminus=(df[col] - df[lo]).to_numpy(), thickness=1.2, width=3))
+
+
+def cost_scatter(lb: pd.DataFrame, x: str, y: str = "mae", labels: dict | None = None) -> go.Figure:
+    """Accuracy vs cost: one point per model (with CI bars), x on a log axis, coloured by kind."""
+    d = lb.dropna(subset=[x, y]).copy()
+    fig = go.Figure()
+    for kind, g in d.groupby("kind", dropna=False, sort=True):
+        fig.add_trace(go.Scatter(
+            x=g[x], y=g[y], mode="markers", name=str(kind), text=g["label"],
+            marker=dict(size=10, line=dict(width=1, color="white")), **_err(g, y),
+            hovertemplate="%{text}<br>" + (labels or {}).get(x, x) + "=%{x:.3s}<br>" + (labels or {}).get(y, y)
+                          + "=%{y:.3f}<extra></extra>"))
+    if x in ("params", "flops") or (len(d) and d[x].max() / max(d[x].min(), 1e-9) > 30):
+        fig.update_xaxes(type="log")
+    fig.update_xaxes(title=(labels or {}).get(x, x))
+    fig.update_yaxes(title=(labels or {}).get(y, y))
+    return _layout(fig, title="Accuracy vs cost (bars: 95 % CI)")
+
+
+def slice_bars(df: pd.DataFrame, metric: str, names: dict[str, str], title: str) -> go.Figure:
+    """Grouped bars: x = slice value, one bar per model, CI whiskers."""
+    fig = go.Figure()
+    cmap = colors_for(list(dict.fromkeys(df["model_id"])))
+    for mid, g in df.groupby("model_id", sort=False):
+        fig.add_trace(go.Bar(x=g["slice"], y=g[metric], name=names.get(mid, mid), marker_color=cmap[mid],
+                             customdata=g["n"], **_err(g, metric),
+                             hovertemplate="%{x}<br>" + metric + "=%{y:.3f}<br>n=%{customdata}<extra></extra>"))
+    fig.update_layout(barmode="group", xaxis=dict(type="category"))
+    if metric == "bias":
+        fig.add_hline(y=0, line_color="gray", line_width=1)
+    return _layout(fig, title=title)
+
+
+def mae_by_age(df: pd.DataFrame, names: dict[str, str], min_n: int = 3) -> go.Figure:
+    """MAE (top) and signed bias with CI band (bottom) per true age."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("MAE per true age", "Signed bias (predicted − true), 95 % CI"))
+    cmap = colors_for(list(dict.fromkeys(df["model_id"])))
+    for mid, g in df[df["n"] >= min_n].groupby("model_id", sort=False):
+        c, name = cmap[mid], names.get(mid, mid)
+        fig.add_trace(go.Scatter(x=g["age"], y=g["mae"], name=name, line=dict(color=c), legendgroup=mid,
+                                 customdata=g["n"], hovertemplate="age %{x}: MAE %{y:.2f} (n=%{customdata})"),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=np.concatenate([g["age"], g["age"][::-1]]),
+                                 y=np.concatenate([g["bias_hi"], g["bias_lo"][::-1]]), fill="toself",
+                                 fillcolor=c, opacity=0.15, line=dict(width=0), showlegend=False, legendgroup=mid,
+                                 hoverinfo="skip"), row=2, col=1)
+        fig.add_trace(go.Scatter(x=g["age"], y=g["bias"], line=dict(color=c), showlegend=False, legendgroup=mid,
+                                 hovertemplate="age %{x}: bias %{y:+.2f}"), row=2, col=1)
+    fig.add_hline(y=0, line_color="gray", line_width=1, row=2, col=1)
+    fig.update_xaxes(title="true age", row=2, col=1)
+    return _layout(fig, height=560)
+
+
+def error_hist(df: pd.DataFrame, names: dict[str, str], width: float = 2.0) -> go.Figure:
+    """Normalised histograms of signed error per model, drawn as steps so several models stay readable."""
+    fig = go.Figure()
+    cmap = colors_for(list(dict.fromkeys(df["model_id"])))
+    for mid, g in df.groupby("model_id", sort=False):
+        g = g.sort_values("err")
+        share = g["n"] / g["n"].sum()
+        fig.add_trace(go.Scatter(x=g["err"] + width / 2, y=share, name=names.get(mid, mid), mode="lines",
+                                 line=dict(color=cmap[mid], shape="hvh", width=2),
+                                 hovertemplate="error %{x:+.0f} y: %{y:.1%}<extra>" + names.get(mid, mid)[:30]
+                                               + "</extra>"))
+    fig.add_vline(x=0, line_color="gray", line_width=1)
+    fig.update_xaxes(title="predicted − true age (years; tails clipped at ±40)")
+    fig.update_yaxes(title="share of images", tickformat=".0%")
+    return _layout(fig, title="Error distribution")
+
+
+def pred_vs_true(df: pd.DataFrame, name: str) -> go.Figure:
+    """scattergl of predicted vs true age, coloured by |error|; customdata = (dataset, image_id) for selection."""
+    fig = go.Figure(go.Scattergl(
+        x=df["age"], y=df["age_pred"], mode="markers",
+        customdata=np.stack([df["dataset"].astype(str), df["image_id"].astype(str)], axis=1) if len(df) else None,
+        marker=dict(size=5, color=df["err"].abs(), colorscale="Turbo", cmin=0, cmax=25, opacity=0.7,
+                    colorbar=dict(title="|err|")),
+        hovertemplate="true %{x:.0f} → predicted %{y:.1f}<br>%{customdata[1]}<extra></extra>"))
+    top = float(max(df["age"].max(), df["age_pred"].max(), 1)) if len(df) else 100.0
+    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", line=dict(color="gray", dash="dash"),
+                             hoverinfo="skip", showlegend=False))
+    fig.update_xaxes(title="true age")
+    fig.update_yaxes(title="predicted age")
+    return _layout(fig, height=520, title=f"Predicted vs true — {name} (box/lasso-select points to browse them)",
+                   dragmode="lasso")
+
+
+def group_bars(df: pd.DataFrame, metric: str, names: dict[str, str], title: str) -> go.Figure:
+    d = df.rename(columns={"grp": "slice"})
+    return slice_bars(d, metric, names, title)
+
+
+def gaps_bars(gaps: pd.DataFrame, names: dict[str, str], title: str) -> go.Figure:
+    d = gaps.copy()
+    d["label"] = [names.get(m, m) for m in d["model_id"]]
+    panels = [(c, t) for c, t in (("mae_gap", "MAE gap (worst − best group, years)"),
+                                  ("eq_odds_diff", "Equalized-odds difference (gender)"))
+              if c in d and d[c].notna().any()]
+    fig = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=[t for _, t in panels] or None)
+    for k, (c, _) in enumerate(panels, start=1):
+        extra = {}
+        if c == "mae_gap":
+            extra = dict(customdata=np.stack([d["worst_group"].astype(str), d["best_group"].astype(str)], axis=1),
+                         hovertemplate="%{x}<br>gap %{y:.2f} y (worst %{customdata[0]}, best %{customdata[1]})"
+                                       "<extra></extra>")
+        else:
+            extra = dict(hovertemplate="%{x}<br>EOD %{y:.3f}<extra></extra>")
+        fig.add_trace(go.Bar(x=d["label"], y=d[c], marker_color="#EF553B" if c == "mae_gap" else "#636EFA",
+                             name=c, **extra), row=1, col=k)
+    fig.update_layout(showlegend=False)
+    return _layout(fig, title=title)
+
+
+def balance_effect(df: pd.DataFrame, strategy_col: str, metric: str, title: str) -> go.Figure:
+    fig = px.strip(df, x=strategy_col, y=metric, color="backbone" if "backbone" in df else None,
+                   hover_name="label" if "label" in df else None)
+    fig.update_traces(marker=dict(size=11))
+    return _layout(fig, title=title)
+
+
+def _ordered_sources(col) -> list[str]:
+    order = list(SOURCE_COLORS)
+    return sorted(dict.fromkeys(col), key=lambda s: order.index(s) if s in order else len(order))
+
+
+def reliability(cov: pd.DataFrame, names: dict[str, str]) -> go.Figure:
+    """Observed vs nominal coverage of Gaussian central intervals, one panel per uncertainty source."""
+    sources = _ordered_sources(cov["source"])
+    fig = make_subplots(rows=1, cols=max(1, len(sources)), subplot_titles=sources, shared_yaxes=True)
+    cmap = colors_for(list(dict.fromkeys(cov["model_id"])))
+    seen = set()
+    for k, src in enumerate(sources, start=1):
+        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="gray", dash="dash"),
+                                 showlegend=False, hoverinfo="skip"), row=1, col=k)
+        for mid, g in cov[cov["source"] == src].groupby("model_id", sort=False):
+            fig.add_trace(go.Scatter(x=g["nominal"], y=g["observed"], mode="lines+markers", name=names.get(mid, mid),
+                                     line=dict(color=cmap[mid]), legendgroup=mid, showlegend=mid not in seen,
+                                     hovertemplate="nominal %{x:.0%} → observed %{y:.1%}"), row=1, col=k)
+            seen.add(mid)
+    fig.update_xaxes(range=[0.4, 1.0], tickformat=".0%", title="nominal")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    fig.update_yaxes(title="observed coverage", col=1)
+    return _layout(fig, height=400, legend="right",
+                   title="Coverage of μ ± zσ intervals (on the diagonal = calibrated; below = over-confident)")
+
+
+def risk_coverage(curves: pd.DataFrame, names: dict[str, str], oracle_for: str | None = None) -> go.Figure:
+    """MAE of the retained images vs the fraction retained (most certain first), one panel per source."""
+    real = curves[curves["source"] != "oracle (true error)"]
+    sources = _ordered_sources(real["source"])
+    fig = make_subplots(rows=1, cols=max(1, len(sources)), subplot_titles=sources, shared_yaxes=True)
+    cmap = colors_for(list(dict.fromkeys(curves["model_id"])))
+    seen = set()
+    for k, src in enumerate(sources, start=1):
+        for mid, g in real[real["source"] == src].groupby("model_id", sort=False):
+            fig.add_trace(go.Scatter(x=g["coverage"], y=g["mae"], mode="lines", name=names.get(mid, mid),
+                                     line=dict(color=cmap[mid]), legendgroup=mid, showlegend=mid not in seen,
+                                     hovertemplate="keep %{x:.0%} → MAE %{y:.2f}"), row=1, col=k)
+            seen.add(mid)
+        o = curves[(curves["source"] == "oracle (true error)") & (curves["model_id"] == oracle_for)]
+        if len(o):
+            fig.add_trace(go.Scatter(x=o["coverage"], y=o["mae"], mode="lines", name="oracle (focus model)",
+                                     line=dict(color="gray", dash="dot"), legendgroup="oracle",
+                                     showlegend=k == 1, hoverinfo="skip"), row=1, col=k)
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", title="coverage (kept)")
+    steady = curves[curves["coverage"] >= 0.1]["mae"]
+    if len(steady):
+        fig.update_yaxes(range=[0, 1.25 * float(steady.max())])
+    fig.update_yaxes(title="MAE of kept", col=1)
+    return _layout(fig, height=400, legend="right",
+                   title="Risk–coverage (lower curve = uncertainty ranks errors better)")
+
+
+def sigma_vs_error(curves: pd.DataFrame, names: dict[str, str], model: str, groups: int = 12) -> go.Figure:
+    """For one model: RMSE of the error vs mean σ in equal-count groups of σ (calibrated = on the diagonal)."""
+    d = curves[(curves["model_id"] == model) & (curves["source"] != "oracle (true error)")]
+    fig = go.Figure()
+    top = 1.0
+    for src, g in d.groupby("source", sort=False):
+        g = g.sort_values("sigma_bin")
+        n = g["n"].to_numpy(float)
+        grp = np.minimum((np.cumsum(n) - n / 2) / n.sum() * groups, groups - 1).astype(int)
+        agg = pd.DataFrame({"grp": grp, "n": n, "ss": g["sigma_bin"].to_numpy() * n, "sse": g["sse"].to_numpy()})
+        agg = agg.groupby("grp").sum()
+        x, y = agg["ss"] / agg["n"], np.sqrt(agg["sse"] / agg["n"])
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=src, line=dict(color=SOURCE_COLORS.get(src)),
+                                 customdata=agg["n"], hovertemplate="σ %{x:.2f} → RMSE %{y:.2f} (n=%{customdata})"))
+        top = max(top, float(x.max()), float(y.max()))
+    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", line=dict(color="gray", dash="dash"),
+                             showlegend=False, hoverinfo="skip"))
+    fig.update_xaxes(title="predicted σ (group mean)")
+    fig.update_yaxes(title="observed RMSE in group")
+    return _layout(fig, title=f"σ vs observed error — {names.get(model, model)} ({groups} equal-count groups)")
+
+
+def gender_reliability(df: pd.DataFrame, names: dict[str, str]) -> go.Figure:
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="gray", dash="dash"),
+                               showlegend=False, hoverinfo="skip"))
+    cmap = colors_for(list(dict.fromkeys(df["model_id"])))
+    for mid, g in df.groupby("model_id", sort=False):
+        fig.add_trace(go.Scatter(x=g["prob"], y=g["observed"], mode="lines+markers", name=names.get(mid, mid),
+                                 line=dict(color=cmap[mid]), customdata=g["n"],
+                                 hovertemplate="P %{x:.2f} → %{y:.1%} female (n=%{customdata})"))
+    fig.update_xaxes(title="predicted P(female)", range=[0, 1])
+    fig.update_yaxes(title="observed share female", range=[0, 1])
+    return _layout(fig, title="Gender probability reliability")
+
+
+def robustness(df: pd.DataFrame, names: dict[str, str], metric: str = "mae") -> go.Figure:
+    perts = list(dict.fromkeys(df["perturbation"]))
+    ncol = min(3, max(1, len(perts)))
+    nrow = int(np.ceil(len(perts) / ncol)) or 1
+    fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=perts, shared_yaxes=True,
+                        vertical_spacing=0.18 if nrow > 1 else 0.1)
+    cmap = colors_for(list(dict.fromkeys(df["model_id"])))
+    seen = set()
+    for k, pert in enumerate(perts):
+        r, c = k // ncol + 1, k % ncol + 1
+        for mid, g in df[df["perturbation"] == pert].groupby("model_id", sort=False):
+            fig.add_trace(go.Scatter(x=g["severity"], y=g[metric], mode="lines+markers", name=names.get(mid, mid),
+                                     line=dict(color=cmap[mid]), legendgroup=mid, showlegend=mid not in seen,
+                                     **(_err(g, metric) if metric == "mae" else {}),
+                                     hovertemplate="severity %{x} → %{y:.3f}"), row=r, col=c)
+            seen.add(mid)
+    fig.update_xaxes(dtick=1)
+    fig.update_xaxes(title="severity (0 = clean)", row=nrow)
+    return _layout(fig, height=320 * nrow + 80, legend="right",
+                   title=("MAE" if metric == "mae" else "Gender accuracy") + " vs perturbation severity")
+
+
+def study_chart(df: pd.DataFrame, factor: str, metric: str = "mae", title: str = "", numeric: bool = False,
+                group_col: str = "group", order: list | None = None) -> go.Figure:
+    """Metric (with CI) per factor value, one line / marker set per controlled group of otherwise-identical runs."""
+    fig = go.Figure()
+    for k, (grp, g) in enumerate(df.groupby(group_col, sort=False)):
+        g = g.sort_values(factor) if numeric else g
+        fig.add_trace(go.Scatter(x=g[factor] if numeric else g[factor].astype(str), y=g[metric],
+                                 mode="lines+markers" if numeric else "markers", name=str(grp),
+                                 marker=dict(size=11, color=PALETTE[k % len(PALETTE)]), text=g["label"],
+                                 **_err(g, metric), hovertemplate="%{text}<br>%{x} → %{y:.3f}<extra></extra>"))
+    if numeric:
+        fig.update_xaxes(type="log", title=factor)
+    else:
+        seen = [str(v) for v in df[factor].dropna().unique()]
+        first = [str(v) for v in (order or []) if str(v) in seen]
+        cats = first + sorted(v for v in seen if v not in first)
+        fig.update_xaxes(type="category", title=factor, categoryorder="array", categoryarray=cats)
+    fig.update_yaxes(title=metric)
+    return _layout(fig, height=360, title=title)
+
+
+def heatmap(mat: pd.DataFrame, title: str, fmt: str = ".2f") -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=mat.to_numpy(dtype=float), x=[str(c) for c in mat.columns],
+                               y=[str(i) for i in mat.index], colorscale="RdYlGn_r", texttemplate="%{z:" + fmt + "}",
+                               hovertemplate="trained on %{y}<br>evaluated on %{x}<br>MAE %{z:.2f}<extra></extra>",
+                               colorbar=dict(title="MAE")))
+    fig.update_xaxes(title="evaluated on", type="category")
+    fig.update_yaxes(title="trained on", type="category")
+    return _layout(fig, height=120 + 60 * max(1, len(mat)), title=title)
+
+
+def training_curves(hist: pd.DataFrame) -> go.Figure:
+    cols = [c for c in ("train_loss", "val_mae", "val_gender_acc", "lr") if c in hist]
+    titles = {"train_loss": "train loss", "val_mae": "val MAE", "val_gender_acc": "val gender acc",
+              "lr": "learning rate"}
+    fig = make_subplots(rows=1, cols=max(1, len(cols)), subplot_titles=[titles[c] for c in cols])
+    for k, c in enumerate(cols, start=1):
+        fig.add_trace(go.Scatter(x=hist["epoch"], y=hist[c], mode="lines+markers", name=titles[c]), row=1, col=k)
+        if c == "val_mae" and hist[c].notna().any():
+            best = hist.loc[hist[c].idxmin()]
+            fig.add_trace(go.Scatter(x=[best["epoch"]], y=[best[c]], mode="markers", name="best epoch",
+                                     marker=dict(size=12, symbol="star", color="gold")), row=1, col=k)
+    fig.update_xaxes(title="epoch")
+    return _layout(fig, height=320, showlegend=False)
+
+
+def photo_predictions(df: pd.DataFrame) -> go.Figure:
+    """Every model's age (± MC-Dropout / aleatoric σ) and P(female) for one face, in one figure."""
+    d = df.sort_values("age", na_position="last")
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, column_widths=[0.68, 0.32], horizontal_spacing=0.03,
+                        subplot_titles=("Age (bars: ±1σ total; thick: MC-Dropout/ensemble)", "P(female)"))
+    y = d["label"].tolist()
+    total = d["sigma_total"].to_numpy(float)
+    epi = d["sigma_epistemic"].to_numpy(float)
+    fig.add_trace(go.Scatter(x=d["age"], y=y, mode="markers", name="age ± total σ",
+                             marker=dict(size=11, color="#636EFA"),
+                             error_x=dict(type="data", array=np.nan_to_num(total), thickness=1.5, width=6),
+                             customdata=np.stack([np.nan_to_num(d["sigma_aleatoric"].to_numpy(float), nan=-1),
+                                                  np.nan_to_num(epi, nan=-1)], axis=1),
+                             hovertemplate="%{y}<br>age %{x:.1f}<br>σ aleatoric %{customdata[0]:.2f}"
+                                           "<br>σ MC/ensemble %{customdata[1]:.2f}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=d["age"], y=y, mode="markers", name="± MC-Dropout σ", marker=dict(size=1, opacity=0),
+                             error_x=dict(type="data", array=np.nan_to_num(epi), thickness=5, width=0,
+                                          color="#EF553B"), hoverinfo="skip"), row=1, col=1)
+    fig.add_trace(go.Bar(x=d["gender_prob"], y=y, orientation="h", name="P(female)", marker_color="#EF553B",
+                         hovertemplate="%{y}<br>P(female) %{x:.2f}<extra></extra>"), row=1, col=2)
+    fig.add_vline(x=0.5, line_dash="dash", line_color="gray", row=1, col=2)
+    fig.update_xaxes(title="years", row=1, col=1)
+    fig.update_xaxes(range=[0, 1], title="probability", row=1, col=2)
+    return _layout(fig, height=160 + 42 * len(d), showlegend=False)

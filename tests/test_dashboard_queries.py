@@ -1,0 +1,188 @@
+"""dashboard/queries.py: SQL aggregates agree with bench.metrics (the numbers of `python -m bench report`), the app
+survives a writer holding the DB, bad DB files are reported, and image paths cannot escape the dataset root."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboard import demo
+from dashboard import queries as Q
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("qdb") / "bench.duckdb"
+    demo.write_predictions_db(path, demo.demo_models(6), demo.make_images(1500, seed=1), seed=1, pert_images=40,
+                              perturbations={"gaussian_blur": 2, "jpeg": 2})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def frame(db):
+    con = duckdb.connect(db, read_only=True)
+    try:
+        return con.execute("""SELECT p.*, i.age, i.gender::DOUBLE AS gender, i.race FROM predictions p
+                              JOIN images i USING (dataset, image_id)
+                              WHERE p.perturbation = 'none' AND i.split = 'test' AND p.dataset = 'utkface'""").df()
+    finally:
+        con.close()
+
+
+def test_leaderboard_matches_bench_metrics(db, frame):
+    bm = pytest.importorskip("bench.metrics")
+    lb = Q.leaderboard.raw(db, Q.db_version(db), "utkface", "test").set_index("model_id")
+    ref = bm.leaderboard(frame, n_boot=400).set_index("model_id").loc[lb.index]
+    assert len(lb) == 6 and lb["n"].min() > 200
+    for mine, theirs in [("mae", "mae"), ("rmse", "rmse"), ("cs5", "cs5"), ("acc10", "acc10"),
+                         ("gender_acc", "gender_acc"), ("f1", "gender_f1")]:
+        np.testing.assert_allclose(lb[mine], ref[theirs], atol=1e-9, err_msg=mine)
+    np.testing.assert_allclose(lb["gender_auc"], ref["gender_auc"], atol=1e-3)  # logit-binned
+    # Analytic intervals vs bench's percentile bootstrap: the same to a fraction of their width.
+    for m, tol in [("mae", 0.2), ("rmse", 0.2), ("cs5", 0.2), ("acc10", 0.2), ("gender_acc", 0.3),
+                   ("gender_auc", 0.45)]:
+        width = ref[f"{m}_hi"] - ref[f"{m}_lo"]
+        for side in ("lo", "hi"):
+            rel = (lb[f"{m}_{side}"] - ref[f"{m}_{side}"]).abs() / width
+            assert rel.max() < tol, (m, side, rel.max())
+    assert (lb["mae_lo"] < lb["mae"]).all() and (lb["mae"] < lb["mae_hi"]).all()
+
+
+def test_fairness_uncertainty_and_slices_match_bench_metrics(db, frame):
+    bm = pytest.importorskip("bench.metrics")
+    ver = Q.db_version(db)
+    models = tuple(sorted(frame["model_id"].unique()))
+    gaps = Q.fairness_gaps(Q.group_metrics.raw(db, ver, models, "utkface", "test", "race"), min_n=1)
+    gaps = gaps.set_index("model_id")
+    summary = Q.uncertainty_summary.raw(db, ver, models, "utkface", "test")
+    area = Q.aurc(Q.risk_coverage.raw(db, ver, models, "utkface", "test"))
+    ages = Q.group_metrics.raw(db, ver, models, "utkface", "test", "age group")
+    for m in models:
+        sub = frame[frame["model_id"] == m]
+        ref = bm.fairness_gaps(sub, "race")
+        assert gaps.loc[m, "mae_gap"] == pytest.approx(ref["mae_gap"], abs=1e-9)
+        assert gaps.loc[m, "gender_acc_gap"] == pytest.approx(ref["gender_acc_gap"], abs=1e-9)
+        assert gaps.loc[m, "eq_odds_diff"] == pytest.approx(ref["equalized_odds_diff"], abs=1e-9)
+        ref_age = bm.group_metrics(sub.assign(age_group=bm.age_group(sub["age"])), "age_group", n_boot=0)
+        mine = ages[ages["model_id"] == m].set_index("grp")["mae"]
+        for _, r in ref_age.iterrows():
+            assert mine[r["age_group"]] == pytest.approx(r["mae"], abs=1e-9)
+        if sub["sigma_aleatoric"].notna().any():
+            cov = bm.interval_coverage(sub["age_pred"].values, sub["sigma_aleatoric"].values, sub["age"].values)
+            row = summary[(summary["model_id"] == m) & (summary["source"] == "aleatoric")].iloc[0]
+            for lv, v in cov.items():
+                assert row[f"cov_{int(lv * 100)}"] == pytest.approx(v, abs=1e-9)
+            sp = bm.sparsification(np.abs(sub["age_pred"] - sub["age"]).values, sub["sigma_aleatoric"].values)
+            mine_aurc = area[(area["model_id"] == m) & (area["source"] == "aleatoric")]["aurc"].iloc[0]
+            assert mine_aurc == pytest.approx(sp["aurc"], rel=0.02)  # 1 %-wide σ bins vs exact ranking
+
+
+def test_every_query_runs_and_slices_cover_all_rows(db):
+    ver = Q.db_version(db)
+    lb = Q.leaderboard.raw(db, ver, "utkface", "test")
+    models = tuple(lb["model_id"][:3])
+    n_clean = lb.set_index("model_id").loc[list(models), "n"].sum()
+    for name, (_, uses_pert, _) in Q.SLICES.items():
+        d = Q.slice_metrics.raw(db, ver, models, "utkface", "test", name)
+        assert len(d), name
+        if not uses_pert:
+            assert d["n"].sum() == n_clean, name  # every clean row lands in exactly one slice value
+    q = Q.slice_metrics.raw(db, ver, models, "utkface", "test", "lighting quartile (per dataset)")
+    assert set(q["slice"]) <= {"Q1 darkest", "Q2", "Q3", "Q4 brightest", "unknown"}
+    rob = Q.robustness.raw(db, ver, models, "utkface", "test")
+    assert set(rob["severity"]) == {0, 1, 2} and set(rob["perturbation"]) == {"gaussian_blur", "jpeg"}
+    assert (rob.groupby(["model_id", "perturbation"])["mae"].apply(lambda s: s.iloc[-1] > s.iloc[0])).all()
+    assert len(Q.mae_by_age.raw(db, ver, models, "utkface", "test"))
+    assert Q.error_hist.raw(db, ver, models, "utkface", "test")["n"].sum() == n_clean
+    pts = Q.scatter_sample.raw(db, ver, models[0], "utkface", "test", 50)
+    assert len(pts) == 50
+    keys = tuple(zip(pts["dataset"][:7], pts["image_id"][:7]))
+    sel = Q.browser_rows.raw(db, ver, models[0], "*", "*", (), keys)
+    assert set(sel["image_id"]) == {k[1] for k in keys}
+    worst = Q.browser_rows.raw(db, ver, models[0], "utkface", "test", (("age group", "60+"),), limit=10)
+    assert (worst["age"] >= 60).all() and worst["err"].abs().is_monotonic_decreasing
+    gc = Q.gender_calibration.raw(db, ver, models, "utkface", "test")
+    assert gc["n"].sum() > 0 and gc["prob"].between(0, 1).all()
+    scores = Q.clean_scores.raw(db, ver, "test")
+    frame = Q.study_frame(Q.models.raw(db, ver), scores, pd.DataFrame())
+    cross = Q.cross_dataset(frame, scores)
+    assert {"utkface", "appa"} <= set(cross["plain"].columns)
+    assert len(cross["pairs"]) == 1 and cross["pairs"]["target"].iloc[0] == "appa"
+    aug = Q.study(frame, "augment")
+    assert aug["missing"] == ["none", "strong"]  # the 6-model demo zoo only trains `light`
+
+
+def test_writer_holding_the_db_serves_last_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("DASHBOARD_DB_LOCK_TIMEOUT", "0.3")
+    path = tmp_path / "bench.duckdb"
+    demo.write_predictions_db(path, demo.demo_models(2), demo.make_images(120, seed=2), perturbations={})
+    db = str(path)
+    first = Q.leaderboard(db, Q.db_version(db), "utkface", "test")
+    assert Q.db_status(db, Q.db_version(db))["state"] == "ok"
+    Q.reset_stale()
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time\n"
+        f"c = duckdb.connect({db!r})\n"
+        "c.execute(\"INSERT INTO bench_runs (run_id) VALUES ('writer')\"); c.execute('CHECKPOINT')\n"
+        "print('ready', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        ver = Q.db_version(db)
+        t0 = time.perf_counter()
+        again = Q.leaderboard(db, ver, "utkface", "test")  # new version, locked -> the last good result
+        assert again.equals(first) and Q.stale() == ["leaderboard"]
+        with pytest.raises(Q.DBBusy):  # never read before: nothing to fall back on
+            Q.robustness(db, ver, ("x",), "utkface", "test")
+        assert time.perf_counter() - t0 < 3
+        assert Q.db_status(db, ver)["state"] == "ok"  # the status falls back too
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    Q._BUSY_UNTIL.clear()
+    Q.reset_stale()
+    ver = Q.db_version(db)
+    assert Q.leaderboard(db, ver, "utkface", "test").equals(first) and Q.stale() == []
+
+
+def test_db_states(tmp_path):
+    missing = str(tmp_path / "none.duckdb")
+    assert Q.db_status.raw(missing, Q.db_version(missing))["state"] == "missing"
+    empty = tmp_path / "empty.duckdb"
+    duckdb.connect(str(empty)).close()
+    assert Q.db_status.raw(str(empty), Q.db_version(empty))["state"] == "empty"
+    junk = tmp_path / "junk.duckdb"
+    junk.write_text("not a database at all\n" * 100)
+    st = Q.db_status.raw(str(junk), Q.db_version(junk))
+    assert st["state"] == "invalid" and "cannot be read" in st["message"]
+    bad = tmp_path / "bad.duckdb"
+    con = duckdb.connect(str(bad))
+    for t in ("models", "images", "bench_runs"):
+        con.execute(f"CREATE TABLE {t} (x INTEGER)")
+    con.execute("CREATE TABLE predictions (model_id VARCHAR)")
+    con.close()
+    st = Q.db_status.raw(str(bad), Q.db_version(bad))
+    assert st["state"] == "invalid" and "predictions lacks" in st["message"]
+    no_rows = tmp_path / "norows.duckdb"
+    demo.write_predictions_db(no_rows, [], demo.make_images(10), perturbations={})
+    assert Q.db_status.raw(str(no_rows), Q.db_version(no_rows))["state"] == "empty"
+
+
+def test_image_paths_stay_inside_the_root(tmp_path):
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    (root / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    assert Q.safe_image_path(root, "sub/a.jpg") == (root / "sub" / "a.jpg").resolve()
+    for bad in ("../secret.jpg", "sub/../../secret.jpg", str(tmp_path / "secret.jpg"), "link.jpg", "", "sub",
+                "missing.jpg", "a\x00b.jpg"):
+        assert Q.safe_image_path(root, bad) is None, bad
+    assert Q.safe_image_path(tmp_path / "nope", "a.jpg") is None

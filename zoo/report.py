@@ -1,0 +1,60 @@
+"""The README's results table, generated from the registry (never typed by hand).
+
+`python -m zoo report` prints it; `python -m zoo report --update-readme` rewrites the block between the
+`<!-- results:start -->` / `<!-- results:end -->` markers in README.md.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from zoo.paths import REPO
+from zoo.registry import list_runs
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def results_frame(split: str = "test", peers: list[dict] | None = None) -> pd.DataFrame:
+    """One row per registered model (plus peers given as {name, metrics}) on `split` (UTKFace committed split)."""
+    rows = []
+    for r in list_runs() + (peers or []):
+        m = r.get("metrics", {}).get(split, {})
+        if not m:
+            continue
+        cfg = r.get("config", {})
+        rows.append({
+            "model": r.get("name") or r["id"], "id": r.get("id", ""), "backbone": cfg.get("backbone", ""),
+            "formulation": cfg.get("formulation", ""), "px": cfg.get("img_size"),
+            "MAE": m.get("mae"), "RMSE": m.get("rmse"), "CS@5": m.get("cs5"), "±10y": m.get("acc10"),
+            "gender acc": m.get("gender_acc"), "gender F1": m.get("gender_f1"), "gender AUC": m.get("gender_auc"),
+            "params (M)": r.get("params", float("nan")) / 1e6 if r.get("params") else None,
+            "img/s": r.get("infer_img_s"),
+        })
+    return pd.DataFrame(rows).sort_values("MAE", na_position="last") if rows else pd.DataFrame()
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_No trained models registered yet._"
+    fmt = {"MAE": "{:.2f}", "RMSE": "{:.2f}", "CS@5": "{:.1%}", "±10y": "{:.1%}", "gender acc": "{:.1%}",
+           "gender F1": "{:.3f}", "gender AUC": "{:.3f}", "params (M)": "{:.1f}", "img/s": "{:.0f}"}
+    cols = ["model", "backbone", "formulation", "px", *fmt]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in frame.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            cells.append("–" if v is None or (isinstance(v, float) and pd.isna(v)) else fmt[c].format(v)
+                         if c in fmt else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def update_readme(table: str, readme: Path = REPO / "README.md") -> None:
+    text = readme.read_text()
+    if START not in text:
+        raise ValueError(f"{readme} has no {START} marker")
+    block = f"{START}\n{table}\n{END}"
+    readme.write_text(re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S))
