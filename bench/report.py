@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from bench import store
-from bench.metrics import leaderboard
+from bench.metrics import leaderboard, point_metrics
 
 
 def load_predictions(db: Path | str, dataset: str | None = None, perturbation: str | None = "none",
@@ -67,3 +67,13 @@ def report(db: Path | str, dataset: str | None = None, split: str | None = None,
         blocks.append(f"{ds} ({splits}; {g['image_id'].nunique()} images; clean; 95 % bootstrap CIs, "
                       f"{n_boot} resamples)\n" + leaderboard_table(g, n_boot=n_boot).to_string(index=False))
     return "\n\n".join(blocks)
+
+
+def peer_records(db: Path | str, dataset: str = "utkface", split: str = "test") -> list[dict]:
+    """External peers' clean-image metrics in the registry's record shape, for tables that put them beside ours."""
+    df = load_predictions(db, dataset=dataset, split=split)
+    if df.empty:
+        return []
+    return [{"id": mid, "name": str(g["model_name"].iloc[0] or mid), "config": {"backbone": "external"},
+             "metrics": {split: point_metrics(g)}}
+            for mid, g in df[df["source"] == "peer"].groupby("model_id", sort=True)]

@@ -21,8 +21,8 @@ def set_torch_threads() -> None:
 
 
 def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
-    """(runnable run records, [(id, why not runnable)]): a run is runnable when its weights (or, for an ensemble,
-    every member's, for an adapted run its own) are present."""
+    """(runnable model records, [(id, why not runnable)]): a run is runnable when its weights (or, for an ensemble,
+    every member's, for an adapted run its own) are present; external peers are always listed."""
     from dashboard.queries import read_runs
     from zoo.paths import runs_dir
 
@@ -48,14 +48,19 @@ def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[s
     for r in runs:
         why = has_weights(r)
         (skipped.append((r["id"], why)) if why else ok.append(r))
+    from bench.peers import list_peers
+
+    # External peers carry their own weights (inside their package); one that fails to load shows its error.
+    ok += [{"id": p, "name": p, "kind": "peer"} for p in list_peers()]
     return ok, skipped
 
 
 def load_predictor(model_id: str, root: Path | None = None):
+    from bench.peers import is_peer, load_peer
     from zoo.registry import load
 
     set_torch_threads()
-    return load(model_id, root)
+    return load_peer(model_id) if is_peer(model_id) else load(model_id, root)
 
 
 def predict_one(predictor, crop: np.ndarray, mc_dropout: int = 10, tta: str | None = None) -> dict:

@@ -54,7 +54,8 @@ def test_schema_matches_schema_md(tmp_path):
 def test_merge_inserts_each_key_once_and_survives_replayed_parts(tmp_path):
     db = tmp_path / "b.duckdb"
     store.write_part(db, "predictions", _preds(range(0, 50)))
-    store.write_part(db, "predictions", _preds(range(25, 75), age=99.0))  # overlaps: first written wins
+    # A second run racing the first (a run itself computes each key once): overlaps, and the first written wins.
+    store.write_part(db, "predictions", _preds(range(25, 75), run="r2", age=99.0))
     store.write_part(db, "predictions", _preds(range(0, 10), model="m2"))
     (store.parts_dir(db) / "predictions" / ".half-written.parquet.tmp").write_bytes(b"PAR1 garbage")  # a killed write
     n = store.merge(db)

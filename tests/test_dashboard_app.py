@@ -111,9 +111,11 @@ def test_compare_page_predicts_with_every_model(artifacts, env):
     at.file_uploader(key="photo_upload").set_value(("face.jpg", face_jpeg(), "image/jpeg")).run(timeout=TIMEOUT)
     assert not at.exception and not at.error, [e.value for e in at.error]
     table = next(d.value for d in at.dataframe if "age" in d.value.columns)
-    assert len(table) == len(artifacts["registry"]) == 3  # 2 networks + their ensemble
+    assert len(table) == len(artifacts["registry"]) + 1 == 4  # 2 networks + their ensemble + the external peer
     assert table["error"].isna().all() and table["age"].notna().all()
-    assert table["gender_prob"].between(0, 1).all() and (table["sigma_epistemic"] > 0).all()  # MC-Dropout on
+    assert table["gender_prob"].between(0, 1).all()
+    ours = table[table["kind"] != "peer"]
+    assert len(ours) == 3 and (ours["sigma_epistemic"] > 0).all()  # MC-Dropout on
     assert charts(at) == 1
 
     # Not an image: a clear message, no traceback.
@@ -126,13 +128,13 @@ def test_compare_page_predicts_with_every_model(artifacts, env):
     assert not at.exception and any("No face" in w.value for w in at.warning)
     at.checkbox(key="photo_whole").check().run(timeout=TIMEOUT)
     table = next(d.value for d in at.dataframe if "age" in d.value.columns)
-    assert len(table) == 3 and table["error"].isna().all()
+    assert len(table) == 4 and table["error"].isna().all()
     # The camera: a JPEG shot replaces the upload.
     at.toggle(key="photo_use_camera").set_value(True).run(timeout=TIMEOUT)
     at.camera_input(key="photo_camera").set_value(("shot.jpg", face_jpeg(), "image/jpeg")).run(timeout=TIMEOUT)
     assert not at.exception and not at.error
     assert not any("No face" in w.value for w in at.warning) and charts(at) == 1  # the shot, not the wall
-    assert len(next(d.value for d in at.dataframe if "age" in d.value.columns)) == 3
+    assert len(next(d.value for d in at.dataframe if "age" in d.value.columns)) == 4
 
 
 def test_every_page_renders_with_empty_artifacts(tmp_path, env):

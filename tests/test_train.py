@@ -158,6 +158,12 @@ def test_mc_dropout_tta_and_ensemble_shapes(tiny):
                                                                               "dropout": 0.0}),
                          progress=False)["id"])
     assert np.allclose(no_drop.predict(imgs, mc_dropout=5)["sigma_epistemic"], 0, atol=1e-5)
+    # dropout only before the heads: one backbone pass per view serves every MC pass, and still samples
+    head_only = load(train(_cfg(seed=4, epochs=1, dropout=0.5, backbone_kwargs={"width": 8, "hidden": 32,
+                                                                               "dropout": 0.0}),
+                           progress=False)["id"])
+    assert not head_only._full_mc and p._full_mc
+    assert (head_only.predict(imgs, mc_dropout=8)["sigma_epistemic"] > 0).all()
     for mode, expect_views in (("flip", 2), ("flip+crop", 4)):
         t = p.predict(imgs, tta=mode)
         assert t["sigma_tta"].shape == (5,) and (t["sigma_tta"] >= 0).all()

@@ -83,3 +83,21 @@ def test_unknown_backbone_and_missing_checkpoint_are_clear(tmp_path):
         create_backbone("resnet9000")
     with pytest.raises(FileNotFoundError):
         create_backbone("resnet18", pretrained=str(tmp_path / "nope.safetensors"))
+
+
+def test_a_run_can_start_from_another_runs_checkpoint(tmp_path):
+    """Warm start from a zoo checkpoint (prefixed `backbone.`, fp16): the backbone gets its weights; a checkpoint of
+    another architecture is refused loudly instead of silently loading nothing."""
+    from safetensors.torch import save_file
+
+    from zoo.config import TrainConfig
+    from zoo.model import AgeGenderModel
+
+    src = AgeGenderModel(TrainConfig(backbone="seed_cnn", formulation="l1", backbone_kwargs={"width": 8}))
+    ckpt = tmp_path / "best.safetensors"
+    save_file({k: v.half() for k, v in src.state_dict().items()}, str(ckpt))
+    model, *_ = create_backbone("seed_cnn", pretrained=str(ckpt), width=8)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v.half(), src.backbone.state_dict()[k].half()), k
+    with pytest.raises(ValueError, match="belongs to this backbone"):
+        create_backbone("resnet18", pretrained=str(ckpt))

@@ -73,7 +73,9 @@ for _name in ("resnet18", "resnet50", "efficientnet_b0", "efficientnet_b2", "mob
 
 def load_local_weights(model: nn.Module, path: str | Path) -> list[str]:
     """Load a local checkpoint (safetensors, or a torch state dict read with weights_only=True) into the backbone.
-    Classifier weights that do not fit are skipped; any other shape mismatch is an error. Returns skipped keys."""
+    A zoo checkpoint (`best.safetensors` of a registered run) contributes its `backbone.*` tensors, so a run can
+    start from another run (e.g. progressive resizing). Classifier weights that do not fit are skipped; any other
+    shape mismatch, or a checkpoint with nothing for this backbone, is an error. Returns skipped keys."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained checkpoint {path} does not exist")
@@ -84,10 +86,14 @@ def load_local_weights(model: nn.Module, path: str | Path) -> list[str]:
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if any(k.startswith("backbone.") for k in state):
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     own = model.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
         raise ValueError(f"{path}: shape mismatch for {bad[:5]}{'…' if len(bad) > 5 else ''}")
+    if not any(k in own for k in state):
+        raise ValueError(f"{path}: no tensor in it belongs to this backbone (wrong architecture?)")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return sorted(set(state) - set(own))
 

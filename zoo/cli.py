@@ -115,10 +115,30 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from zoo.report import markdown_table, results_frame, update_readme
 
-    table = markdown_table(results_frame(args.split))
+    from zoo.paths import artifacts_dir
+
+    db = artifacts_dir() / "bench.duckdb"
+    peers = []
+    if db.exists():  # external peers were benched on the same images: show them beside ours
+        from bench.report import peer_records
+
+        peers = peer_records(db, split=args.split)
+    table = markdown_table(results_frame(args.split, peers))
     print(table)
     if args.update_readme:
         update_readme(table)
+    return 0
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    from zoo.ship import plan, write_ignore
+
+    kept, dropped = plan(args.cap_mb)
+    for title, group in (("shipped", kept), ("dropped (metrics still ship)", dropped)):
+        print(f"{title}: {len(group)} checkpoints, {sum(c.mb for c in group):.1f} MB")
+        for c in group:
+            print(f"  {c.mb:6.1f} MB  {c.run_id}  {c.name}")
+    print(f"wrote {write_ignore(dropped)}")
     return 0
 
 
@@ -171,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--split", default="test")
     r.add_argument("--update-readme", action="store_true", help="rewrite the README's results block")
     r.set_defaults(fn=cmd_report)
+    sh = sub.add_parser("ship", help="choose which checkpoints are committed under a size cap",
+                        description="Keep every run's record; drop checkpoints (data-strategy variants first, then "
+                                    "the largest; never headline runs) until the rest fits the cap. Writes "
+                                    "artifacts/runs/.gitignore.")
+    sh.add_argument("--cap-mb", type=float, default=120.0)
+    sh.set_defaults(fn=cmd_ship)
     return p
 
 

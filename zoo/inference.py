@@ -59,36 +59,40 @@ def set_mc_dropout(model: nn.Module, active: bool) -> None:
 
 
 class Predictor:
-    """A single trained network with its decoding."""
+    """A single trained network (`zoo.model.AgeGenderModel`) with its decoding."""
 
     def __init__(self, model: nn.Module, img_size: int, model_id: str = "", info: dict | None = None):
         self.model = model.eval()
         self.img_size = img_size
         self.id = model_id
         self.info = info or {}
+        # Dropout inside the backbone (seed_cnn's dense layer) means each MC pass must rerun the whole network;
+        # otherwise only the heads see dropout and one backbone pass per view serves every MC pass.
+        self._full_mc = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.backbone.modules())
+
+    def _decode(self, out: dict[str, torch.Tensor], b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        nan = torch.full((b,), float("nan"))
+        age, sig = self.model.age.decode(out["age"]) if "age" in out else (nan, nan)
+        gender = torch.sigmoid(out["gender"].float()) if "gender" in out else nan
+        return age.float(), sig.float(), gender
 
     @torch.no_grad()
     def _passes(self, x: torch.Tensor, mc_dropout: int, tta: str | None) -> dict[str, torch.Tensor]:
         """Stacked outputs [passes, views, B]."""
-        n = max(1, mc_dropout)
-        set_mc_dropout(self.model, mc_dropout > 0)
-        views = tta_views(x, tta)
-        ages, sigmas, genders = [], [], []
-        for _ in range(n):
-            a, s, g = [], [], []
-            for v in views:
-                out = self.model(v)
-                b = v.shape[0]
-                if "age" in out:
-                    age, sig = self.model.age.decode(out["age"])
-                else:
-                    age, sig = torch.full((b,), float("nan")), torch.full((b,), float("nan"))
-                a.append(age.float())
-                s.append(sig.float())
-                g.append(torch.sigmoid(out["gender"].float()) if "gender" in out else torch.full((b,), float("nan")))
-            ages.append(torch.stack(a)), sigmas.append(torch.stack(s)), genders.append(torch.stack(g))
-        set_mc_dropout(self.model, False)
-        return {"age": torch.stack(ages), "sigma": torch.stack(sigmas), "gender": torch.stack(genders)}
+        m, n, sample = self.model, max(1, mc_dropout), mc_dropout > 0
+        full = sample and self._full_mc
+        set_mc_dropout(m, full)
+        per_view = []
+        for v in tta_views(x, tta):
+            f = None if full else m.features(v)
+            outs = [m.heads(m.features(v) if full else f, sample_dropout=sample) for _ in range(n)]
+            per_view.append([self._decode(o, v.shape[0]) for o in outs])
+        if full:
+            set_mc_dropout(m, False)
+        # per_view[view][pass] = (age, sigma, gender) -> three [passes, views, B] tensors
+        stacked = [torch.stack([torch.stack([per_view[j][i][k] for j in range(len(per_view))]) for i in range(n)])
+                   for k in range(3)]
+        return dict(zip(("age", "sigma", "gender"), stacked))
 
     def predict(self, images: np.ndarray | torch.Tensor, mc_dropout: int = 0, tta: str | None = None,
                 batch_size: int = 256) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ needs to be used correctly.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zoo.backbones import create_backbone
@@ -31,9 +32,10 @@ class AgeGenderModel(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.mean) / self.std)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x: float [B, 3, H, W] in [0, 1] -> raw head outputs by task."""
-        f = self.dropout(self.features(x))
+    def heads(self, f: torch.Tensor, sample_dropout: bool = False) -> dict[str, torch.Tensor]:
+        """Backbone features -> raw head outputs by task. `sample_dropout` samples the dropout mask even in eval
+        mode, so MC-Dropout can reuse one backbone pass for many head passes."""
+        f = F.dropout(f, self.dropout.p, training=True) if sample_dropout else self.dropout(f)
         out = {}
         if self.age is not None:
             out["age"] = self.age(f)
@@ -42,6 +44,10 @@ class AgeGenderModel(nn.Module):
         if self.race is not None:
             out["race"] = self.race(f)
         return out
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: float [B, 3, H, W] in [0, 1] -> raw head outputs by task."""
+        return self.heads(self.features(x))
 
 
 def count_flops(model: nn.Module, img_size: int) -> int:

@@ -9,11 +9,10 @@ st.caption("The photo is decoded in memory and never written to disk. The face i
            "P(female).")
 
 runs, skipped = predict.available_models()
-if not runs:
-    st.info("**No model with weights is registered**, so there is nothing to run. " + common.TRAIN_HINT)
+if not any(r["kind"] != "peer" for r in runs):
+    st.info("**No zoo model with weights is registered**, so only external peers can run. " + common.TRAIN_HINT)
     if skipped:
         st.caption("Registered but not runnable: " + "; ".join(f"`{m}` ({why})" for m, why in skipped))
-    st.stop()
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -124,6 +123,6 @@ st.dataframe(res.drop(columns=["model_id"]), hide_index=True, width="stretch", k
     "gender_prob": st.column_config.NumberColumn("P(female)", format="%.2f"),
     "seconds": st.column_config.NumberColumn("s", format="%.2f"),
 })
-st.caption(f"MC-Dropout passes: {mc} · TTA: {tta or 'off'} (Settings in the sidebar). Peer models in the bench DB "
-           "have no weights in the registry and are not run here."
+st.caption(f"MC-Dropout passes: {mc} · TTA: {tta or 'off'} (Settings in the sidebar). External peers run their own "
+           "face pipeline on the crop and have no MC-Dropout."
            + (" Not runnable: " + "; ".join(f"{m} ({why})" for m, why in skipped) if skipped else ""))

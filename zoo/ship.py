@@ -1,0 +1,57 @@
+"""Which checkpoints ship in git under a size cap, decided by rule rather than by hand.
+
+Every run's record (`run.json`, `config.yaml`, `history.csv`) always ships; checkpoints are dropped until the total
+fits the cap: data-strategy variants first (their value is in their metrics, which ship anyway), then the largest
+of the rest. Headline runs (name `headline-…`) are never dropped. The decision is written to `runs/.gitignore`, so
+`git add` can never commit a dropped checkpoint by accident and the local copies stay usable for benching.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from zoo.paths import runs_dir
+from zoo.registry import list_runs
+
+# Run-name prefixes whose checkpoints the photo comparison shows first: one model per formulation and backbone,
+# and the ensemble's members.
+CORE_PREFIXES = ("formulation/", "ensemble_member/", "backbone/", "pretrained/")
+HEADER = "# Written by `python -m zoo ship`: checkpoints left out of git to keep the shipped zoo under its cap.\n"
+
+
+@dataclass
+class Checkpoint:
+    run_id: str
+    name: str
+    mb: float
+
+    @property
+    def tier(self) -> int:
+        """0 never dropped, 1 dropped after every tier-2 checkpoint, 2 dropped first."""
+        if self.name.startswith("headline"):
+            return 0
+        return 1 if self.name.startswith(CORE_PREFIXES) else 2
+
+
+def plan(cap_mb: float, root: Path | None = None) -> tuple[list[Checkpoint], list[Checkpoint]]:
+    """(kept, dropped) checkpoints of single runs so that the kept ones total at most `cap_mb`."""
+    root = root or runs_dir()
+    ckpts = []
+    for r in list_runs(root):
+        path = root / r["id"] / r.get("checkpoint", "best.safetensors")
+        if r["kind"] != "ensemble" and path.is_file():
+            ckpts.append(Checkpoint(r["id"], r.get("name", ""), path.stat().st_size / 1e6))
+    kept = sorted(ckpts, key=lambda c: (-c.tier, -c.mb, c.run_id))  # the next to drop is kept[0]
+    dropped = []
+    while sum(c.mb for c in kept) > cap_mb and kept and kept[0].tier > 0:
+        dropped.append(kept.pop(0))
+    if sum(c.mb for c in kept) > cap_mb:
+        raise ValueError(f"headline checkpoints alone exceed the {cap_mb} MB cap")
+    return sorted(kept, key=lambda c: c.run_id), dropped
+
+
+def write_ignore(dropped: list[Checkpoint], root: Path | None = None) -> Path:
+    root = root or runs_dir()
+    path = root / ".gitignore"
+    path.write_text(HEADER + "".join(f"/{c.run_id}/best.safetensors\n" for c in sorted(dropped, key=lambda c: c.run_id)))
+    return path
