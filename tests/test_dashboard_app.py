@@ -179,15 +179,34 @@ def test_pages_survive_a_writer_holding_the_db(artifacts, env, monkeypatch, tmp_
 
 
 def test_every_page_on_the_shipped_artifacts(monkeypatch, tmp_path):
-    """The checkout's own artifacts/ (whatever is registered and benchmarked right now), read-only."""
+    """The checkout's own artifacts/ (the shipped default zoo and its predictions DB), read-only, with no dataset:
+    every page renders, the leaderboard lists every registered model, and a face gets one prediction from every
+    model whose checkpoint ships (plus the external peer)."""
+    from dashboard.predict import available_models
+    from zoo.registry import list_runs
+
     repo_artifacts = APP.parent.parent / "artifacts"
-    if not repo_artifacts.is_dir():
-        pytest.skip("no artifacts/ folder in this checkout")
+    runs = list_runs(repo_artifacts / "runs")
+    if not runs:
+        pytest.skip("no trained model is registered in this checkout's artifacts/")
     monkeypatch.setenv("ZOO_ARTIFACTS", str(repo_artifacts))
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))  # no manifests: the Browser shows its table
+    monkeypatch.setenv("ZOO_SHARED_DATA", str(tmp_path / "no-shared-data"))
     monkeypatch.delenv("ZOO_BENCH_DB", raising=False)
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()
     assert not at.exception
     for page in PAGES:
         visit(at, page)
+
+    visit(at, "views/leaderboard.py")
+    board = next(d.value for d in at.dataframe if "id" in d.value.columns)
+    assert {r["id"] for r in runs} <= set(board["id"]), "every registered model is on the leaderboard"
+
+    runnable, _ = available_models(repo_artifacts / "runs")
+    visit(at, "views/compare.py")
+    at.file_uploader(key="photo_upload").set_value(("face.jpg", face_jpeg(), "image/jpeg")).run(timeout=300)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = next(d.value for d in at.dataframe if "age" in d.value.columns)
+    assert sorted(table["label"]) == sorted(r.get("name") or r["id"] for r in runnable)  # one row per model
+    assert table["error"].isna().all() and table["age"].between(0, 100).all()

@@ -16,31 +16,49 @@ from zoo.registry import list_runs
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+# Table order: the models people compare first, then the default zoo's sections in the sweep file's order.
+SECTIONS = ("headline", "ensemble", "peer", "formulation", "ensemble_member", "pretrained", "backbone", "augment",
+            "train_fraction", "age_balance", "gender_balance", "tasks", "dropout")
+
+
+def _section(record: dict) -> str:
+    if record.get("config", {}).get("backbone") == "external":
+        return "peer"
+    name = record.get("name") or ""
+    return "headline" if name.startswith("headline") else name.split("/")[0]
+
+
 def results_frame(split: str = "test", peers: list[dict] | None = None) -> pd.DataFrame:
-    """One row per registered model (plus peers given as {name, metrics}) on `split` (UTKFace committed split)."""
+    """One row per registered model (plus peers given as {name, metrics}) on `split` (UTKFace committed split),
+    grouped by section (headline models, ensembles, peers, then each sweep section), by MAE within a section."""
     rows = []
     for r in list_runs() + (peers or []):
         m = r.get("metrics", {}).get(split, {})
         if not m:
             continue
         cfg = r.get("config", {})
+        sec = _section(r)
         rows.append({
+            "order": SECTIONS.index(sec) if sec in SECTIONS else len(SECTIONS),
             "model": r.get("name") or r["id"], "id": r.get("id", ""), "backbone": cfg.get("backbone", ""),
             "formulation": cfg.get("formulation", ""), "px": cfg.get("img_size"),
-            "MAE": m.get("mae"), "RMSE": m.get("rmse"), "CS@5": m.get("cs5"), "±10y": m.get("acc10"),
+            "MAE": m.get("mae"), "MAE (flip TTA)": r.get("metrics", {}).get(f"{split}_tta", {}).get("mae"),
+            "RMSE": m.get("rmse"), "CS@5": m.get("cs5"), "±10y": m.get("acc10"),
             "gender acc": m.get("gender_acc"), "gender F1": m.get("gender_f1"), "gender AUC": m.get("gender_auc"),
             "params (M)": r.get("params", float("nan")) / 1e6 if r.get("params") else None,
             "img/s": r.get("infer_img_s"),
         })
-    return pd.DataFrame(rows).sort_values("MAE", na_position="last") if rows else pd.DataFrame()
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).sort_values(["order", "MAE"], na_position="last").drop(columns="order")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "_No trained models registered yet._"
-    fmt = {"MAE": "{:.2f}", "RMSE": "{:.2f}", "CS@5": "{:.1%}", "±10y": "{:.1%}", "gender acc": "{:.1%}",
+    fmt = {"px": "{:.0f}", "MAE": "{:.2f}", "MAE (flip TTA)": "{:.2f}", "RMSE": "{:.2f}", "CS@5": "{:.1%}", "±10y": "{:.1%}", "gender acc": "{:.1%}",
            "gender F1": "{:.3f}", "gender AUC": "{:.3f}", "params (M)": "{:.1f}", "img/s": "{:.0f}"}
-    cols = ["model", "backbone", "formulation", "px", *fmt]
+    cols = ["model", "backbone", "formulation", *fmt]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in frame.iterrows():
         cells = []

@@ -1,0 +1,37 @@
+"""The README results table comes from the registry (and the bench DB's peers), never typed by hand."""
+import json
+
+import pytest
+
+from zoo.report import END, START, markdown_table, results_frame, update_readme
+
+
+def _run(root, run_id, name, mae, tta_mae=None):
+    d = root / "runs" / run_id
+    d.mkdir(parents=True)
+    metrics = {"test": {"mae": mae, "rmse": mae * 1.5, "cs5": 0.5, "acc10": 0.8, "gender_acc": 0.9}}
+    if tta_mae is not None:
+        metrics["test_tta"] = {"mae": tta_mae}
+    (d / "run.json").write_text(json.dumps({"id": run_id, "name": name, "kind": "single", "params": 2_000_000,
+                                            "config": {"backbone": "resnet18", "img_size": 64}, "metrics": metrics}))
+
+
+def test_table_groups_sections_and_rewrites_only_the_marked_block(tmp_env, tmp_path):
+    _run(tmp_env.artifacts, "a", "formulation/l1", 9.0)
+    _run(tmp_env.artifacts, "b", "formulation/dldl", 8.0)
+    _run(tmp_env.artifacts, "c", "headline-resnet18", 5.5, tta_mae=5.4)
+    peer = {"id": "peer:x", "name": "peer x", "config": {"backbone": "external"}, "metrics": {"test": {"mae": 6.2}}}
+    frame = results_frame("test", [peer])
+    assert list(frame["model"]) == ["headline-resnet18", "peer x", "formulation/dldl", "formulation/l1"]
+    table = markdown_table(frame)
+    assert "| headline-resnet18 | resnet18 |  | 64 | 5.50 | 5.40 | 8.25 | 50.0% | 80.0% | 90.0% |" in table
+    assert "| peer x | external |" in table and table.count("\n") == 5
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold table\n{END}\noutro\n")
+    update_readme(table, readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text and table in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="marker"):
+        update_readme(table, readme)
