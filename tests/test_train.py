@@ -92,6 +92,15 @@ def test_every_formulation_and_task_mix_trains(tiny):
         assert np.isfinite(t.train_epoch()["train_loss"]), tasks
 
 
+def test_single_task_runs_select_a_checkpoint_and_register(tiny):
+    """Model selection follows the tasks: a gender-only run has no age MAE and selects on gender accuracy."""
+    from zoo.train import train
+
+    for tasks, key in ((["gender"], "gender_acc"), (["age"], "mae")):
+        r = train(_cfg(tasks=tasks, epochs=2, seed=7), progress=False)
+        assert r["best_epoch"] >= 1 and np.isfinite(r["metrics"]["test"][key]), tasks
+
+
 @pytest.mark.parametrize("strategy", [dict(augment="strong"), dict(train_fraction=0.25), dict(age_balance="lds"),
                                       dict(age_balance="balanced_sampler"), dict(gender_balance="undersample"),
                                       dict(gender_balance="reweight"), dict(gender_loss="focal"),

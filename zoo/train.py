@@ -318,7 +318,8 @@ class Trainer:
             row.update({f"val_{k}": v for k, v in val.items() if k not in ("n", "n_gender")})
             row["lr"] = self.opt.param_groups[0]["lr"]
             self.epoch += 1
-            score = val.get("mae", -val.get("gender_acc", 0.0))  # gender-only models select on accuracy
+            # Select on val MAE; gender-only models (whose age outputs are NaN) on val gender accuracy.
+            score = val["mae"] if "age" in self.cfg.tasks else -val["gender_acc"]
             if score < self.best_mae:
                 self.best_mae, self.best_epoch = score, self.epoch
                 self._save_best()
