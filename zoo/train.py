@@ -186,6 +186,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: TrainData | None = None, root: Path | None = None,
                  progress: bool = True):
         self.cfg, self.progress = cfg, progress
+        git_commit()  # pin the process's commit now, before anything can be committed during the run
         self.data = data or prepare_data(cfg, progress)
         self.id = cfg.run_id(self.data.data_hash)
         self.dir = (root or runs_dir()) / self.id
