@@ -11,7 +11,7 @@ from bench.metrics import leaderboard, point_metrics
 
 
 def load_predictions(db: Path | str, dataset: str | None = None, perturbation: str | None = "none",
-                     split: str | None = None) -> pd.DataFrame:
+                     split: str | None = None, source: str | None = None) -> pd.DataFrame:
     """predictions ⋈ images (labels and attributes) ⋈ models (name, kind), filtered; one short read."""
     where, params = ["1 = 1"], []
     if dataset:
@@ -20,6 +20,8 @@ def load_predictions(db: Path | str, dataset: str | None = None, perturbation: s
         where.append("p.perturbation = ?"), params.append(perturbation)
     if split:
         where.append("i.split = ?"), params.append(split)
+    if source:
+        where.append("m.source = ?"), params.append(source)
     con = store.connect_read(db)
     try:
         return con.execute(f"""
@@ -71,9 +73,7 @@ def report(db: Path | str, dataset: str | None = None, split: str | None = None,
 
 def peer_records(db: Path | str, dataset: str = "utkface", split: str = "test") -> list[dict]:
     """External peers' clean-image metrics in the registry's record shape, for tables that put them beside ours."""
-    df = load_predictions(db, dataset=dataset, split=split)
-    if df.empty:
-        return []
+    df = load_predictions(db, dataset=dataset, split=split, source="peer")
     return [{"id": mid, "name": str(g["model_name"].iloc[0] or mid), "config": {"backbone": "external"},
              "metrics": {split: point_metrics(g)}}
-            for mid, g in df[df["source"] == "peer"].groupby("model_id", sort=True)]
+            for mid, g in df.groupby("model_id", sort=True)]

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -43,3 +47,21 @@ def tmp_env(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_ARTIFACTS", str(env.artifacts))
     monkeypatch.setenv("ZOO_CACHE", str(env.cache))
     return env
+
+
+@contextmanager
+def db_writer(db: Path | str) -> Iterator[None]:
+    """Another process holding the DuckDB file open for writing (as a bench merge does) for the `with` body: it
+    commits a bench_runs row first, so the file's version changes and readers cannot use their cached results."""
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, time\n"
+        f"c = duckdb.connect({str(db)!r})\n"
+        "c.execute(\"INSERT INTO bench_runs (run_id) VALUES ('writer')\"); c.execute('CHECKPOINT')\n"
+        "print('ready', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()

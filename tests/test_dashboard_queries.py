@@ -2,8 +2,6 @@
 survives a writer holding the DB, bad DB files are reported, and image paths cannot escape the dataset root."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import duckdb
@@ -11,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import db_writer
 from dashboard import demo
 from dashboard import queries as Q
 
@@ -127,13 +126,7 @@ def test_writer_holding_the_db_serves_last_results(tmp_path, monkeypatch):
     first = Q.leaderboard(db, Q.db_version(db), "utkface", "test")
     assert Q.db_status(db, Q.db_version(db))["state"] == "ok"
     Q.reset_stale()
-    writer = subprocess.Popen([sys.executable, "-c", (
-        "import duckdb, sys, time\n"
-        f"c = duckdb.connect({db!r})\n"
-        "c.execute(\"INSERT INTO bench_runs (run_id) VALUES ('writer')\"); c.execute('CHECKPOINT')\n"
-        "print('ready', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert writer.stdout.readline().strip() == "ready"
+    with db_writer(db):
         ver = Q.db_version(db)
         t0 = time.perf_counter()
         again = Q.leaderboard(db, ver, "utkface", "test")  # new version, locked -> the last good result
@@ -142,10 +135,6 @@ def test_writer_holding_the_db_serves_last_results(tmp_path, monkeypatch):
             Q.robustness(db, ver, ("x",), "utkface", "test")
         assert time.perf_counter() - t0 < 3
         assert Q.db_status(db, ver)["state"] == "ok"  # the status falls back too
-    finally:
-        writer.kill()
-        writer.wait()
-        writer.stdout.close()
     Q._BUSY_UNTIL.clear()
     Q.reset_stale()
     ver = Q.db_version(db)

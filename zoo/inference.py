@@ -81,18 +81,17 @@ class Predictor:
         """Stacked outputs [passes, views, B]."""
         m, n, sample = self.model, max(1, mc_dropout), mc_dropout > 0
         full = sample and self._full_mc
-        set_mc_dropout(m, full)
-        per_view = []
+        if full:  # otherwise the model stays as __init__ left it (eval): no per-batch walk over its modules
+            set_mc_dropout(m, True)
+        ages, sigmas, genders = [], [], []  # per view: [passes, B]
         for v in tta_views(x, tta):
             f = None if full else m.features(v)
             outs = [m.heads(m.features(v) if full else f, sample_dropout=sample) for _ in range(n)]
-            per_view.append([self._decode(o, v.shape[0]) for o in outs])
+            a, s, g = zip(*(self._decode(o, v.shape[0]) for o in outs))
+            ages.append(torch.stack(a)), sigmas.append(torch.stack(s)), genders.append(torch.stack(g))
         if full:
             set_mc_dropout(m, False)
-        # per_view[view][pass] = (age, sigma, gender) -> three [passes, views, B] tensors
-        stacked = [torch.stack([torch.stack([per_view[j][i][k] for j in range(len(per_view))]) for i in range(n)])
-                   for k in range(3)]
-        return dict(zip(("age", "sigma", "gender"), stacked))
+        return {"age": torch.stack(ages, 1), "sigma": torch.stack(sigmas, 1), "gender": torch.stack(genders, 1)}
 
     def predict(self, images: np.ndarray | torch.Tensor, mc_dropout: int = 0, tta: str | None = None,
                 batch_size: int = 256) -> dict[str, np.ndarray]:
