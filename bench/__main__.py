@@ -54,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="only the first N images of each dataset selection (by image id)")
     r.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1 …")
     r.add_argument("--flush-seconds", type=float, default=5.0,
-                   help="publish (and merge) finished rows at least this often; a kill loses at most this much")
+                   help="publish finished rows as a Parquet part at least this often; a kill loses at most this much")
+    r.add_argument("--merge-seconds", type=float, default=30.0,
+                   help="merge published parts into the DB (what the dashboard sees) at most this often during a "
+                        "run; always at its end")
     r.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is much faster on a busy shared machine)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         opts = RunOptions(models=args.models, datasets=[d for d in args.datasets.split(",") if d],
                           perturb=args.perturb, mc_dropout=args.mc_dropout, tta=args.tta, db=db,
                           batch_size=args.batch_size, shard=shard, limit=args.limit, device=args.device,
-                          flush_seconds=args.flush_seconds, progress=not args.no_progress)
+                          flush_seconds=args.flush_seconds,
+                          merge_seconds=args.merge_seconds, progress=not args.no_progress)
         s = run(opts)
         print(f"bench run {s['run_id']}: {s['rows']:,} new predictions ({len(s['models'])} models, "
               f"{s['images']:,} images, {s['conditions']} conditions) in {s['seconds']:.1f} s → {s['db']}"

@@ -36,7 +36,7 @@ class DevicePredictor:
         # CPU uses the predictor's own path; `manual=True` forces the device path on CPU (tests check it there).
         self.manual = device.type != "cpu" if manual is None else manual
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, images: np.ndarray, mc_dropout: int = 0, tta: str | None = None,
                 batch_size: int = 256) -> dict[str, np.ndarray]:
         if not self.manual:

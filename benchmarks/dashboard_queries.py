@@ -11,7 +11,8 @@
    afterwards Streamlit's cache answers in microseconds until the DB file changes.
 3. Optionally (--pages) renders every page with streamlit.testing on that DB with empty caches (wall time per page).
 4. Times the Compare-a-photo pipeline on a face image across every model of the registry (ZOO_ARTIFACTS): decode,
-   detect, crop, model load (cold) and prediction with MC-Dropout.
+   detect, crop; the app's background preload of every model (dashboard.predict.ModelPool); prediction with
+   MC-Dropout on the preloaded pool; and the worst case, a photo arriving the instant the app opens.
 """
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def time_photo(mc: int) -> list[dict]:
     Image.fromarray(astronaut()).save(buf, "JPEG", quality=92)
     data = buf.getvalue()
     rows = []
-    t0 = time.perf_counter()
+    t0 = t0_photo = time.perf_counter()
     pic = photo.decode_upload(data)
     t1 = time.perf_counter()
     faces = photo.detect_faces(pic.rgb)
@@ -179,19 +180,32 @@ def time_photo(mc: int) -> list[dict]:
     rows.append({"step": f"detect faces ({photo.detector_name()}, {len(faces)} found)", "ms": 1000 * (t2 - t1)})
     rows.append({"step": "crop", "ms": 1000 * (t3 - t2)})
     runs, skipped = predict.available_models()
-    total = 0.0
-    for r in runs:
+    ids = [r["id"] for r in runs]
+    # The app starts a ModelPool preload when it opens (dashboard.common.model_pool): time it as the app does it,
+    # then the first photo on the loaded pool (each model's first call, as on the page), then a second photo.
+    pool = predict.ModelPool()
+    t0 = time.perf_counter()
+    pool.preload(ids).join()
+    preload = time.perf_counter() - t0
+    per_model, first = [], 0.0
+    for mid in ids:
         t0 = time.perf_counter()
-        p = predict.load_predictor(r["id"])
-        load = time.perf_counter() - t0
-        predict.predict_one(p, crop, mc_dropout=0)  # warm-up
-        t0 = time.perf_counter()
-        out = predict.predict_one(p, crop, mc_dropout=mc)
-        pred = time.perf_counter() - t0
-        total += load + pred
-        rows.append({"step": f"{r['id']}: load", "ms": 1000 * load})
-        rows.append({"step": f"{r['id']}: predict mc={mc} (age {out['age']:.1f})", "ms": 1000 * pred})
-    rows.append({"step": f"all {len(runs)} models, cold (load + predict)", "ms": 1000 * total})
+        out = predict.predict_one(pool.get(mid), crop, mc_dropout=mc)
+        dt = time.perf_counter() - t0
+        first += dt
+        per_model.append({"step": f"{mid}: first predict mc={mc} (age {out['age']:.1f})", "ms": 1000 * dt})
+    t0 = time.perf_counter()
+    for mid in ids:
+        predict.predict_one(pool.get(mid), crop, mc_dropout=mc)
+    again = time.perf_counter() - t0
+    detect = 1000 * (t3 - t0_photo)
+    rows += per_model
+    rows.append({"step": f"preload of all {len(ids)} models at app start (background thread)", "ms": 1000 * preload})
+    rows.append({"step": f"photo after preload: decode + detect + crop + {len(ids)} models, first call",
+                 "ms": detect + 1000 * first})
+    rows.append({"step": f"next photo: decode + detect + crop + {len(ids)} models", "ms": detect + 1000 * again})
+    rows.append({"step": "photo uploaded the instant the app opens (waits for the preload)",
+                 "ms": detect + 1000 * (preload + first)})
     for mid, why in skipped:
         rows.append({"step": f"{mid}: skipped ({why})", "ms": float("nan")})
     return rows

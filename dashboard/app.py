@@ -40,6 +40,7 @@ PAGES = {
 }
 
 nav = st.navigation(PAGES)
+common.model_pool(Q.registry_version())  # starts loading the zoo for "Compare a photo" in the background
 Q.reset_stale()
 with Q.batch():  # one read-only connection for this run's uncached queries, closed when the run ends
     try:

@@ -282,6 +282,21 @@ def study_chart(df: pd.DataFrame, factor: str, metric: str = "mae", title: str =
     return _layout(fig, height=360, title=title)
 
 
+def synthetic_fidelity(per_bin: pd.DataFrame, title: str) -> go.Figure:
+    """Per age bin: how far a real-trained model's prediction lands from a synthetic face's intended age, beside
+    the same model's error on real test faces of that bin (the floor a faithful generator could reach)."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=per_bin["age_bin"], y=per_bin["synthetic_mae"], name="synthetic: |predicted − intended|",
+                         marker_color="#EF553B", customdata=per_bin[["synthetic_bias", "n"]].to_numpy(),
+                         hovertemplate="%{x}: MAE %{y:.1f} y, bias %{customdata[0]:+.1f} y, n=%{customdata[1]}"
+                                       "<extra></extra>"))
+    fig.add_trace(go.Bar(x=per_bin["age_bin"], y=per_bin["real_test_mae"], name="real test faces: |predicted − true|",
+                         marker_color="#636EFA"))
+    fig.update_xaxes(title="age bin (intended / true age)")
+    fig.update_yaxes(title="age MAE (years)")
+    return _layout(fig, barmode="group", title=title)
+
+
 def heatmap(mat: pd.DataFrame, title: str, fmt: str = ".2f") -> go.Figure:
     fig = go.Figure(go.Heatmap(z=mat.to_numpy(dtype=float), x=[str(c) for c in mat.columns],
                                y=[str(i) for i in mat.index], colorscale="RdYlGn_r", texttemplate="%{z:" + fmt + "}",

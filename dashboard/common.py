@@ -201,3 +201,15 @@ def run_query(fn, *args, **kw):
         st.warning("The database is locked by a running bench write and this view has no earlier result cached. "
                    "Reload in a moment.")
         return None
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def model_pool(reg_ver: str):
+    """The app-wide `predict.ModelPool` of this registry version, already loading every runnable model in the
+    background (called from app.py, so loading starts when the app opens, not when a photo arrives)."""
+    from dashboard import predict
+
+    pool = predict.ModelPool()
+    runs, _ = predict.available_models()
+    pool.preload([r["id"] for r in runs])
+    return pool

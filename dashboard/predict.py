@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,65 @@ def load_predictor(model_id: str, root: Path | None = None):
 
     set_torch_threads()
     return load_peer(model_id) if is_peer(model_id) else load(model_id, root)
+
+
+class ModelPool:
+    """Loaded predictors, shared by every session of the app and filled in the background from app start.
+
+    Loading the shipped zoo takes seconds (timm builds each network in Python: ~0.1 s for a MobileNet, ~0.8 s for a
+    ResNet-50, plus the first import of timm), far more than predicting one photo with all of it; so `preload` starts
+    a daemon thread when the app opens and the first photo finds the models ready. `get` never loads a model twice:
+    a page asking for one that the thread is still loading waits for it. Ensembles are built from the pool's own
+    members instead of loading each member again."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = root
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._loaded: dict[str, object] = {}
+        self._thread: threading.Thread | None = None
+
+    def get(self, model_id: str):
+        with self._guard:
+            lock = self._locks.setdefault(model_id, threading.Lock())
+        with lock:
+            if model_id not in self._loaded:
+                self._loaded[model_id] = self._load(model_id)
+            return self._loaded[model_id]
+
+    def _load(self, model_id: str):
+        from bench.peers import is_peer
+        from zoo.inference import EnsemblePredictor
+        from zoo.registry import get_run
+
+        if not is_peer(model_id):
+            run = get_run(model_id, self.root)
+            if run["kind"] == "ensemble":
+                return EnsemblePredictor([self.get(m) for m in run["members"]], model_id, run)
+        return load_predictor(model_id, self.root)
+
+    def loaded(self) -> int:
+        return len(self._loaded)
+
+    def preload(self, model_ids: list[str]) -> threading.Thread:
+        """Load `model_ids` in a daemon thread (once per pool) and run each once on a blank crop, so the first real
+        photo does not pay for the first forward either; failures are left for `get` to raise on the page."""
+        def work() -> None:
+            from dashboard import photo
+
+            photo.available_detectors()  # builds the face detectors once (dlib's takes ~0.4 s)
+            blank = np.full((64, 64, 3), 128, np.uint8)
+            for mid in model_ids:
+                try:
+                    predict_one(self.get(mid), blank, mc_dropout=2)
+                except Exception:  # noqa: BLE001 (the Compare page shows this model's error when it runs it)
+                    pass
+
+        with self._guard:
+            if self._thread is None:
+                self._thread = threading.Thread(target=work, name="model-preload", daemon=True)
+                self._thread.start()
+        return self._thread
 
 
 def predict_one(predictor, crop: np.ndarray, mc_dropout: int = 10, tta: str | None = None) -> dict:

@@ -892,8 +892,16 @@ def registry_table(ver: str) -> pd.DataFrame:
                      "pretrained": cfg.get("pretrained"), "tasks": ",".join(cfg.get("tasks", []) or []),
                      "training_data": _training_data(r), "dropout": cfg.get("dropout"),
                      "parent": r.get("parent"), "adapted_to": (r.get("data") or {}).get("adapted_to"),
-                     "members": ",".join(r.get("members", []) or [])})
+                     "members": ",".join(r.get("members", []) or []), "budget": _budget(cfg)})
     return pd.DataFrame(rows)
+
+
+def _budget(cfg: dict) -> str | None:
+    """The training budget a run had (steps or epochs, batch, lr): runs compared in a study must share it."""
+    if not cfg:
+        return None
+    length = f"{cfg['max_steps']} steps" if cfg.get("max_steps") else f"{cfg.get('epochs')} epochs"
+    return f"{length} x {cfg.get('batch_size')} @ lr {cfg.get('lr')}"
 
 
 def _training_data(run: dict) -> str | None:
@@ -965,7 +973,7 @@ STUDY_FACTORS = {
     "init": ("Pretrained vs from scratch", ["scratch", "imagenet"], False),
 }
 STUDY_CONTROLS = ["train_dataset", "backbone", "formulation", "img_size", "tasks", "dropout", "augment",
-                  "train_fraction", "age_balance", "gender_balance", "data_source", "init"]
+                  "train_fraction", "age_balance", "gender_balance", "data_source", "init", "budget"]
 
 
 def _data_source(training_data) -> str | None:
@@ -1009,6 +1017,9 @@ def study_frame(db_models: pd.DataFrame, scores: pd.DataFrame | None, registry: 
     f["train_dataset"] = [t.partition("+")[0] if isinstance(t, str) else None for t in f["training_data"]]
     f["data_source"] = [_data_source(t) for t in f["training_data"]]
     f["init"] = [_init(p) for p in f["pretrained"]]
+    # Budget only comes from run.json: DB-only models have none and then compare among themselves.
+    f["budget"] = f["model_id"].map(dict(zip(registry["model_id"], registry["budget"]))) \
+        if "budget" in registry else None
     if scores is not None and len(scores):
         s = scores.rename(columns={"eval_dataset": "train_dataset"})[
             ["model_id", "train_dataset", "mae", "mae_lo", "mae_hi", "gender_acc", "n"]]
@@ -1032,7 +1043,7 @@ def study(frame: pd.DataFrame, factor: str) -> dict:
     controls = [c_ for c_ in STUDY_CONTROLS if c_ != factor and c_ in f]
     if f.empty:
         return {"rows": f.assign(group=[]), "tried": [], "missing": list(expected), "all_values": []}
-    key = f[controls].astype(str).agg(" | ".join, axis=1)
+    key = f[controls].apply(lambda col: col.map(str)).agg(" | ".join, axis=1)  # map(str): NaN -> "nan"
     f["group"] = key
     n_vals = f.groupby("group")[factor].nunique()
     keep = n_vals[n_vals >= 2].index
@@ -1053,6 +1064,29 @@ def _same(a, b) -> bool:
         return abs(float(a) - float(b)) < 1e-9
     except (TypeError, ValueError):
         return str(a) == str(b)
+
+
+def synthetic_sets(root: Path | None = None) -> list[dict]:
+    """The fidelity reports `python -m synth fidelity` wrote (artifacts/synth/<set>/fidelity.json), newest first,
+    each with `grid_path` (its sample grid, when present) and `per_bin`: one row per age bin with the judging model's
+    MAE on the synthetic images (intended vs predicted age) and on real test faces of that bin."""
+    from zoo.paths import artifacts_dir
+
+    root = root or artifacts_dir() / "synth"
+    out = []
+    for f in sorted(root.glob("*/fidelity.json"), key=lambda x: x.stat().st_mtime, reverse=True):
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue  # a half-written or foreign file: skipped, the others still show
+        syn, real = rec.get("synthetic") or {}, rec.get("real_test") or {}
+        rows = [{"age_bin": b, "synthetic_mae": v.get("mae"), "synthetic_bias": v.get("bias"), "n": v.get("n"),
+                 "gender_agreement": v.get("gender_agreement"),
+                 "real_test_mae": (real.get("per_bin") or {}).get(b, {}).get("mae")}
+                for b, v in (syn.get("per_bin") or {}).items()]
+        grid = f.parent / (rec.get("grid") or {}).get("file", "grid.png")
+        out.append({**rec, "per_bin": pd.DataFrame(rows), "grid_path": grid if grid.is_file() else None})
+    return out
 
 
 def cross_dataset(frame: pd.DataFrame, scores: pd.DataFrame) -> dict:

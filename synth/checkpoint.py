@@ -24,6 +24,16 @@ def synth_dir(gen_id: str, shipped: bool = False) -> Path:
     return (artifacts_dir() if shipped else cache_dir()) / "synth" / gen_id
 
 
+def portable(path: Path) -> str:
+    """A checkpoint folder as `cache/…` or `artifacts/…`: committed records never carry this machine's paths."""
+    for label, base in (("artifacts", artifacts_dir()), ("cache", cache_dir())):
+        try:
+            return f"{label}/{Path(path).resolve().relative_to(base.resolve()).as_posix()}"
+        except ValueError:
+            continue
+    return Path(path).name
+
+
 def _complete(d: Path) -> bool:
     return all((d / f).is_file() for f in (WEIGHTS, STATE, META))
 

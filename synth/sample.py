@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from synth.checkpoint import portable
 from synth.data import scan_synthetic, train_labels, write_json, write_labels_csv
 from synth.labels import AGE_MODES, class_name, sample_labels
 from zoo.data.manifest import Manifest
@@ -133,7 +134,7 @@ def sample_generator(gen_id: str, n: int, ages: str = "match", seed: int = 0, na
     sampling = {"ages": ages, "seed": seed}
     if meta["generator"] == "ddpm":
         sampling.update(sampler="ddim", steps=eff_steps, guidance=eff_guidance)
-    prov = {"generator": {"id": gen_id, "kind": meta["generator"], "checkpoint": str(ckpt), "step": meta["step"],
+    prov = {"generator": {"id": gen_id, "kind": meta["generator"], "checkpoint": portable(ckpt), "step": meta["step"],
                           "weights_sha1": _file_sha1(ckpt / "weights.safetensors"), "config": cfg,
                           "trained_commit": meta.get("commit")},
             "real_data": meta["data"], "size": cfg["size"], "sampling": sampling}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from synth.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, synth_dir
+from synth.checkpoint import find_checkpoint, load_checkpoint, portable, save_checkpoint, synth_dir
 from synth.config import SynthConfig
 from synth.data import TrainSplit, load_train_split, write_json
 from synth.labels import N_CLASSES, class_index
@@ -110,7 +110,7 @@ class GeneratorTrainer:
     def write_summary(self) -> dict:
         """The small, committed record of a generator (no weights): `artifacts/synth/<id>/generator.json`."""
         ckpt = find_checkpoint(self.cfg.name)
-        summary = {**self.meta(), "checkpoint": str(ckpt) if ckpt else None}
+        summary = {**self.meta(), "checkpoint": portable(ckpt) if ckpt else None}
         write_json(synth_dir(self.cfg.name, shipped=True) / "generator.json", summary)
         return summary
 

@@ -209,7 +209,7 @@ def test_sigkilled_runs_resume_to_exactly_the_expected_rows(zoo_env, tmp_path):
     db = tmp_path / "b.duckdb"
     ids = zoo_env["ids"]
     argv = ["run", "--models", ",".join(ids), "--datasets", "utkface", "--perturb", "default", "--batch-size", "24",
-            "--flush-seconds", "0", "--threads", "1", "--no-progress", "--db", str(db)]
+            "--flush-seconds", "0", "--merge-seconds", "0", "--threads", "1", "--no-progress", "--db", str(db)]
     server = zoo_env["forkserver"]
     assert server.stdout.readline().strip() == "ready"
     expected = len(ids) * N_IMAGES * (1 + 6 * 3)
@@ -283,7 +283,7 @@ def test_a_reader_process_never_errors_while_a_run_writes(zoo_env, tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # Publish and merge after every batch: 8 short write transactions while the reader polls.
-        s = run(_opts(db, zoo_env["ids"], perturb="blur", flush_seconds=0.0, limit=8))
+        s = run(_opts(db, zoo_env["ids"], perturb="blur", flush_seconds=0.0, merge_seconds=0.0, limit=8))
     finally:
         stop.touch()
         out, err = reader.communicate(timeout=60)

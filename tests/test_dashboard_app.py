@@ -102,6 +102,59 @@ def test_every_page_on_a_populated_zoo(artifacts, env):
     assert charts(at) >= 1  # training curves from history.csv
 
 
+def test_data_studies_show_synthetic_fidelity_and_sample_grid(artifacts, env, tmp_path):
+    import json
+    import shutil
+
+    from synth.fidelity import label_fidelity, write_grid
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(artifacts["dir"], folder)
+    rng = np.random.default_rng(0)
+    age, gender = rng.integers(1, 90, 60).astype(float), rng.integers(0, 2, 60)
+    out = folder / "synth" / "gan-demo"
+    rec = {"name": "gan-demo", "generator": "gan-demo", "model": artifacts["registry"][0],
+           "synthetic": label_fidelity(age + rng.normal(0, 8, 60), rng.random(60), age, gender),
+           "real_test": label_fidelity(age + rng.normal(0, 4, 60), gender * 0.9 + 0.05, age, gender),
+           "feature_distance": {"fd_synthetic_vs_real_test": 41.5, "fd_real_train_vs_real_test": 3.2},
+           "grid": write_grid(out / "grid.png", rng.integers(0, 255, (60, 32, 32, 3), np.uint8), age, gender)}
+    (out / "fidelity.json").write_text(json.dumps(rec))
+    (folder / "synth" / "broken").mkdir()
+    (folder / "synth" / "broken" / "fidelity.json").write_text("{half a fi")  # skipped, not fatal
+    env(folder)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    visit(at, "views/data_studies.py")
+    assert len(at.get("plotly_chart")) >= 3 and "ds_synth_0" in {c.key for c in at.get("plotly_chart")}
+    assert len(at.get("image")) == 1  # the sample grid
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["age MAE, intended vs predicted"] == f"{rec['synthetic']['mae']:.1f} y"
+    assert shown["Fréchet distance to real test"] == "41.5"
+
+
+def test_model_pool_loads_each_model_once_and_shares_ensemble_members(artifacts, env, monkeypatch):
+    from collections import Counter
+
+    from dashboard import predict
+    from zoo.inference import EnsemblePredictor
+
+    env(artifacts["dir"])
+    calls = Counter()
+    real = predict.load_predictor
+    monkeypatch.setattr(predict, "load_predictor", lambda mid, root=None: (calls.update([mid]), real(mid, root))[1])
+    ids = [r["id"] for r in predict.available_models()[0]]
+    pool = predict.ModelPool()
+    thread = pool.preload(ids)
+    ens_id = next(i for i in ids if i.startswith("ensemble-"))
+    ens = pool.get(ens_id)  # asked for while the preload thread is running: still loaded once
+    assert pool.preload(ids) is thread  # one preload thread per pool
+    thread.join(60)
+    assert pool.loaded() == len(ids) == len(artifacts["registry"]) + 1
+    assert ens_id not in calls and set(calls.values()) == {1}, calls
+    assert isinstance(ens, EnsemblePredictor)
+    assert all(m is pool.get(mid) for m, mid in zip(ens.members, ens.info["members"]))
+
+
 def test_compare_page_predicts_with_every_model(artifacts, env):
     env(artifacts["dir"])
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)

@@ -183,6 +183,8 @@ def test_cli_train_ship_and_configs(tiny, capsys):
     assert main(["train", "--config", str(cfg_file), "--steps", "2", "--id", "gan-cli", "--ship", "--quiet"]) == 0
     assert "gan-cli: step 2/2" in capsys.readouterr().out
     assert (Path(tiny["base"]) / "artifacts" / "synth" / "gan-cli" / "checkpoint" / "weights.safetensors").exists()
+    summary = json.loads((Path(tiny["base"]) / "artifacts" / "synth" / "gan-cli" / "generator.json").read_text())
+    assert summary["checkpoint"] == "artifacts/synth/gan-cli/checkpoint"  # committed records carry no local paths
     for name in ("synth_ddpm", "synth_gan", "synth_ddpm_gpu"):
         c = SynthConfig.from_yaml(REPO / "zoo" / "configs" / f"{name}.yaml")
         assert c.steps > 0 and c.size >= 32
@@ -190,8 +192,8 @@ def test_cli_train_ship_and_configs(tiny, capsys):
     sources = {c.source.split(":")[0] for c in study}
     assert sources == {"real", "synth", "mixed"}
     assert len({c.max_steps for c in study}) == 1 and study[0].max_steps  # equal step budget
-    assert len({json.dumps({k: v for k, v in c.identity().items() if k != "source"}, sort_keys=True)
-                for c in study}) == 1  # same model config, only the data source differs
+    assert len({json.dumps({k: v for k, v in c.identity().items() if k not in ("source", "seed")}, sort_keys=True)
+                for c in study}) == 1  # same model config, only the data source (and the replicate's seed) differs
 
 
 # ---- sampling --------------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ class Predictor:
         gender = torch.sigmoid(out["gender"].float()) if "gender" in out else nan
         return age.float(), sig.float(), gender
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (inference only)
     def _passes(self, x: torch.Tensor, mc_dropout: int, tta: str | None) -> dict[str, torch.Tensor]:
         """Stacked outputs [passes, views, B]."""
         m, n, sample = self.model, max(1, mc_dropout), mc_dropout > 0

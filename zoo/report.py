@@ -18,7 +18,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 # Table order: the models people compare first, then the default zoo's sections in the sweep file's order.
 SECTIONS = ("headline", "ensemble", "peer", "formulation", "ensemble_member", "pretrained", "backbone", "augment",
-            "train_fraction", "age_balance", "gender_balance", "tasks", "dropout")
+            "train_fraction", "age_balance", "gender_balance", "tasks", "dropout", "synth_study")
 
 
 def _section(record: dict) -> str:

@@ -15,14 +15,9 @@ if not any(r["kind"] != "peer" for r in runs):
         st.caption("Registered but not runnable: " + "; ".join(f"`{m}` ({why})" for m, why in skipped))
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
-def load_model(model_id: str, reg_ver: str):
-    return predict.load_predictor(model_id)
-
-
 @st.cache_data(show_spinner=False, max_entries=256)
 def run_model(model_id: str, reg_ver: str, digest: str, _crop, mc: int, tta: str | None) -> dict:
-    return predict.predict_one(load_model(model_id, reg_ver), _crop, mc_dropout=mc, tta=tta)
+    return predict.predict_one(common.model_pool(reg_ver).get(model_id), _crop, mc_dropout=mc, tta=tta)
 
 
 reg_ver = common.Q.registry_version()

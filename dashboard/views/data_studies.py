@@ -45,6 +45,30 @@ for factor, (title, expected, numeric) in Q.STUDY_FACTORS.items():
     elif len(rows):
         st.caption(f"All of {', '.join(map(str, expected))} are trained.")
 
+st.subheader("Synthetic faces: do they show the age they were asked for?")
+sets = Q.synthetic_sets()
+if not sets:
+    st.info("No synthetic set has been judged yet: `python -m synth sample --generator ID`, then "
+            "`python -m synth fidelity --generator ID --model MODEL_ID` (see synth/README.md).")
+for k, rec in enumerate(sets):
+    syn, real, fd = rec.get("synthetic") or {}, rec.get("real_test") or {}, rec.get("feature_distance") or {}
+    st.markdown(f"**{rec['name']}** · generator `{rec.get('generator')}` · judged by `{rec.get('model')}`")
+    cols = st.columns(4)
+    cols[0].metric("age MAE, intended vs predicted", f"{syn.get('mae', float('nan')):.1f} y",
+                   help=f"The same model on real test faces: {real.get('mae', float('nan')):.1f} y")
+    cols[1].metric("gender agreement", f"{100 * syn.get('gender_agreement', float('nan')):.1f} %",
+                   help=f"On real test faces: {100 * real.get('gender_agreement', float('nan')):.1f} %")
+    cols[2].metric("Fréchet distance to real test", f"{fd.get('fd_synthetic_vs_real_test', float('nan')):.1f}",
+                   help="On the judging backbone's features; lower = closer to real faces")
+    cols[3].metric("real train → real test (baseline)", f"{fd.get('fd_real_train_vs_real_test', float('nan')):.1f}")
+    left, right = st.columns([3, 2])
+    if len(rec["per_bin"]):
+        left.plotly_chart(charts.synthetic_fidelity(rec["per_bin"], "Label fidelity per age bin"), width="stretch",
+                          key=f"ds_synth_{k}")
+    if rec["grid_path"] is not None:
+        right.image(str(rec["grid_path"]), caption="Samples: one row per age bin (0-2 … 70+), 6 male | 6 female",
+                    width="stretch")
+
 st.subheader("Cross-dataset generalisation (with and without AdaBN)")
 if scores is None or not len(scores):
     st.info("Cross-dataset results need the bench DB (each model evaluated on several datasets).")
