@@ -63,7 +63,7 @@ class RunOptions:
     device: str = "auto"
     flush_seconds: float = 5.0  # publish a part at least this often: a kill loses at most this much work
     merge_seconds: float = 30.0  # merge parts into the DB (unless sharded) at most this often while running; a
-    # merge costs ~0.1-0.2 s, so merging at every 5 s flush alone cost a small model ~3 % of its throughput
+    # merge costs ~0.1-0.2 s: merging at every 5 s flush cost a small model a few % (benchmarks/bench_throughput.py)
     workers: int = 2
     progress: bool = True
 
