@@ -4,7 +4,8 @@ predictions store ingests rows.
 For each model (random init, registered in a temp registry with a generated dataset): the bench's prediction loop
 (cached images → batch → forward → decode → Parquet part → merge into DuckDB) against `model(x)` alone on one fixed
 batch, alternating rounds so machine noise hits both alike (goal: ratio ≥ 0.9). A bench run also pays a fixed cost
-per run (the anti-join that finds missing rows, the final merge: ~0.2 s), which a short run of one small model feels
+per run and model (the anti-join that finds missing rows, a fresh model's first forward, the final merge: ~0.4 s
+measured on mobilenetv3_small at one thread), which a short run of one small model feels
 and a real run (every model × a dataset) does not; so it is timed at several run sizes (--images). Then the DuckDB
 insert rate: rows published as Parquet parts and merged (anti-join on the primary key) into an empty DB and into one
 already holding rows (goal ≥ 500k rows/s).
