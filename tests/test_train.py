@@ -178,6 +178,7 @@ def test_mc_dropout_tta_and_ensemble_shapes(tiny):
         assert t["sigma_tta"].shape == (5,) and (t["sigma_tta"] >= 0).all()
     e = make_ensemble(ids, progress=False)
     assert e["kind"] == "ensemble" and set(e["members"]) == set(ids)
+    assert set(e["metrics"]) == {"val", "test", "test_tta"} and e["metrics"]["test_tta"]["mae"] >= 0
     ens = load(e["id"])
     out = ens.predict(imgs, tta="flip")
     members = [load(i).predict(imgs, tta="flip")["age"] for i in ids]

@@ -183,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--to", required=True, help="target dataset (a scanned manifest)")
     a.add_argument("--split", default="train", help="which target split's (unlabelled) images to use")
     a.set_defaults(fn=cmd_adapt)
-    e = sub.add_parser("ensemble", help="register an ensemble of existing models")
-    e.add_argument("--members", required=True, help="comma-separated model ids")
-    e.add_argument("--name", default="")
+    e = sub.add_parser("ensemble", help="register an ensemble of existing models",
+                       description="Register the mean of existing models as a model of its own, evaluated on val, "
+                                   "test and test with flip TTA. Its id is the hash of its member ids.")
+    e.add_argument("--members", required=True, help="comma-separated model ids (see `python -m zoo list`)")
+    e.add_argument("--name", default="", help="a label, e.g. ensemble/headlines")
     e.set_defaults(fn=cmd_ensemble)
     r = sub.add_parser("report", help="the results table (markdown) generated from the registry")
     r.add_argument("--split", default="test")

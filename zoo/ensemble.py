@@ -33,7 +33,9 @@ def make_ensemble(members: list[str], name: str = "", root: Path | None = None, 
               "params": sum(r["params"] for r in runs), "flops": sum(r["flops"] for r in runs),
               "infer_img_s": 1 / sum(1 / r["infer_img_s"] for r in runs),
               "commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    record["metrics"] = evaluate(load_members(record, root), runs[0]["data"]["dataset"], progress=progress)
+    predictor, dataset = load_members(record, root), runs[0]["data"]["dataset"]
+    record["metrics"] = evaluate(predictor, dataset, progress=progress)
+    record["metrics"]["test_tta"] = evaluate(predictor, dataset, splits=("test",), tta="flip")["test"]
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(out)
