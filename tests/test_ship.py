@@ -1,9 +1,11 @@
 """The shipping rule: data-strategy checkpoints go first, then the largest; headline runs always stay."""
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from zoo.ship import plan, write_ignore
+from zoo.ship import plan, untrack, write_ignore
 
 
 def _run(root, run_id, name, mb, kind="single"):
@@ -28,3 +30,31 @@ def test_drops_strategies_first_then_largest_never_headline(tmp_path):
     assert plan(cap_mb=100, root=tmp_path)[1] == []
     with pytest.raises(ValueError, match="headline"):
         plan(cap_mb=4, root=tmp_path)
+
+
+def test_a_dropped_checkpoint_that_git_already_tracks_is_untracked(tmp_path):
+    """An ignore rule does not stop git shipping a file an earlier commit added; ship must untrack it."""
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    _run(tmp_path, "h", "headline-resnet18", 2)
+    _run(tmp_path, "aug", "augment/none", 1)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "both"], check=True)
+    kept, dropped = plan(cap_mb=2.5, root=tmp_path)
+    write_ignore(dropped, tmp_path)
+    assert untrack(dropped, tmp_path) == ["aug/best.safetensors"]
+    tracked = subprocess.run([*git, "ls-files"], capture_output=True, text=True, check=True).stdout.split()
+    assert "aug/best.safetensors" not in tracked and "h/best.safetensors" in tracked
+    assert (tmp_path / "aug" / "best.safetensors").is_file()  # the local copy stays
+    assert untrack(dropped, tmp_path) == []  # idempotent
+
+
+def test_the_checkpoints_git_ships_fit_the_cap():
+    """What this checkout's git tracks (what a clone gets), not what the plan intended, stays within 120 MB."""
+    repo = Path(__file__).resolve().parents[1]
+    ls = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "artifacts/runs"], capture_output=True)
+    if ls.returncode != 0:
+        pytest.skip("not a git checkout")
+    ckpts = [repo / p for p in ls.stdout.decode().split("\0") if p.endswith(".safetensors")]
+    assert ckpts, "no shipped checkpoint"
+    assert sum(p.stat().st_size for p in ckpts) / 1e6 <= 120

@@ -131,7 +131,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ship(args: argparse.Namespace) -> int:
-    from zoo.ship import plan, write_ignore
+    from zoo.ship import plan, untrack, write_ignore
 
     kept, dropped = plan(args.cap_mb)
     for title, group in (("shipped", kept), ("dropped (metrics still ship)", dropped)):
@@ -139,6 +139,8 @@ def cmd_ship(args: argparse.Namespace) -> int:
         for c in group:
             print(f"  {c.mb:6.1f} MB  {c.run_id}  {c.name}")
     print(f"wrote {write_ignore(dropped)}")
+    for path in untrack(dropped):
+        print(f"untracked (kept on disk, commit to stop shipping it): {path}")
     return 0
 
 

@@ -3,10 +3,12 @@
 Every run's record (`run.json`, `config.yaml`, `history.csv`) always ships; checkpoints are dropped until the total
 fits the cap: data-strategy variants first (their value is in their metrics, which ship anyway), then the largest
 of the rest. Headline runs (name `headline-…`) are never dropped. The decision is written to `runs/.gitignore`, so
-`git add` can never commit a dropped checkpoint by accident and the local copies stay usable for benching.
+`git add` can never commit a dropped checkpoint by accident, and a dropped checkpoint that an earlier commit already
+tracks is untracked (an ignore rule alone would keep shipping it); the local copies stay usable for benching.
 """
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,3 +57,17 @@ def write_ignore(dropped: list[Checkpoint], root: Path | None = None) -> Path:
     path = root / ".gitignore"
     path.write_text(HEADER + "".join(f"/{c.run_id}/best.safetensors\n" for c in sorted(dropped, key=lambda c: c.run_id)))
     return path
+
+
+def untrack(dropped: list[Checkpoint], root: Path | None = None) -> list[str]:
+    """Remove dropped checkpoints from git's index (never from disk); returns the paths git tracked. Outside a git
+    work tree there is nothing to untrack."""
+    root = root or runs_dir()
+    paths = [f"{c.run_id}/best.safetensors" for c in dropped]
+    git = ["git", "-C", str(root)]
+    if not paths or subprocess.run([*git, "rev-parse"], capture_output=True).returncode != 0:
+        return []
+    tracked = subprocess.run([*git, "ls-files", "--", *paths], capture_output=True, text=True, check=True).stdout.split()
+    if tracked:
+        subprocess.run([*git, "rm", "--cached", "--quiet", "--", *tracked], check=True)
+    return tracked
