@@ -377,8 +377,10 @@ def test_cli_help_report_and_status(zoo_env, tmp_path, capsys):
 
 def test_ensembles_are_benched_and_a_model_failing_mid_run_is_dropped(zoo_env, tmp_path, monkeypatch):
     import bench.run as br
-    from zoo.ensemble import make_ensemble
+    from zoo.ensemble import make_ensemble, select_members
 
+    chosen = select_members(zoo_env["ids"], progress=False)  # real val predictions of real (tiny) models
+    assert chosen and set(chosen) <= set(zoo_env["ids"]) and len(set(chosen)) == len(chosen)
     ens = make_ensemble(zoo_env["ids"], progress=False)["id"]
     flaky = zoo_env["ids"][1]
     real_load = br.load_model

@@ -101,3 +101,43 @@ def test_a_run_can_start_from_another_runs_checkpoint(tmp_path):
         assert torch.equal(v.half(), src.backbone.state_dict()[k].half()), k
     with pytest.raises(ValueError, match="belongs to this backbone"):
         create_backbone("resnet18", pretrained=str(ckpt))
+
+
+def test_warm_start_continues_the_heads_that_fit(tmp_path):
+    """Progressive resizing continues the whole network: heads of the same shape come from the checkpoint, a head
+    of another formulation (another shape) keeps its fresh init."""
+    from safetensors.torch import save_file
+
+    from zoo.config import TrainConfig
+    from zoo.model import AgeGenderModel
+
+    kw = {"backbone": "seed_cnn", "backbone_kwargs": {"width": 8}}
+    src = AgeGenderModel(TrainConfig(formulation="l1", **kw)).state_dict()
+    ckpt = tmp_path / "best.safetensors"
+    save_file({k: v.half() for k, v in src.items()}, str(ckpt))
+    same = AgeGenderModel(TrainConfig(formulation="l1", pretrained=str(ckpt), img_size=96, **kw)).state_dict()
+    for k in ("age.head.weight", "age.head.bias", "gender.weight", "gender.bias"):
+        assert torch.equal(same[k].half(), src[k].half()), k
+    torch.manual_seed(0)
+    other = AgeGenderModel(TrainConfig(formulation="dldl", pretrained=str(ckpt), **kw)).state_dict()
+    torch.manual_seed(0)
+    fresh = AgeGenderModel(TrainConfig(formulation="dldl", **kw)).state_dict()
+    assert torch.equal(other["gender.weight"].half(), src["gender.weight"].half())
+    assert torch.equal(other["age.head.weight"], fresh["age.head.weight"])  # 101 bins vs 1 output: not loaded
+
+
+def test_greedy_ensemble_selection_keeps_complementary_models_and_drops_a_bad_one():
+    import numpy as np
+
+    from zoo.ensemble import greedy_select
+
+    rng = np.random.default_rng(0)
+    target = rng.uniform(1, 90, 500)
+    noise = rng.normal(0, 4, (3, 500))
+    preds = {"a": target + noise[0], "b": target + noise[1], "c": target + noise[2],
+             "bad": target + 15 + noise[0], "copy_a": target + noise[0]}
+    chosen = greedy_select(preds, target)
+    assert set(chosen) == {"a", "b", "c"} or set(chosen) == {"copy_a", "b", "c"}
+    mean = np.mean([preds[k] for k in chosen], 0)
+    assert np.abs(mean - target).mean() < min(np.abs(preds[k] - target).mean() for k in chosen)
+    assert greedy_select({"only": target + 1}, target) == ["only"]

@@ -105,9 +105,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from zoo.ensemble import make_ensemble
+    from zoo.ensemble import make_ensemble, select_members
 
-    r = make_ensemble(args.members.split(","), name=args.name)
+    members = args.members.split(",")
+    if args.select:
+        members = select_members(members)
+        print(f"selected on val: {', '.join(members)}")
+    r = make_ensemble(members, name=args.name)
     print(f"{r['id']}: test MAE {r['metrics']['test'].get('mae', float('nan')):.2f}")
     return 0
 
@@ -190,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "test and test with flip TTA. Its id is the hash of its member ids.")
     e.add_argument("--members", required=True, help="comma-separated model ids (see `python -m zoo list`)")
     e.add_argument("--name", default="", help="a label, e.g. ensemble/headlines")
+    e.add_argument("--select", action="store_true",
+                   help="treat --members as candidates and keep those that greedy forward selection on val MAE "
+                        "picks (never looks at test)")
     e.set_defaults(fn=cmd_ensemble)
     r = sub.add_parser("report", help="the results table (markdown) generated from the registry")
     r.add_argument("--split", default="test")

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from zoo.evaluate import evaluate
 from zoo.paths import runs_dir
 from zoo.provenance import git_commit
@@ -24,7 +26,6 @@ def make_ensemble(members: list[str], name: str = "", root: Path | None = None, 
     out = root / mid / "run.json"
     if out.exists():
         return json.loads(out.read_text())
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = {"id": mid, "kind": "ensemble", "name": name or f"ensemble of {len(members)}",
               "members": sorted(members), "data": runs[0]["data"],
               "config": {"backbone": "+".join(sorted({r["config"]["backbone"] for r in runs})),
@@ -36,10 +37,46 @@ def make_ensemble(members: list[str], name: str = "", root: Path | None = None, 
     predictor, dataset = load_members(record, root), runs[0]["data"]["dataset"]
     record["metrics"] = evaluate(predictor, dataset, progress=progress)
     record["metrics"]["test_tta"] = evaluate(predictor, dataset, splits=("test",), tta="flip")["test"]
+    out.parent.mkdir(parents=True, exist_ok=True)  # only now: a killed evaluation leaves no empty run folder
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(out)
     return record
+
+
+def greedy_select(val_ages: dict[str, np.ndarray], target: np.ndarray) -> list[str]:
+    """Forward selection on validation predictions (Caruana et al. 2004, without replacement): start from the best
+    single model, add whichever candidate lowers the mean's val MAE most, stop when none does. Chosen on val, so the
+    test numbers of the result stay honest."""
+    mae = {k: float(np.abs(v - target).mean()) for k, v in val_ages.items()}
+    chosen = [min(mae, key=mae.get)]
+    best, total = mae[chosen[0]], val_ages[chosen[0]].astype(float)
+    while len(chosen) < len(val_ages):
+        trial = {k: float(np.abs((total + v) / (len(chosen) + 1) - target).mean())
+                 for k, v in val_ages.items() if k not in chosen}
+        k = min(trial, key=trial.get)
+        if trial[k] >= best:
+            break
+        chosen.append(k)
+        best, total = trial[k], total + val_ages[k]
+    return chosen
+
+
+def select_members(candidates: list[str], root: Path | None = None, progress: bool = True) -> list[str]:
+    """`greedy_select` over the candidates' age predictions on the val split of their dataset."""
+    from tqdm import tqdm
+
+    from zoo.data.cache import load_images
+    from zoo.data.manifest import load_manifest
+
+    root = root or runs_dir()
+    m = load_manifest(get_run(candidates[0], root)["data"]["dataset"])
+    idx = np.flatnonzero(m.frame["split"].to_numpy() == "val")
+    preds = {}
+    for c in tqdm(candidates, desc="val predictions", disable=not progress):
+        model = load(c, root)
+        preds[c] = model.predict(load_images(m, model.img_size, progress=False)[idx])["age"]
+    return greedy_select(preds, m.frame["age"].to_numpy(float)[idx])
 
 
 def load_members(record: dict, root: Path):

@@ -28,6 +28,22 @@ class AgeGenderModel(nn.Module):
             if "age" in self.tasks else None
         self.gender = nn.Linear(dim, 1) if "gender" in self.tasks else None
         self.race = nn.Linear(dim, len(RACES)) if "race" in self.tasks else None
+        if load_pretrained and cfg.pretrained and cfg.pretrained != "imagenet":
+            self.warm_start_heads(cfg.pretrained)
+
+    def warm_start_heads(self, path: str) -> list[str]:
+        """Continue from a zoo checkpoint's heads too (progressive resizing: the same network, a larger input), so
+        the new run does not spend its first epoch re-learning them. Heads whose shapes differ (another formulation
+        or age range) keep their fresh init. Returns the head tensors loaded."""
+        if not str(path).endswith(".safetensors"):
+            return []
+        from safetensors.torch import load_file
+
+        own = self.state_dict()
+        heads = {k: v for k, v in load_file(str(path)).items()
+                 if k.split(".")[0] in ("age", "gender", "race") and k in own and own[k].shape == v.shape}
+        self.load_state_dict(heads, strict=False)
+        return sorted(heads)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.mean) / self.std)
