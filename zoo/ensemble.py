@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.evaluate import evaluate
+from zoo.evaluate import evaluate, predict_splits
 from zoo.paths import runs_dir
 from zoo.provenance import git_commit
 from zoo.registry import get_run, load
@@ -66,17 +66,13 @@ def select_members(candidates: list[str], root: Path | None = None, progress: bo
     """`greedy_select` over the candidates' age predictions on the val split of their dataset."""
     from tqdm import tqdm
 
-    from zoo.data.cache import load_images
-    from zoo.data.manifest import load_manifest
-
     root = root or runs_dir()
-    m = load_manifest(get_run(candidates[0], root)["data"]["dataset"])
-    idx = np.flatnonzero(m.frame["split"].to_numpy() == "val")
+    dataset = get_run(candidates[0], root)["data"]["dataset"]
     preds = {}
     for c in tqdm(candidates, desc="val predictions", disable=not progress):
-        model = load(c, root)
-        preds[c] = model.predict(load_images(m, model.img_size, progress=False)[idx])["age"]
-    return greedy_select(preds, m.frame["age"].to_numpy(float)[idx])
+        pred, age, _ = predict_splits(load(c, root), dataset, ("val",))["val"]
+        preds[c] = pred["age"]
+    return greedy_select(preds, age)
 
 
 def load_members(record: dict, root: Path):

@@ -8,8 +8,9 @@ from zoo.data.manifest import load_manifest
 from zoo.metrics import all_metrics
 
 
-def evaluate(predictor, dataset: str, splits: tuple[str, ...] = ("val", "test"), tta: str | None = None,
-             progress: bool = False) -> dict[str, dict]:
+def predict_splits(predictor, dataset: str, splits: tuple[str, ...] = ("val", "test"), tta: str | None = None,
+                   progress: bool = False) -> dict[str, tuple[dict, np.ndarray, np.ndarray]]:
+    """{split: (predictions, true age, true gender)} for each split of a dataset."""
     m = load_manifest(dataset)
     images = load_images(m, predictor.img_size, progress=progress)
     age = m.frame["age"].to_numpy(float)
@@ -17,6 +18,11 @@ def evaluate(predictor, dataset: str, splits: tuple[str, ...] = ("val", "test"),
     out = {}
     for split in splits:
         idx = np.flatnonzero(m.frame["split"].to_numpy() == split)
-        pred = predictor.predict(images[idx], tta=tta)
-        out[split] = all_metrics(pred, age[idx], gender[idx])
+        out[split] = (predictor.predict(images[idx], tta=tta), age[idx], gender[idx])
     return out
+
+
+def evaluate(predictor, dataset: str, splits: tuple[str, ...] = ("val", "test"), tta: str | None = None,
+             progress: bool = False) -> dict[str, dict]:
+    results = predict_splits(predictor, dataset, splits, tta, progress)
+    return {split: all_metrics(*res) for split, res in results.items()}
