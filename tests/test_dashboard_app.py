@@ -168,7 +168,16 @@ def test_compare_page_predicts_with_every_model(artifacts, env):
     assert table["gender_prob"].between(0, 1).all()
     ours = table[table["kind"] != "peer"]
     assert len(ours) == 3 and (ours["sigma_epistemic"] > 0).all()  # MC-Dropout on
+    assert ours["sigma_tta"].isna().all()  # TTA off by default
     assert charts(at) == 1
+    # Every TTA mode of the inference API is offered, and picking one gives a TTA spread per network.
+    from zoo.inference import TTA_MODES
+
+    assert at.selectbox(key="photo_tta").options == ["off", *TTA_MODES]
+    at.selectbox(key="photo_tta").set_value("flip+crop").run(timeout=TIMEOUT)
+    table = next(d.value for d in at.dataframe if "age" in d.value.columns)
+    assert not at.exception and (table[table["kind"] != "peer"]["sigma_tta"] > 0).all()
+    at.selectbox(key="photo_tta").set_value("off").run(timeout=TIMEOUT)
 
     # Not an image: a clear message, no traceback.
     at.file_uploader(key="photo_upload").set_value(("notes.txt", b"just text", "text/plain")).run(timeout=TIMEOUT)

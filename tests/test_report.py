@@ -6,12 +6,14 @@ import pytest
 from zoo.report import END, START, markdown_table, results_frame, update_readme
 
 
-def _run(root, run_id, name, mae, tta_mae=None):
+def _run(root, run_id, name, mae, tta_mae=None, crop_mae=None):
     d = root / "runs" / run_id
     d.mkdir(parents=True)
     metrics = {"test": {"mae": mae, "rmse": mae * 1.5, "cs5": 0.5, "acc10": 0.8, "gender_acc": 0.9}}
     if tta_mae is not None:
         metrics["test_tta"] = {"mae": tta_mae}
+    if crop_mae is not None:
+        metrics["test_tta_crop"] = {"mae": crop_mae}
     (d / "run.json").write_text(json.dumps({"id": run_id, "name": name, "kind": "single", "params": 2_000_000,
                                             "config": {"backbone": "resnet18", "img_size": 64}, "metrics": metrics}))
 
@@ -19,12 +21,13 @@ def _run(root, run_id, name, mae, tta_mae=None):
 def test_table_groups_sections_and_rewrites_only_the_marked_block(tmp_env, tmp_path):
     _run(tmp_env.artifacts, "a", "formulation/l1", 9.0)
     _run(tmp_env.artifacts, "b", "formulation/dldl", 8.0)
-    _run(tmp_env.artifacts, "c", "headline-resnet18", 5.5, tta_mae=5.4)
+    _run(tmp_env.artifacts, "c", "headline-resnet18", 5.5, tta_mae=5.4, crop_mae=5.3)
     peer = {"id": "peer:x", "name": "peer x", "config": {"backbone": "external"}, "metrics": {"test": {"mae": 6.2}}}
     frame = results_frame("test", [peer])
     assert list(frame["model"]) == ["headline-resnet18", "peer x", "formulation/dldl", "formulation/l1"]
     table = markdown_table(frame)
-    assert "| headline-resnet18 | resnet18 |  | 64 | 5.50 | 5.40 | 8.25 | 50.0% | 80.0% | 90.0% |" in table
+    assert "| headline-resnet18 | resnet18 |  | 64 | 5.50 | 5.40 | 5.30 | 8.25 | 50.0% | 80.0% | 90.0% |" in table
+    assert "| formulation/l1 | resnet18 |  | 64 | 9.00 | – | – | 13.50 |" in table  # older records: no TTA
     assert "| peer x | external |" in table and table.count("\n") == 5
 
     readme = tmp_path / "README.md"

@@ -178,7 +178,8 @@ def test_mc_dropout_tta_and_ensemble_shapes(tiny):
         assert t["sigma_tta"].shape == (5,) and (t["sigma_tta"] >= 0).all()
     e = make_ensemble(ids, progress=False)
     assert e["kind"] == "ensemble" and set(e["members"]) == set(ids)
-    assert set(e["metrics"]) == {"val", "test", "test_tta"} and e["metrics"]["test_tta"]["mae"] >= 0
+    assert set(e["metrics"]) == {"val", "test", "test_tta", "test_tta_crop"}
+    assert e["metrics"]["test_tta"]["mae"] >= 0 and e["metrics"]["test_tta_crop"]["mae"] >= 0
     ens = load(e["id"])
     out = ens.predict(imgs, tta="flip")
     members = [load(i).predict(imgs, tta="flip")["age"] for i in ids]
@@ -224,3 +225,44 @@ def test_freeze_linear_probe_keeps_backbone_and_bn_stats(tiny):
     t.train_epoch()
     after = t.model.backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith("num_batches_tracked"))
+
+
+def test_ema_ships_the_averaged_weights_and_resumes(tiny):
+    from zoo.train import Trainer
+
+    tr = Trainer(_cfg(name="ema", ema_decay=0.9, epochs=1), progress=False)
+    tr.run()
+    ema = load_file(str(tr.dir / "best.safetensors"))
+    raw, avg = tr.model.state_dict(), tr.ema.module.state_dict()
+    key = "age.head.weight" if "age.head.weight" in raw else next(k for k in raw if k.endswith("weight"))
+    # The shipped checkpoint is the average, which differs from the last trained weights.
+    assert torch.allclose(ema[key].float(), avg[key], atol=1e-2)
+    assert not torch.allclose(raw[key], avg[key], atol=1e-4)
+    # The EMA state goes into the resumable state: a fresh trainer restores it exactly.
+    tr._save_state()
+    again = Trainer(_cfg(name="ema", ema_decay=0.9, epochs=1), progress=False)
+    assert again._load_state()
+    for k, v in again.ema.module.state_dict().items():
+        assert torch.equal(v, avg[k]), k
+
+
+def test_evaluate_cli_fills_in_missing_tta_metrics(tiny):
+    from zoo.train import train
+
+    r = train(_cfg(), progress=False)
+    path = Path(tiny["env"]["ZOO_ARTIFACTS"]) / "runs" / r["id"] / "run.json"
+    assert {"test_tta", "test_tta_crop"} <= set(r["metrics"])
+    old = json.loads(path.read_text())
+    del old["metrics"]["test_tta_crop"]  # a record from before the flip+crop mode existed
+    path.write_text(json.dumps(old))
+    env = {**os.environ, **tiny["env"], "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "zoo", "evaluate", r["id"]], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "flip+crop TTA" in done.stdout
+    new = json.loads(path.read_text())["metrics"]
+    assert new["test_tta_crop"]["mae"] == pytest.approx(r["metrics"]["test_tta_crop"]["mae"], abs=1e-6)
+    assert new["test_tta"] == r["metrics"]["test_tta"]  # present modes are not recomputed
+    bad = subprocess.run([sys.executable, "-m", "zoo", "evaluate", "no-such-model"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "no-such-model" in bad.stderr

@@ -116,6 +116,18 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from zoo.evaluate import TTA_KEYS, add_tta_metrics
+
+    for run_id in tqdm(args.models, desc="evaluate", unit="model", disable=len(args.models) < 2):
+        m = add_tta_metrics(run_id)["metrics"]
+        print(f"{run_id}: test MAE " + " · ".join(
+            f"{mode} TTA {m[key]['mae']:.2f}" for mode, key in TTA_KEYS.items() if "mae" in m.get(key, {})))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from zoo.report import markdown_table, results_frame, update_readme
 
@@ -198,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="treat --members as candidates and keep those that greedy forward selection on val MAE "
                         "picks (never looks at test)")
     e.set_defaults(fn=cmd_ensemble)
+    ev = sub.add_parser("evaluate", help="add missing test-time-augmentation metrics to registered models",
+                        description="Evaluate registered models on their dataset's test split under every TTA mode "
+                                    "(flip; flip+crop: also a 90 % centre crop) that their run.json lacks, and "
+                                    "record the metrics there. Models trained by this version record them already.")
+    ev.add_argument("models", nargs="+", help="model ids (python -m zoo list)")
+    ev.set_defaults(fn=cmd_evaluate)
     r = sub.add_parser("report", help="the results table (markdown) generated from the registry")
     r.add_argument("--split", default="test")
     r.add_argument("--update-readme", action="store_true", help="rewrite the README's results block")

@@ -42,6 +42,7 @@ class TrainConfig:
     max_steps: int | None = None  # equal step budget for sweeps; overrides epochs
     batch_size: int = 64
     patience: int = 6  # early stopping on val MAE (epochs without improvement)
+    ema_decay: float = 0.0  # > 0 evaluates and ships an exponential moving average of the weights (0 = off)
     seed: int = 0
     channels_last: bool = True
 

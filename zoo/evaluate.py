@@ -1,11 +1,16 @@
 """Evaluate any predictor (single, ensemble, adapted) on a dataset split with the core metrics."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from zoo.data.cache import load_images
 from zoo.data.manifest import load_manifest
 from zoo.metrics import all_metrics
+
+# run.json keys of the test metrics under each test-time augmentation mode (zoo.inference.TTA_MODES)
+TTA_KEYS = {"flip": "test_tta", "flip+crop": "test_tta_crop"}
 
 
 def predict_splits(predictor, dataset: str, splits: tuple[str, ...] = ("val", "test"), tta: str | None = None,
@@ -26,3 +31,22 @@ def evaluate(predictor, dataset: str, splits: tuple[str, ...] = ("val", "test"),
              progress: bool = False) -> dict[str, dict]:
     results = predict_splits(predictor, dataset, splits, tta, progress)
     return {split: all_metrics(*res) for split, res in results.items()}
+
+
+def add_tta_metrics(run_id: str, root=None) -> dict:
+    """Fill in the test metrics of every TTA mode missing from a registered model's run.json (records made before
+    a mode existed); rewrites the record atomically and returns it."""
+    from zoo.paths import runs_dir
+    from zoo.registry import get_run, load
+
+    root = root or runs_dir()
+    record = get_run(run_id, root)
+    missing = {mode: key for mode, key in TTA_KEYS.items() if key not in record.get("metrics", {})}
+    if missing:
+        predictor, dataset = load(run_id, root), record["data"]["dataset"]
+        for mode, key in missing.items():
+            record["metrics"][key] = evaluate(predictor, dataset, ("test",), tta=mode)["test"]
+        out = root / run_id / "run.json"
+        out.with_suffix(".tmp").write_text(json.dumps(record, indent=1))
+        out.with_suffix(".tmp").replace(out)
+    return record

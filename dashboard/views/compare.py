@@ -82,7 +82,7 @@ right.image(crop, caption="what the models see (then resized to each model's inp
 
 ss = st.session_state
 mc = int(ss.get("mc_passes", 10))
-tta = "flip" if ss.get("photo_tta") else None
+tta = None if ss.get("photo_tta", "off") == "off" else ss["photo_tta"]
 labels = {r["id"]: (r.get("name") or r["id"]) for r in runs}
 picked = st.multiselect("Models", list(labels), default=list(labels), key="photo_models",
                         format_func=lambda m: labels[m])
