@@ -17,8 +17,8 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 # Table order: the models people compare first, then the default zoo's sections in the sweep file's order.
-SECTIONS = ("headline", "ensemble", "peer", "formulation", "ensemble_member", "pretrained", "backbone", "augment",
-            "train_fraction", "age_balance", "gender_balance", "tasks", "dropout", "synth_study")
+SECTIONS = ("headline", "ensemble", "peer", "superseded", "formulation", "ensemble_member", "pretrained", "backbone",
+            "augment", "train_fraction", "age_balance", "gender_balance", "tasks", "dropout", "synth_study")
 
 
 def _section(record: dict) -> str:
