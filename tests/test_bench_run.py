@@ -256,6 +256,7 @@ sys.path.insert(0, sys.argv[3])
 from bench.store import connect_read
 db, stop = sys.argv[1], sys.argv[2]
 queries, errors, counts = 0, [], []
+open(stop + ".ready", "w").close()  # imports done: the writer may start
 while not os.path.exists(db) and not os.path.exists(stop):
     time.sleep(0.005)
 while not os.path.exists(stop):
@@ -281,6 +282,10 @@ def test_a_reader_process_never_errors_while_a_run_writes(zoo_env, tmp_path):
     db, stop = tmp_path / "b.duckdb", tmp_path / "stop"
     reader = subprocess.Popen([sys.executable, "-c", _READER, str(db), str(stop), str(REPO)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Why wait: on a loaded machine the reader's imports can outlast the whole write, and it would see no growth.
+    deadline = time.time() + 60
+    while not (tmp_path / "stop.ready").exists() and time.time() < deadline and reader.poll() is None:
+        time.sleep(0.01)
     try:
         # Publish and merge after every batch: 8 short write transactions while the reader polls.
         s = run(_opts(db, zoo_env["ids"], perturb="blur", flush_seconds=0.0, merge_seconds=0.0, limit=8))
