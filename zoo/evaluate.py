@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +34,7 @@ def evaluate(predictor, dataset: str, splits: tuple[str, ...] = ("val", "test"),
     return {split: all_metrics(*res) for split, res in results.items()}
 
 
-def add_tta_metrics(run_id: str, root=None) -> dict:
+def add_tta_metrics(run_id: str, root: Path | None = None) -> dict:
     """Fill in the test metrics of every TTA mode missing from a registered model's run.json (records made before
     a mode existed); rewrites the record atomically and returns it."""
     from zoo.paths import runs_dir
