@@ -17,7 +17,7 @@ from zoo.evaluate import evaluate
 from zoo.inference import Predictor, to_batch
 from zoo.paths import runs_dir
 from zoo.provenance import git_commit
-from zoo.registry import build_network, get_run
+from zoo.registry import build_network, get_run, write_run
 
 
 @torch.no_grad()
@@ -62,5 +62,5 @@ def adapt(model_id: str, dataset: str, split: str = "train", root: Path | None =
               "checkpoint": "best.safetensors", "commit": git_commit(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     record["metrics"] = evaluate(Predictor(model, size, new_id), dataset)
-    (out / "run.json").write_text(json.dumps(record, indent=1))
+    write_run(record, root)
     return record

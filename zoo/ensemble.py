@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.evaluate import TTA_KEYS, evaluate, predict_splits
+from zoo.evaluate import evaluate, predict_splits, tta_metrics
 from zoo.paths import runs_dir
 from zoo.provenance import git_commit
-from zoo.registry import get_run, load
+from zoo.registry import get_run, load, write_run
 
 
 def make_ensemble(members: list[str], name: str = "", root: Path | None = None, progress: bool = True) -> dict:
@@ -36,12 +36,8 @@ def make_ensemble(members: list[str], name: str = "", root: Path | None = None, 
               "commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     predictor, dataset = load_members(record, root), runs[0]["data"]["dataset"]
     record["metrics"] = evaluate(predictor, dataset, progress=progress)
-    for mode, key in TTA_KEYS.items():
-        record["metrics"][key] = evaluate(predictor, dataset, splits=("test",), tta=mode)["test"]
-    out.parent.mkdir(parents=True, exist_ok=True)  # only now: a killed evaluation leaves no empty run folder
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(out)
+    record["metrics"].update(tta_metrics(predictor, dataset))
+    write_run(record, root)  # only now: a killed evaluation leaves no empty run folder
     return record
 
 

@@ -1,7 +1,7 @@
 """Evaluate any predictor (single, ensemble, adapted) on a dataset split with the core metrics."""
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -34,20 +34,21 @@ def evaluate(predictor, dataset: str, splits: tuple[str, ...] = ("val", "test"),
     return {split: all_metrics(*res) for split, res in results.items()}
 
 
+def tta_metrics(predictor, dataset: str, modes: Iterable[str] = TTA_KEYS) -> dict[str, dict]:
+    """{run.json key: test metrics} under each TTA mode."""
+    return {TTA_KEYS[m]: evaluate(predictor, dataset, ("test",), tta=m)["test"] for m in modes}
+
+
 def add_tta_metrics(run_id: str, root: Path | None = None) -> dict:
     """Fill in the test metrics of every TTA mode missing from a registered model's run.json (records made before
     a mode existed); rewrites the record atomically and returns it."""
     from zoo.paths import runs_dir
-    from zoo.registry import get_run, load
+    from zoo.registry import get_run, load, write_run
 
     root = root or runs_dir()
     record = get_run(run_id, root)
-    missing = {mode: key for mode, key in TTA_KEYS.items() if key not in record.get("metrics", {})}
+    missing = [mode for mode, key in TTA_KEYS.items() if key not in record.get("metrics", {})]
     if missing:
-        predictor, dataset = load(run_id, root), record["data"]["dataset"]
-        for mode, key in missing.items():
-            record["metrics"][key] = evaluate(predictor, dataset, ("test",), tta=mode)["test"]
-        out = root / run_id / "run.json"
-        out.with_suffix(".tmp").write_text(json.dumps(record, indent=1))
-        out.with_suffix(".tmp").replace(out)
+        record["metrics"].update(tta_metrics(load(run_id, root), record["data"]["dataset"], missing))
+        write_run(record, root)
     return record

@@ -31,6 +31,16 @@ def list_runs(root: Path | None = None) -> list[dict]:
     return runs
 
 
+def write_run(record: dict, root: Path | None = None) -> Path:
+    """Write `run.json` for record["id"] atomically (a kill leaves the old record or none, never half of one)."""
+    out = (root or runs_dir()) / record["id"] / "run.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(out)
+    return out
+
+
 def get_run(model_id: str, root: Path | None = None) -> dict:
     root = root or runs_dir()
     if "/" in model_id or "\\" in model_id or model_id.startswith("."):

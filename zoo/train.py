@@ -35,6 +35,7 @@ from zoo.metrics import all_metrics
 from zoo.model import AgeGenderModel, count_flops
 from zoo.paths import runs_dir
 from zoo.provenance import git_commit
+from zoo.registry import write_run
 
 
 @dataclass
@@ -371,8 +372,7 @@ class Trainer:
             "epochs_run": self.epoch, "best_epoch": self.best_epoch, "steps": self.step,
             "checkpoint": "best.safetensors", "metrics": metrics,
         }
-        (self.dir / "run.json.tmp").write_text(json.dumps(record, indent=1))
-        (self.dir / "run.json.tmp").replace(self.dir / "run.json")
+        write_run(record, self.dir.parent)
         (self.dir / "state.pt").unlink(missing_ok=True)  # optimiser state is only needed to resume
         return record
 
