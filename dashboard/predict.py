@@ -23,7 +23,7 @@ def set_torch_threads() -> None:
 
 def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
     """(runnable model records, [(id, why not runnable)]): a run is runnable when its weights (or, for an ensemble,
-    every member's, for an adapted run its own) are present; external peers are always listed."""
+    every member's, for an adapted run its own and its parent's) are present; external peers are always listed."""
     from dashboard.queries import read_runs
     from zoo.paths import runs_dir
 
@@ -41,8 +41,12 @@ def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[s
                 if why:
                     return f"member {m}: {why}"
             return None if r.get("members") else "an ensemble without members"
-        if r.get("kind") == "adapted" and r.get("parent") not in by_id:
-            return f"parent {r.get('parent')} is not registered"
+        if r.get("kind") == "adapted":  # its checkpoint holds BatchNorm statistics; the weights are the parent's
+            if r.get("parent") not in by_id:
+                return f"parent {r.get('parent')} is not registered"
+            why = has_weights(by_id[r["parent"]])
+            if why:
+                return f"parent {r['parent']}: {why}"
         ck = root / r["id"] / r.get("checkpoint", "best.safetensors")
         return None if ck.is_file() else f"checkpoint {ck.name} not shipped"
 

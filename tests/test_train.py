@@ -176,6 +176,8 @@ def test_mc_dropout_tta_and_ensemble_shapes(tiny):
     for mode, expect_views in (("flip", 2), ("flip+crop", 4)):
         t = p.predict(imgs, tta=mode)
         assert t["sigma_tta"].shape == (5,) and (t["sigma_tta"] >= 0).all()
+    with pytest.raises(ValueError, match="unknown tta"):
+        p.predict(imgs, tta="rotate")
     e = make_ensemble(ids, progress=False)
     assert e["kind"] == "ensemble" and set(e["members"]) == set(ids)
     assert set(e["metrics"]) == {"val", "test", "test_tta", "test_tta_crop"}
@@ -188,18 +190,52 @@ def test_mc_dropout_tta_and_ensemble_shapes(tiny):
     assert np.allclose(out["sigma_epistemic"], np.std(members, axis=0), atol=1e-4)
 
 
+def test_tta_modes_share_their_views(tiny, monkeypatch):
+    from zoo.inference import OUTPUTS, TTA_VIEWS
+    from zoo.registry import load
+    from zoo.train import train
+
+    p = load(train(_cfg(seed=1, epochs=1), progress=False)["id"])
+    imgs = np.random.default_rng(1).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    alone = {m: p.predict(imgs, tta=m) for m in TTA_VIEWS}
+    calls = []
+    features = p.model.features
+    monkeypatch.setattr(p.model, "features", lambda x: calls.append(len(x)) or features(x))
+    together = p.predict_modes(imgs, tuple(TTA_VIEWS))
+    assert len(calls) == max(TTA_VIEWS.values())  # one backbone pass per view of the widest mode, not 1 + 2 + 4
+    for m in TTA_VIEWS:
+        for k in OUTPUTS:
+            np.testing.assert_allclose(together[m][k], alone[m][k], rtol=1e-5, atol=1e-5, err_msg=f"{m} {k}")
+
+
 def test_adabn_changes_only_bn_statistics(tiny):
+    from dashboard.predict import available_models
     from zoo.adabn import adapt
-    from zoo.registry import build_network, get_run
+    from zoo.registry import build_network, get_run, load
     from zoo.train import train
 
     parent = train(_cfg(seed=5, epochs=1), progress=False)
     r = adapt(parent["id"], "utkface", split="test")
+    assert set(r["metrics"]) == {"val", "test", "test_tta", "test_tta_crop"}
+    assert r["name"].endswith("+ BN recalibrated")  # its own dataset: recalibration, not a domain change
     before = build_network(get_run(parent["id"])).state_dict()
     after = build_network(get_run(r["id"])).state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed, "AdaBN changed nothing"
     assert all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed), changed
+    # The checkpoint holds the statistics only; the weights load from the parent's checkpoint.
+    runs = Path(tiny["env"]["ZOO_ARTIFACTS"]) / "runs"
+    stats = load_file(str(runs / r["id"] / r["checkpoint"]))
+    assert changed <= set(stats) and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in stats)
+    imgs = np.random.default_rng(2).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    assert not np.allclose(load(r["id"]).predict(imgs)["age"], load(parent["id"]).predict(imgs)["age"])
+    ck = runs / parent["id"] / "best.safetensors"
+    ck.rename(ck.with_suffix(".away"))  # without the parent's weights the adapted run cannot run either
+    try:
+        why = dict(available_models(runs)[1])
+        assert "checkpoint best.safetensors not shipped" in why[r["id"]] and parent["id"] in why[r["id"]]
+    finally:
+        ck.with_suffix(".away").rename(ck)
 
 
 def test_list_cli_on_empty_and_populated_registry(tiny, tmp_path, capsys, monkeypatch):

@@ -1,5 +1,10 @@
 """AdaBN (Li et al. 2016): adapt a trained network to a new domain by re-estimating BatchNorm statistics on the
-target's unlabelled images. Only running means/variances change; every learned weight stays as trained."""
+target's unlabelled images. Only running means/variances change; every learned weight stays as trained, so the
+adapted run's checkpoint holds only those statistics and loads on top of its parent's.
+
+On the network's own training split this is BatchNorm recalibration: statistics gathered during training describe
+augmented images (and, with weight EMA, an average of buffers along the trajectory), not the clean images it sees
+at test time. Measured on UTKFace val (EMA Lite0, 128 px): MAE 5.04 -> 4.95, gender 92.6 -> 92.8 %."""
 from __future__ import annotations
 
 import json
@@ -13,11 +18,20 @@ from torch import nn
 
 from zoo.data.cache import load_images
 from zoo.data.manifest import load_manifest
-from zoo.evaluate import evaluate
+from zoo.evaluate import registry_metrics
 from zoo.inference import Predictor, to_batch
 from zoo.paths import runs_dir
 from zoo.provenance import git_commit
 from zoo.registry import build_network, get_run, write_run
+
+
+CHECKPOINT = "bn_stats.safetensors"
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def bn_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The BatchNorm buffers of a network (fp32: statistics are tiny and variances lose precision in fp16)."""
+    return {k: v.contiguous() for k, v in model.state_dict().items() if k.endswith(BN_BUFFERS)}
 
 
 @torch.no_grad()
@@ -54,13 +68,13 @@ def adapt(model_id: str, dataset: str, split: str = "train", root: Path | None =
     idx = np.flatnonzero(m.frame["split"].to_numpy() == split)
     model = reestimate_bn(build_network(parent, root), images[idx], size)
     out.mkdir(parents=True, exist_ok=True)
-    sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, str(out / "best.safetensors"))
+    save_file(bn_statistics(model), str(out / CHECKPOINT))
+    how = "BN recalibrated" if dataset == parent["data"]["dataset"] else f"AdaBN({dataset})"
     record = {**{k: parent[k] for k in ("params", "flops", "infer_img_s", "config")}, "id": new_id,
-              "kind": "adapted", "parent": model_id, "name": f"{parent.get('name') or model_id} + AdaBN({dataset})",
+              "kind": "adapted", "parent": model_id, "name": f"{parent.get('name') or model_id} + {how}",
               "data": {**parent["data"], "adapted_to": dataset, "adapt_split": split},
-              "checkpoint": "best.safetensors", "commit": git_commit(),
+              "checkpoint": CHECKPOINT, "commit": git_commit(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    record["metrics"] = evaluate(Predictor(model, size, new_id), dataset)
+    record["metrics"] = registry_metrics(Predictor(model, size, new_id), dataset)
     write_run(record, root)
     return record

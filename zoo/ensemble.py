@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.evaluate import evaluate, predict_splits, tta_metrics
+from zoo.evaluate import registry_metrics, split_predictions
 from zoo.paths import runs_dir
 from zoo.provenance import git_commit
 from zoo.registry import get_run, load, write_run
@@ -35,8 +35,7 @@ def make_ensemble(members: list[str], name: str = "", root: Path | None = None, 
               "infer_img_s": 1 / sum(1 / r["infer_img_s"] for r in runs),
               "commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     predictor, dataset = load_members(record, root), runs[0]["data"]["dataset"]
-    record["metrics"] = evaluate(predictor, dataset, progress=progress)
-    record["metrics"].update(tta_metrics(predictor, dataset))
+    record["metrics"] = registry_metrics(predictor, dataset, progress)
     write_run(record, root)  # only now: a killed evaluation leaves no empty run folder
     return record
 
@@ -67,8 +66,8 @@ def select_members(candidates: list[str], root: Path | None = None, progress: bo
     dataset = get_run(candidates[0], root)["data"]["dataset"]
     preds = {}
     for c in tqdm(candidates, desc="val predictions", disable=not progress):
-        pred, age, _ = predict_splits(load(c, root), dataset, ("val",))["val"]
-        preds[c] = pred["age"]
+        pred, age, _ = split_predictions(load(c, root), dataset, split="val")
+        preds[c] = pred[None]["age"]
     return greedy_select(preds, age)
 
 

@@ -14,29 +14,34 @@ from zoo.metrics import all_metrics
 TTA_KEYS = {"flip": "test_tta", "flip+crop": "test_tta_crop"}
 
 
-def predict_splits(predictor, dataset: str, splits: tuple[str, ...] = ("val", "test"), tta: str | None = None,
-                   progress: bool = False) -> dict[str, tuple[dict, np.ndarray, np.ndarray]]:
-    """{split: (predictions, true age, true gender)} for each split of a dataset."""
+def split_predictions(predictor, dataset: str, modes: tuple[str | None, ...] = (None,), split: str = "test",
+                      progress: bool = False) -> tuple[dict[str | None, dict], np.ndarray, np.ndarray]:
+    """({TTA mode (None = off): predictions}, true age, true gender) on one split; the modes share their views."""
     m = load_manifest(dataset)
-    images = load_images(m, predictor.img_size, progress=progress)
-    age = m.frame["age"].to_numpy(float)
-    gender = m.frame["gender"].astype("float").to_numpy()
-    out = {}
-    for split in splits:
-        idx = np.flatnonzero(m.frame["split"].to_numpy() == split)
-        out[split] = (predictor.predict(images[idx], tta=tta), age[idx], gender[idx])
-    return out
+    idx = np.flatnonzero(m.frame["split"].to_numpy() == split)
+    images = load_images(m, predictor.img_size, progress=progress)[idx]
+    age, gender = m.frame["age"].to_numpy(float)[idx], m.frame["gender"].astype("float").to_numpy()[idx]
+    return predictor.predict_modes(images, modes), age, gender
 
 
-def evaluate(predictor, dataset: str, splits: tuple[str, ...] = ("val", "test"), tta: str | None = None,
-             progress: bool = False) -> dict[str, dict]:
-    results = predict_splits(predictor, dataset, splits, tta, progress)
-    return {split: all_metrics(*res) for split, res in results.items()}
+def split_metrics(predictor, dataset: str, modes: tuple[str | None, ...] = (None,), split: str = "test",
+                  progress: bool = False) -> dict[str | None, dict]:
+    """{TTA mode: metrics on one split}."""
+    preds, age, gender = split_predictions(predictor, dataset, modes, split, progress)
+    return {mode: all_metrics(pred, age, gender) for mode, pred in preds.items()}
 
 
 def tta_metrics(predictor, dataset: str, modes: Iterable[str] = TTA_KEYS) -> dict[str, dict]:
     """{run.json key: test metrics} under each TTA mode."""
-    return {TTA_KEYS[m]: evaluate(predictor, dataset, ("test",), tta=m)["test"] for m in modes}
+    return {TTA_KEYS[m]: r for m, r in split_metrics(predictor, dataset, tuple(modes)).items()}
+
+
+def registry_metrics(predictor, dataset: str, progress: bool = False) -> dict[str, dict]:
+    """run.json's metrics of a model evaluated after training (ensembles, AdaBN): val, and test plain and under
+    every TTA mode (one pass over the widest mode's views)."""
+    test = split_metrics(predictor, dataset, (None, *TTA_KEYS), progress=progress)
+    return {"val": split_metrics(predictor, dataset, (None,), "val")[None], "test": test.pop(None),
+            **{TTA_KEYS[m]: r for m, r in test.items()}}
 
 
 def add_tta_metrics(run_id: str, root: Path | None = None) -> dict:

@@ -9,7 +9,7 @@ Every predictor returns the same dict of [B] float arrays (NaN where a quantity 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from torch import nn
 
 OUTPUTS = ("age", "sigma_aleatoric", "sigma_epistemic", "sigma_tta", "gender_prob")
 TTA_MODES = ("flip", "flip+crop")
+# How many views each mode uses. Each mode's views are a prefix of the next one's ([x, mirror, crop, crop's mirror]),
+# so one pass over the widest mode's views serves every narrower mode (predict_modes).
+TTA_VIEWS = {None: 1, "flip": 2, "flip+crop": 4}
 
 
 def to_batch(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
@@ -36,10 +39,9 @@ def to_batch(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
 
 
 def tta_views(x: torch.Tensor, mode: str | None) -> list[torch.Tensor]:
+    """The TTA_VIEWS[mode] views of a batch, in the order whose prefixes are the narrower modes."""
     if mode is None:
         return [x]
-    if mode not in TTA_MODES:
-        raise ValueError(f"unknown tta {mode!r}; choose from {TTA_MODES}")
     views = [x, x.flip(-1)]
     if mode == "flip+crop":
         s = x.shape[-1]
@@ -95,21 +97,49 @@ class Predictor:
 
     def predict(self, images: np.ndarray | torch.Tensor, mc_dropout: int = 0, tta: str | None = None,
                 batch_size: int = 256) -> dict[str, np.ndarray]:
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            images = images[None]
-        parts = []
-        for i in range(0, len(images), batch_size):
-            x = to_batch(images[i:i + batch_size], self.img_size)
-            r = self._passes(x, mc_dropout, tta)
-            age = r["age"]
-            parts.append({
-                "age": age.mean(dim=(0, 1)),
-                "sigma_aleatoric": r["sigma"].pow(2).mean(dim=(0, 1)).sqrt(),
-                "sigma_epistemic": age.mean(1).std(0, unbiased=False) if mc_dropout > 0 else torch.full_like(age[0, 0], float("nan")),
-                "sigma_tta": age.mean(0).std(0, unbiased=False) if tta else torch.full_like(age[0, 0], float("nan")),
-                "gender_prob": r["gender"].mean(dim=(0, 1)),
-            })
-        return {k: torch.cat([p[k] for p in parts]).numpy() for k in OUTPUTS}
+        return self.predict_modes(images, (tta,), mc_dropout, batch_size)[tta]
+
+    def predict_modes(self, images: np.ndarray | torch.Tensor, modes: Sequence[str | None], mc_dropout: int = 0,
+                      batch_size: int = 256) -> dict[str | None, dict[str, np.ndarray]]:
+        """{mode: predictions} for several TTA modes (None = off) from one pass over the widest mode's views."""
+        return predict_by_mode(lambda chunk, n, tta: self._passes(to_batch(chunk, self.img_size), n, tta),
+                               images, modes, mc_dropout, batch_size)
+
+
+def predict_by_mode(passes: Callable[..., dict[str, torch.Tensor]], images: np.ndarray | torch.Tensor,
+                    modes: Sequence[str | None], mc_dropout: int, batch_size: int,
+                    ) -> dict[str | None, dict[str, np.ndarray]]:
+    """Batch `images`, run `passes(chunk, mc_dropout, widest mode)` -> CPU outputs [passes, views, B], and reduce
+    them to OUTPUTS for each mode over that mode's views (a prefix of the widest mode's)."""
+    widest = max(_check_modes(modes), key=TTA_VIEWS.get)
+    if images.ndim == 3:
+        images = images[None]
+    parts: dict = {m: [] for m in modes}
+    for i in range(0, len(images), batch_size):
+        r = passes(images[i:i + batch_size], mc_dropout, widest)
+        for m in modes:
+            parts[m].append(_summarise({k: v[:, :TTA_VIEWS[m]] for k, v in r.items()}, mc_dropout, m))
+    return {m: {k: torch.cat([p[k] for p in parts[m]]).numpy() for k in OUTPUTS} for m in modes}
+
+
+def _check_modes(modes: Sequence[str | None]) -> Sequence[str | None]:
+    bad = [m for m in modes if m not in TTA_VIEWS]
+    if bad or not modes:
+        raise ValueError(f"unknown tta {bad or modes!r}; choose from {TTA_MODES} or None")
+    return modes
+
+
+def _summarise(r: dict[str, torch.Tensor], mc_dropout: int, tta: str | None) -> dict[str, torch.Tensor]:
+    """[passes, views, B] outputs -> the OUTPUTS of one batch."""
+    age = r["age"]
+    nan = torch.full_like(age[0, 0], float("nan"))
+    return {
+        "age": age.mean(dim=(0, 1)),
+        "sigma_aleatoric": r["sigma"].pow(2).mean(dim=(0, 1)).sqrt(),
+        "sigma_epistemic": age.mean(1).std(0, unbiased=False) if mc_dropout > 0 else nan,
+        "sigma_tta": age.mean(0).std(0, unbiased=False) if tta else nan,
+        "gender_prob": r["gender"].mean(dim=(0, 1)),
+    }
 
 
 class EnsemblePredictor:
@@ -125,13 +155,22 @@ class EnsemblePredictor:
 
     def predict(self, images: np.ndarray | torch.Tensor, mc_dropout: int = 0, tta: str | None = None,
                 batch_size: int = 256) -> dict[str, np.ndarray]:
-        outs = [m.predict(images, mc_dropout=mc_dropout, tta=tta, batch_size=batch_size) for m in self.members]
-        stack = {k: np.stack([o[k] for o in outs]) for k in OUTPUTS}
-        within = np.nan_to_num(stack["sigma_epistemic"]) ** 2
-        return {
-            "age": stack["age"].mean(0),
-            "sigma_aleatoric": np.sqrt(np.mean(stack["sigma_aleatoric"] ** 2, axis=0)),
-            "sigma_epistemic": np.sqrt(stack["age"].var(0) + within.mean(0)),
-            "sigma_tta": stack["sigma_tta"].mean(0),
-            "gender_prob": stack["gender_prob"].mean(0),
-        }
+        return self.predict_modes(images, (tta,), mc_dropout, batch_size)[tta]
+
+    def predict_modes(self, images: np.ndarray | torch.Tensor, modes: Sequence[str | None], mc_dropout: int = 0,
+                      batch_size: int = 256) -> dict[str | None, dict[str, np.ndarray]]:
+        outs = [m.predict_modes(images, modes, mc_dropout, batch_size) for m in self.members]
+        return {mode: _combine([o[mode] for o in outs]) for mode in modes}
+
+
+def _combine(outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Members' predictions of the same images -> the ensemble's."""
+    stack = {k: np.stack([o[k] for o in outs]) for k in OUTPUTS}
+    within = np.nan_to_num(stack["sigma_epistemic"]) ** 2
+    return {
+        "age": stack["age"].mean(0),
+        "sigma_aleatoric": np.sqrt(np.mean(stack["sigma_aleatoric"] ** 2, axis=0)),
+        "sigma_epistemic": np.sqrt(stack["age"].var(0) + within.mean(0)),
+        "sigma_tta": stack["sigma_tta"].mean(0),
+        "gender_prob": stack["gender_prob"].mean(0),
+    }

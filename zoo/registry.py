@@ -60,14 +60,22 @@ def load_state(run_dir: Path, name: str = "best.safetensors") -> dict[str, torch
 
 
 def build_network(run: dict, root: Path | None = None) -> torch.nn.Module:
-    """The network of a single or adapted run, with its weights."""
+    """The network of a single or adapted run, with its weights (an adapted run's checkpoint holds only what
+    differs from its parent's: BatchNorm statistics)."""
     from zoo.model import AgeGenderModel
 
     root = root or runs_dir()
-    base = run if run["kind"] == "single" else get_run(run["parent"], root)
-    cfg = TrainConfig.from_dict({"name": base.get("name", ""), **base["config"]})
-    model = AgeGenderModel(cfg, load_pretrained=False)  # weights come from the checkpoint
-    model.load_state_dict(load_state(root / run["id"], run.get("checkpoint", "best.safetensors")))
+    own = load_state(root / run["id"], run.get("checkpoint", "best.safetensors"))
+    if run["kind"] == "single":
+        cfg = TrainConfig.from_dict({"name": run.get("name", ""), **run["config"]})
+        model = AgeGenderModel(cfg, load_pretrained=False)  # weights come from the checkpoint
+        model.load_state_dict(own)
+        return model.eval()
+    model = build_network(get_run(run["parent"], root), root)
+    unknown = set(own) - set(model.state_dict())
+    if unknown:
+        raise ValueError(f"{run['id']}: checkpoint tensors its parent does not have: {sorted(unknown)[:5]}")
+    model.load_state_dict(own, strict=False)
     return model.eval()
 
 

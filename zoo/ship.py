@@ -26,6 +26,11 @@ class Checkpoint:
     run_id: str
     name: str
     mb: float
+    file: str = "best.safetensors"
+
+    @property
+    def path(self) -> str:
+        return f"{self.run_id}/{self.file}"
 
     @property
     def tier(self) -> int:
@@ -42,7 +47,7 @@ def plan(cap_mb: float, root: Path | None = None) -> tuple[list[Checkpoint], lis
     for r in list_runs(root):
         path = root / r["id"] / r.get("checkpoint", "best.safetensors")
         if r["kind"] != "ensemble" and path.is_file():
-            ckpts.append(Checkpoint(r["id"], r.get("name", ""), path.stat().st_size / 1e6))
+            ckpts.append(Checkpoint(r["id"], r.get("name", ""), path.stat().st_size / 1e6, path.name))
     kept = sorted(ckpts, key=lambda c: (-c.tier, -c.mb, c.run_id))  # the next to drop is kept[0]
     dropped = []
     while sum(c.mb for c in kept) > cap_mb and kept and kept[0].tier > 0:
@@ -55,7 +60,7 @@ def plan(cap_mb: float, root: Path | None = None) -> tuple[list[Checkpoint], lis
 def write_ignore(dropped: list[Checkpoint], root: Path | None = None) -> Path:
     root = root or runs_dir()
     path = root / ".gitignore"
-    path.write_text(HEADER + "".join(f"/{c.run_id}/best.safetensors\n" for c in sorted(dropped, key=lambda c: c.run_id)))
+    path.write_text(HEADER + "".join(f"/{c.path}\n" for c in sorted(dropped, key=lambda c: c.run_id)))
     return path
 
 
@@ -63,7 +68,7 @@ def untrack(dropped: list[Checkpoint], root: Path | None = None) -> list[str]:
     """Remove dropped checkpoints from git's index (never from disk); returns the paths git tracked. Outside a git
     work tree there is nothing to untrack."""
     root = root or runs_dir()
-    paths = [f"{c.run_id}/best.safetensors" for c in dropped]
+    paths = [c.path for c in dropped]
     git = ["git", "-C", str(root)]
     if not paths or subprocess.run([*git, "rev-parse"], capture_output=True).returncode != 0:
         return []

@@ -318,9 +318,12 @@ class Trainer:
         return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "train_img_s": seen / dt,
                 "train_s": dt}
 
-    def evaluate(self, idx: np.ndarray, **kw) -> dict:
-        pred = Predictor(self.net, self.cfg.img_size).predict(self.data.images[idx], **kw)
-        return all_metrics(pred, self.data.age[idx], self.data.gender[idx])
+    def evaluate(self, idx: np.ndarray) -> dict:
+        return self.evaluate_modes(idx, (None,))[None]
+
+    def evaluate_modes(self, idx: np.ndarray, modes: tuple[str | None, ...]) -> dict[str | None, dict]:
+        preds = Predictor(self.net, self.cfg.img_size).predict_modes(self.data.images[idx], modes)
+        return {m: all_metrics(p, self.data.age[idx], self.data.gender[idx]) for m, p in preds.items()}
 
     def run(self) -> dict:
         """Train to the end (or resume), then evaluate and register. Returns run.json's content."""
@@ -360,8 +363,9 @@ class Trainer:
     def _finish(self) -> dict:
         self.net.load_state_dict({k: v.float() if v.is_floating_point() else v
                                     for k, v in load_file(str(self.dir / "best.safetensors")).items()})
-        metrics = {"val": self.evaluate(self.data.val), "test": self.evaluate(self.data.test),
-                   **{key: self.evaluate(self.data.test, tta=mode) for mode, key in TTA_KEYS.items()}}
+        test = self.evaluate_modes(self.data.test, (None, *TTA_KEYS))  # the TTA modes share their views
+        metrics = {"val": self.evaluate(self.data.val), "test": test.pop(None),
+                   **{TTA_KEYS[mode]: r for mode, r in test.items()}}
         record = {
             "id": self.id, "kind": "single", "name": self.cfg.name, "config": self.cfg.identity(),
             "data": {"dataset": self.cfg.dataset, "source": self.cfg.source, "hash": self.data.data_hash},
