@@ -99,8 +99,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from zoo.adabn import adapt
 
-    r = adapt(args.model, args.to, split=args.split)
-    print(f"{r['id']}: test MAE on {args.to} {r['metrics']['test'].get('mae', float('nan')):.2f}")
+    from zoo.evaluate import TTA_KEYS
+
+    m = adapt(args.model, args.to, split=args.split)["metrics"]
+    print(f"{args.model} adapted to {args.to}: test MAE {m['test'].get('mae', float('nan')):.2f}, " + ", ".join(
+        f"{mode} TTA {m[key]['mae']:.2f}" for mode, key in TTA_KEYS.items() if "mae" in m.get(key, {})))
     return 0
 
 
@@ -196,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="print every registered model with cost and accuracy")
     ls.add_argument("--sort", default="test_mae", help="column to sort by (default test_mae)")
     ls.set_defaults(fn=cmd_list)
-    a = sub.add_parser("adapt", help="AdaBN: re-estimate BatchNorm statistics on another dataset's images")
+    a = sub.add_parser("adapt", help="AdaBN: re-estimate BatchNorm statistics on another dataset's images (on the "
+                                     "model's own dataset: BN recalibration on clean training images)")
     a.add_argument("model", help="registered model id")
     a.add_argument("--to", required=True, help="target dataset (a scanned manifest)")
     a.add_argument("--split", default="train", help="which target split's (unlabelled) images to use")

@@ -45,7 +45,9 @@ def results_frame(split: str = "test", peers: list[dict] | None = None) -> pd.Da
             "MAE": m.get("mae"), "MAE (flip TTA)": r.get("metrics", {}).get(f"{split}_tta", {}).get("mae"),
             "MAE (flip+crop TTA)": r.get("metrics", {}).get(f"{split}_tta_crop", {}).get("mae"),
             "RMSE": m.get("rmse"), "CS@5": m.get("cs5"), "±10y": m.get("acc10"),
-            "gender acc": m.get("gender_acc"), "gender F1": m.get("gender_f1"), "gender AUC": m.get("gender_auc"),
+            "gender acc": m.get("gender_acc"),
+            "gender acc (flip+crop TTA)": r.get("metrics", {}).get(f"{split}_tta_crop", {}).get("gender_acc"),
+            "gender F1": m.get("gender_f1"), "gender AUC": m.get("gender_auc"),
             "params (M)": r.get("params", float("nan")) / 1e6 if r.get("params") else None,
             "img/s": r.get("infer_img_s"),
         })
@@ -58,6 +60,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "_No trained models registered yet._"
     fmt = {"px": "{:.0f}", "MAE": "{:.2f}", "MAE (flip TTA)": "{:.2f}", "MAE (flip+crop TTA)": "{:.2f}", "RMSE": "{:.2f}", "CS@5": "{:.1%}", "±10y": "{:.1%}", "gender acc": "{:.1%}",
+           "gender acc (flip+crop TTA)": "{:.1%}",
            "gender F1": "{:.3f}", "gender AUC": "{:.3f}", "params (M)": "{:.1f}", "img/s": "{:.0f}"}
     cols = ["model", "backbone", "formulation", *fmt]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
