@@ -6,7 +6,7 @@ import torch
 from zoo.augment import AUGMENTS, AugmentPreset, augment_batch
 from zoo.backbones import create_backbone, list_backbones
 from zoo.balance import AGE_BALANCE, balance
-from zoo.config import TrainConfig, expand_grid
+from zoo.config import LATER_FIELDS, TrainConfig, expand_grid
 
 
 def test_run_id_is_config_plus_data_hash():
@@ -15,6 +15,31 @@ def test_run_id_is_config_plus_data_hash():
     assert a.run_id("d1") != a.run_id("d2")
     assert a.run_id("d1") != TrainConfig(lr=1e-4).run_id("d1")
     assert a.run_id("d1").startswith("resnet18-dldl-")
+
+
+def test_fields_added_later_keep_registered_run_ids():
+    from dataclasses import fields
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    assert all(defaults[k] == off for k, off in LATER_FIELDS.items())
+    old = TrainConfig().identity()  # a config from before the later fields existed has none of them
+    assert not set(LATER_FIELDS) & set(old)
+    assert TrainConfig.from_dict(old).run_id("d") == TrainConfig().run_id("d")
+    assert TrainConfig(ema_decay=0.99).identity()["ema_decay"] == 0.99
+    assert TrainConfig(ema_decay=0.99).run_id("d") != TrainConfig().run_id("d")
+
+
+def test_every_shipped_run_id_is_reproduced_by_its_config():
+    """`python -m zoo train` on a shipped config must find the finished run, not retrain it under a new id."""
+    import json
+    from pathlib import Path
+
+    records = [json.loads(p.read_text()) for p in (Path(__file__).parent.parent / "artifacts" / "runs").glob("*/run.json")]
+    singles = [r for r in records if r["kind"] == "single"]
+    if not singles:
+        pytest.skip("no registered run in this checkout")
+    moved = [r["id"] for r in singles if TrainConfig.from_dict(r["config"]).run_id(r["data"]["hash"]) != r["id"]]
+    assert not moved
 
 
 def test_config_rejects_unknown_keys_and_expands_sweeps():

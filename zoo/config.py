@@ -49,6 +49,9 @@ class TrainConfig:
     def identity(self) -> dict:
         d = asdict(self)
         d.pop("name")
+        for key, off in LATER_FIELDS.items():
+            if d[key] == off:
+                d.pop(key)
         return d
 
     def run_id(self, manifest_hash: str) -> str:
@@ -69,6 +72,12 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(asdict(self), sort_keys=False)
+
+
+# Fields added after runs were registered, with the value that reproduces the behaviour from before they existed.
+# At that value they stay out of the identity, so adding a field never changes a registered run's id (and never
+# makes `python -m zoo train` retrain a finished run). A new field goes here, not only into TrainConfig.
+LATER_FIELDS = {"ema_decay": 0.0}
 
 
 def expand_grid(spec: dict) -> list[TrainConfig]:
