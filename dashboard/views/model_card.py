@@ -45,8 +45,10 @@ else:
 if kind == "ensemble":
     st.markdown("**Members:** " + ", ".join(f"`{m}`" for m in (run or {}).get("members", [])))
 if kind == "adapted":
-    st.markdown(f"**Parent:** `{(run or {}).get('parent')}` with BatchNorm statistics re-estimated on "
-                f"**{((run or {}).get('data') or {}).get('adapted_to')}** (AdaBN).")
+    data = (run or {}).get("data") or {}
+    why = ("its own training images, without augmentation (BN recalibration)" if data.get("adapted_to") == data.get(
+        "dataset") else f"**{data.get('adapted_to')}** (AdaBN)")
+    st.markdown(f"**Parent:** `{(run or {}).get('parent')}` with BatchNorm statistics re-estimated on {why}.")
 
 def _flat(d: dict, prefix: str = "") -> list[tuple[str, str]]:
     out = []
