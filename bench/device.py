@@ -2,8 +2,8 @@
 
 `zoo.inference.Predictor.predict` builds its batch on the CPU and returns numpy, so on a GPU the bench drives the
 predictor's own forward passes (`Predictor._passes`, the same decoding and MC-Dropout / TTA logic) on a CUDA batch
-and applies the same reductions (`zoo.inference.predict_by_mode`). Ensembles are rebuilt over device-placed members so the
-ensemble's own combination rule is kept. Peers (ONNX, CPU) pass through unchanged.
+and applies the same reductions (`zoo.inference.predict_by_mode`). Ensembles are rebuilt over device-placed members
+so the ensemble's own combination rule is kept. Peers (ONNX, CPU) pass through unchanged.
 """
 from __future__ import annotations
 

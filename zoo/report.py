@@ -59,9 +59,10 @@ def results_frame(split: str = "test", peers: list[dict] | None = None) -> pd.Da
 def markdown_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "_No trained models registered yet._"
-    fmt = {"px": "{:.0f}", "MAE": "{:.2f}", "MAE (flip TTA)": "{:.2f}", "MAE (flip+crop TTA)": "{:.2f}", "RMSE": "{:.2f}", "CS@5": "{:.1%}", "±10y": "{:.1%}", "gender acc": "{:.1%}",
-           "gender acc (flip+crop TTA)": "{:.1%}",
-           "gender F1": "{:.3f}", "gender AUC": "{:.3f}", "params (M)": "{:.1f}", "img/s": "{:.0f}"}
+    fmt = {"px": "{:.0f}", "MAE": "{:.2f}", "MAE (flip TTA)": "{:.2f}", "MAE (flip+crop TTA)": "{:.2f}",
+           "RMSE": "{:.2f}", "CS@5": "{:.1%}", "±10y": "{:.1%}", "gender acc": "{:.1%}",
+           "gender acc (flip+crop TTA)": "{:.1%}", "gender F1": "{:.3f}", "gender AUC": "{:.3f}", "params (M)": "{:.1f}",
+           "img/s": "{:.0f}"}
     cols = ["model", "backbone", "formulation", *fmt]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in frame.iterrows():
