@@ -99,12 +99,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from zoo.adabn import adapt
 
+    m = adapt(args.model, args.to, split=args.split)["metrics"]
+    print(f"{args.model} adapted to {args.to}: test MAE {m['test'].get('mae', float('nan')):.2f} · {_tta_maes(m)}")
+    return 0
+
+
+def _tta_maes(metrics: dict) -> str:
+    """'flip TTA 4.81 · flip+crop TTA 4.77' from a run.json's metrics (the modes it has)."""
     from zoo.evaluate import TTA_KEYS
 
-    m = adapt(args.model, args.to, split=args.split)["metrics"]
-    print(f"{args.model} adapted to {args.to}: test MAE {m['test'].get('mae', float('nan')):.2f}, " + ", ".join(
-        f"{mode} TTA {m[key]['mae']:.2f}" for mode, key in TTA_KEYS.items() if "mae" in m.get(key, {})))
-    return 0
+    return " · ".join(f"{mode} TTA {metrics[key]['mae']:.2f}" for mode, key in TTA_KEYS.items()
+                      if "mae" in metrics.get(key, {}))
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
@@ -122,12 +127,10 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from zoo.evaluate import TTA_KEYS, add_tta_metrics
+    from zoo.evaluate import add_tta_metrics
 
     for run_id in tqdm(args.models, desc="evaluate", unit="model", disable=len(args.models) < 2):
-        m = add_tta_metrics(run_id)["metrics"]
-        print(f"{run_id}: test MAE " + " · ".join(
-            f"{mode} TTA {m[key]['mae']:.2f}" for mode, key in TTA_KEYS.items() if "mae" in m.get(key, {})))
+        print(f"{run_id}: test MAE {_tta_maes(add_tta_metrics(run_id)['metrics'])}")
     return 0
 
 

@@ -19,7 +19,7 @@ def split_predictions(predictor, dataset: str, modes: tuple[str | None, ...] = (
     """({TTA mode (None = off): predictions}, true age, true gender) on one split; the modes share their views."""
     m = load_manifest(dataset)
     idx = np.flatnonzero(m.frame["split"].to_numpy() == split)
-    images = load_images(m, predictor.img_size, progress=progress)[idx]
+    images = load_images(m, predictor.img_size, in_memory=False, progress=progress)[idx]  # reads this split only
     age, gender = m.frame["age"].to_numpy(float)[idx], m.frame["gender"].astype("float").to_numpy()[idx]
     return predictor.predict_modes(images, modes), age, gender
 
@@ -31,17 +31,21 @@ def split_metrics(predictor, dataset: str, modes: tuple[str | None, ...] = (None
     return {mode: all_metrics(pred, age, gender) for mode, pred in preds.items()}
 
 
+def by_record_key(by_mode: dict[str | None, dict]) -> dict[str, dict]:
+    """{TTA mode (None = off): test metrics} -> their run.json keys ("test", "test_tta", "test_tta_crop")."""
+    return {"test" if m is None else TTA_KEYS[m]: r for m, r in by_mode.items()}
+
+
 def tta_metrics(predictor, dataset: str, modes: Iterable[str] = TTA_KEYS) -> dict[str, dict]:
     """{run.json key: test metrics} under each TTA mode."""
-    return {TTA_KEYS[m]: r for m, r in split_metrics(predictor, dataset, tuple(modes)).items()}
+    return by_record_key(split_metrics(predictor, dataset, tuple(modes)))
 
 
 def registry_metrics(predictor, dataset: str, progress: bool = False) -> dict[str, dict]:
     """run.json's metrics of a model evaluated after training (ensembles, AdaBN): val, and test plain and under
     every TTA mode (one pass over the widest mode's views)."""
-    test = split_metrics(predictor, dataset, (None, *TTA_KEYS), progress=progress)
-    return {"val": split_metrics(predictor, dataset, (None,), "val")[None], "test": test.pop(None),
-            **{TTA_KEYS[m]: r for m, r in test.items()}}
+    return {"val": split_metrics(predictor, dataset, (None,), "val")[None],
+            **by_record_key(split_metrics(predictor, dataset, (None, *TTA_KEYS), progress=progress))}
 
 
 def add_tta_metrics(run_id: str, root: Path | None = None) -> dict:

@@ -28,7 +28,7 @@ from zoo.config import TrainConfig
 from zoo.data.cache import load_images, to_tensor
 from zoo.data.manifest import Manifest, load_manifest
 from zoo.data.readers import RACES
-from zoo.evaluate import TTA_KEYS
+from zoo.evaluate import TTA_KEYS, by_record_key
 from zoo.gender import create_gender_loss
 from zoo.inference import Predictor
 from zoo.metrics import all_metrics
@@ -363,9 +363,8 @@ class Trainer:
     def _finish(self) -> dict:
         self.net.load_state_dict({k: v.float() if v.is_floating_point() else v
                                     for k, v in load_file(str(self.dir / "best.safetensors")).items()})
-        test = self.evaluate_modes(self.data.test, (None, *TTA_KEYS))  # the TTA modes share their views
-        metrics = {"val": self.evaluate(self.data.val), "test": test.pop(None),
-                   **{TTA_KEYS[mode]: r for mode, r in test.items()}}
+        metrics = {"val": self.evaluate(self.data.val),  # the test modes share their views
+                   **by_record_key(self.evaluate_modes(self.data.test, (None, *TTA_KEYS)))}
         record = {
             "id": self.id, "kind": "single", "name": self.cfg.name, "config": self.cfg.identity(),
             "data": {"dataset": self.cfg.dataset, "source": self.cfg.source, "hash": self.data.data_hash},
