@@ -352,7 +352,9 @@ class Trainer:
                     self.plateau[0] *= 0.5
             self.history.append(row)
             self._save_state()  # first: the state is the truth, history.csv is its readable copy
-            pd.DataFrame(self.history).to_csv(self.dir / "history.csv", index=False)
+            # atomic like state.pt: a kill (or a reader) mid-write must never see an empty or half file
+            pd.DataFrame(self.history).to_csv(self.dir / "history.csv.tmp", index=False)
+            (self.dir / "history.csv.tmp").replace(self.dir / "history.csv")
             if self.progress:
                 print(f"{self.id} epoch {self.epoch}: loss {row['train_loss']:.3f} val MAE {val.get('mae', float('nan')):.2f}"
                       f" gender acc {val.get('gender_acc', float('nan')):.3f} ({row['train_img_s']:.0f} img/s)")
