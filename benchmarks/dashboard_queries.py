@@ -163,22 +163,24 @@ def time_photo(mc: int) -> list[dict]:
     from PIL import Image
     from skimage.data import astronaut
 
-    from dashboard import photo, predict
+    from dashboard import predict
+    from zoo import faces as F
+    from zoo import photos
 
     buf = io.BytesIO()
     Image.fromarray(astronaut()).save(buf, "JPEG", quality=92)
     data = buf.getvalue()
     rows = []
     t0 = t0_photo = time.perf_counter()
-    pic = photo.decode_upload(data)
+    pic = photos.decode_photo(data)
     t1 = time.perf_counter()
-    faces = photo.detect_faces(pic.rgb)
+    faces = F.FacePipeline().detect(pic.rgb)
     t2 = time.perf_counter()
-    crop = photo.face_crop(pic.rgb, faces[0]) if faces else photo.whole_image_crop(pic.rgb)
+    crop = F.warp_to_template(pic.rgb, faces[0].landmarks) if faces else F.fallback_crop(pic.rgb)
     t3 = time.perf_counter()
     rows.append({"step": "decode 512x512 JPEG", "ms": 1000 * (t1 - t0)})
-    rows.append({"step": f"detect faces ({photo.detector_name()}, {len(faces)} found)", "ms": 1000 * (t2 - t1)})
-    rows.append({"step": "crop", "ms": 1000 * (t3 - t2)})
+    rows.append({"step": f"detect faces + landmarks (dlib, {len(faces)} found)", "ms": 1000 * (t2 - t1)})
+    rows.append({"step": "align", "ms": 1000 * (t3 - t2)})
     runs, skipped = predict.available_models()
     ids = [r["id"] for r in runs]
     # The app starts a ModelPool preload when it opens (dashboard.common.model_pool): time it as the app does it,

@@ -2,7 +2,7 @@
 
 Reads the model registry (`artifacts/runs`) and the predictions database (`artifacts/bench.duckdb`, see
 bench/SCHEMA.md); both move with ZOO_ARTIFACTS. Pages are thin scripts in dashboard/views/; every database query is in
-dashboard/queries.py, every figure in dashboard/charts.py, the photo pipeline in dashboard/photo.py.
+dashboard/queries.py, every figure in dashboard/charts.py, the photo pipeline in zoo/photos.py and zoo/faces.py.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ PAGES = {
         st.Page(VIEWS / "fairness.py", title="Fairness", icon=":material/balance:"),
         st.Page(VIEWS / "uncertainty.py", title="Uncertainty", icon=":material/ssid_chart:"),
         st.Page(VIEWS / "robustness.py", title="Robustness", icon=":material/shield:"),
+        st.Page(VIEWS / "generalization.py", title="Generalization", icon=":material/public:"),
     ],
     "Studies": [
         st.Page(VIEWS / "data_studies.py", title="Data studies", icon=":material/science:"),

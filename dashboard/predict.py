@@ -26,32 +26,14 @@ def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[s
     every member's, for an adapted run its own and its parent's) are present; external peers are always listed."""
     from dashboard.queries import read_runs
     from zoo.paths import runs_dir
+    from zoo.registry import missing_weights
 
     root = root or runs_dir()
     runs = read_runs(root)
     by_id = {r["id"]: r for r in runs}
     ok, skipped = [], []
-
-    def has_weights(r: dict) -> str | None:
-        if r.get("kind") == "ensemble":
-            for m in r.get("members", []):
-                if m not in by_id:
-                    return f"member {m} is not registered"
-                why = has_weights(by_id[m])
-                if why:
-                    return f"member {m}: {why}"
-            return None if r.get("members") else "an ensemble without members"
-        if r.get("kind") == "adapted":  # its checkpoint holds BatchNorm statistics; the weights are the parent's
-            if r.get("parent") not in by_id:
-                return f"parent {r.get('parent')} is not registered"
-            why = has_weights(by_id[r["parent"]])
-            if why:
-                return f"parent {r['parent']}: {why}"
-        ck = root / r["id"] / r.get("checkpoint", "best.safetensors")
-        return None if ck.is_file() else f"checkpoint {ck.name} not shipped"
-
     for r in runs:
-        why = has_weights(r)
+        why = missing_weights(r, by_id, root)
         (skipped.append((r["id"], why)) if why else ok.append(r))
     from bench.peers import list_peers
 
@@ -110,9 +92,9 @@ class ModelPool:
         """Load `model_ids` in a daemon thread (once per pool) and run each once on a blank crop, so the first real
         photo does not pay for the first forward either; failures are left for `get` to raise on the page."""
         def work() -> None:
-            from dashboard import photo
+            from zoo.faces import FacePipeline
 
-            photo.available_detectors()  # builds the face detectors once (dlib's takes ~0.4 s)
+            FacePipeline().detect(np.full((64, 64, 3), 128, np.uint8))  # loads the detector and landmark model
             blank = np.full((64, 64, 3), 128, np.uint8)
             for mid in model_ids:
                 try:
@@ -128,15 +110,13 @@ class ModelPool:
 
 
 def predict_one(predictor, crop: np.ndarray, mc_dropout: int = 10, tta: str | None = None) -> dict:
-    """One model on one square RGB uint8 crop -> {age, sigma_*, gender_prob, seconds}. The crop is resized to the
-    model's input with `zoo.data.cache.square_resize` (INTER_AREA), the geometry used in training."""
-    from zoo.data.cache import square_resize
+    """One model on one canonical crop -> {age, sigma_*, gender_prob, seconds}, resized to the model's input as
+    the bench and `zoo predict` do (`zoo.pipeline.predict_crops`)."""
+    from zoo.pipeline import predict_crops
 
     set_torch_threads()
-    size = int(getattr(predictor, "img_size", crop.shape[0]))
-    x = square_resize(crop, size)[None]
     t0 = time.perf_counter()
-    out = predictor.predict(x, mc_dropout=int(mc_dropout), tta=tta)
+    out = predict_crops(predictor, crop[None], mc_dropout=int(mc_dropout), tta=tta)
     res = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in out.items()}
     res["seconds"] = time.perf_counter() - t0
     return res

@@ -836,6 +836,46 @@ def clean_scores(db: str, ver: str, split: str = "test") -> pd.DataFrame:
 
 
 @query
+def generalization(db: str, ver: str, split: str = "test") -> pd.DataFrame:
+    """Per (model, eval dataset), clean predictions: MAE (where ages exist), gender accuracy, and for sets without
+    ages but with a `Young` label the AUC of predicted age for it, all with 95 % CIs; plus how many images the face
+    pipeline found a face in (the others were predicted on the fallback crop)."""
+    where = "p.perturbation = 'none'" + (" AND i.split = ?" if split != "*" else "")
+    prm = [split] if split != "*" else []
+    with connect(db) as con:
+        have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                          "WHERE table_name = 'images'").fetchall()}
+        found = "count(*) FILTER (WHERE i.face_found)" if "face_found" in have else "NULL::BIGINT"
+        agg = con.execute(f"""
+            SELECT p.model_id, p.dataset AS eval_dataset, {BASE_AGG}, count(*) AS images,
+                   {found} AS faces_found
+            FROM predictions p JOIN images i USING (dataset, image_id) WHERE {where} GROUP BY ALL""", prm).df()
+        young = con.execute(f"""
+            WITH y AS (SELECT p.model_id, p.dataset, round(p.age_pred, 1) AS a,
+                              count(*) FILTER (WHERE (i.extras->>'Young')::INTEGER = 1) AS pos,
+                              count(*) FILTER (WHERE (i.extras->>'Young')::INTEGER = 0) AS neg
+                       FROM predictions p JOIN images i USING (dataset, image_id)
+                       WHERE {where} AND p.age_pred IS NOT NULL AND i.extras->>'Young' IS NOT NULL GROUP BY ALL),
+                 c AS (SELECT model_id, dataset, pos, neg, coalesce(sum(neg) OVER (PARTITION BY model_id, dataset
+                           ORDER BY a DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS neg_below FROM y)
+            SELECT model_id, dataset AS eval_dataset, sum(pos * (neg_below + 0.5 * neg)) AS s, sum(pos) AS P,
+                   sum(neg) AS N FROM c GROUP BY ALL""", prm).df()
+    agg = _finish(agg)
+    if agg.empty:
+        return agg
+    if len(young):  # younger predicted age ranks "Young" higher: neg_below counts older-predicted negatives
+        auc = auc_hanley_mcneil(young).rename(columns={"gender_auc": "young_auc", "gender_auc_lo": "young_auc_lo",
+                                                       "gender_auc_hi": "young_auc_hi"})
+        auc["eval_dataset"] = young["eval_dataset"].to_numpy()
+        agg = agg.merge(auc, on=["model_id", "eval_dataset"], how="left")
+    else:
+        agg["young_auc"] = agg["young_auc_lo"] = agg["young_auc_hi"] = np.nan
+    agg["face_found_rate"] = pd.to_numeric(agg["faces_found"], errors="coerce").astype(float) / agg["images"]
+    agg.loc[agg["n"] == 0, ["mae", "mae_lo", "mae_hi"]] = np.nan
+    return agg
+
+
+@query
 def bench_runs(db: str, ver: str) -> pd.DataFrame:
     return sql(db, "SELECT * FROM bench_runs ORDER BY started DESC")
 
@@ -873,6 +913,10 @@ def read_runs(root: Path) -> list[dict]:
 
 
 registry_runs = st.cache_data(show_spinner=False)(_registry_runs_impl) if st is not None else _registry_runs_impl
+
+
+def relations(ver: str) -> pd.DataFrame:
+    return model_relations(registry_runs(ver))
 
 
 def registry_table(ver: str) -> pd.DataFrame:
@@ -1087,6 +1131,35 @@ def synthetic_sets(root: Path | None = None) -> list[dict]:
         grid = f.parent / (rec.get("grid") or {}).get("file", "grid.png")
         out.append({**rec, "per_bin": pd.DataFrame(rows), "grid_path": grid if grid.is_file() else None})
     return out
+
+
+def model_relations(runs: list[dict]) -> pd.DataFrame:
+    """For each registered run, its AdaBN variants and its twin trained on the primary dataset alone (same config
+    but for the extra datasets of its mix and the step budget), so the Generalization page can put them side by
+    side. Columns: model_id, relation (adabn / single-dataset twin), related."""
+    drop = ("name", "datasets", "epochs", "max_steps", "patience")
+
+    def key(r: dict) -> str:
+        return json.dumps({k: v for k, v in (r.get("config") or {}).items() if k not in drop}, sort_keys=True)
+
+    def primary(r: dict) -> list:
+        mix = (r.get("config") or {}).get("datasets") or []
+        ds = (r.get("config") or {}).get("dataset")
+        return [e for e in mix if isinstance(e, dict) and e.get("name") == ds]
+
+    rows = []
+    singles = [r for r in runs if r.get("kind") == "single"]
+    for r in runs:
+        if r.get("kind") == "adapted" and r.get("parent"):
+            rows.append({"model_id": r["parent"], "relation": "AdaBN", "related": r["id"]})
+        mix = (r.get("config") or {}).get("datasets") or []
+        if r.get("kind") == "single" and len(mix) > len(primary(r)):
+            for t in singles:
+                tmix = (t.get("config") or {}).get("datasets") or []
+                if t["id"] != r["id"] and key(t) == key(r) and len(tmix) == len(primary(t)) \
+                        and primary(t) == primary(r):
+                    rows.append({"model_id": r["id"], "relation": "single-dataset twin", "related": t["id"]})
+    return pd.DataFrame(rows, columns=["model_id", "relation", "related"])
 
 
 def cross_dataset(frame: pd.DataFrame, scores: pd.DataFrame) -> dict:

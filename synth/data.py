@@ -41,7 +41,7 @@ def train_manifest(dataset: str) -> tuple[Manifest, Manifest]:
     frame = f[(f["split"] == "train") & f["age"].notna() & f["gender"].notna()].reset_index(drop=True)
     if frame.empty:
         raise ValueError(f"dataset {dataset!r} has no labelled training split rows")
-    sub = Manifest(full.dataset, full.root, frame, [])
+    sub = Manifest(full.dataset, full.root, frame, [], full.framing)
     assert (sub.frame["split"] == "train").all(), "generator data must be the real training split only"
     return full, sub
 
@@ -124,7 +124,7 @@ def write_labels_csv(root: Path, frame: pd.DataFrame) -> Path:
 def scan_synthetic(name: str, root: Path, progress: bool = True) -> Manifest:
     """Scan a synthetic folder as dataset `synth_<name>` (cached manifest, loadable by `load_manifest`)."""
     with csv_reader() as reader:
-        m = scan(f"synth_{name}", Path(root), progress=progress, reader=reader)
+        m = scan(f"synth_{name}", Path(root), progress=progress, reader=reader, framing="aligned")
     bad = m.frame[m.frame["split"] != "train"]
     if len(bad):
         raise ValueError(f"synthetic set {name!r}: {len(bad)} rows are not split=train; synthetic images are for "

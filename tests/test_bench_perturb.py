@@ -111,8 +111,24 @@ def test_pixel_attributes_follow_the_image():
     assert pixel_stats(P.apply("background", img, 2))["background"] < base["background"] / 2  # flat grey
 
 
-def test_face_size_is_null_without_a_face_and_a_detector_is_available():
-    from bench.attributes import face_detector_name, face_size
+def test_image_rows_carry_the_face_pipeline_columns(tmp_path, monkeypatch):
+    """A real face and a blank image in a `detect` dataset: found / not found, box, count, face_size (NULL without)."""
+    import pandas as pd
+    from skimage.data import astronaut
 
-    assert face_detector_name() in ("opencv-haar", "dlib-hog")  # both ship with the pinned stack
-    assert np.isnan(face_size(np.full((120, 120), 128, np.uint8)))
+    from bench.attributes import images_rows
+    from zoo.data.manifest import scan
+
+    monkeypatch.setenv("ZOO_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "photos"
+    root.mkdir()
+    cv2.imwrite(str(root / "face.png"), cv2.cvtColor(astronaut()[20:260, 110:340], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(root / "blank.png"), np.full((120, 160, 3), 128, np.uint8))
+    pd.DataFrame({"path": ["face.png", "blank.png"], "age": [42, 30]}).to_csv(root / "labels.csv", index=False)
+    m = scan("csv", root, progress=False)
+    rows = images_rows(m, np.arange(2)).set_index("path")
+    face, blank = rows.loc["face.png"], rows.loc["blank.png"]
+    assert face["face_found"] and face["n_faces"] == 1 and face["face_score"] > 0 and face["framing"] == "detect"
+    assert 0.2 < face["face_size"] < 0.8 and 50 < face["face_w"] < 160
+    assert not blank["face_found"] and blank["n_faces"] == 0 and np.isnan(blank["face_size"])

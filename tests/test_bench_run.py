@@ -135,6 +135,9 @@ def test_run_fills_every_row_once_and_a_second_run_computes_nothing(zoo_env, tmp
     assert conds == [("blur", s, 2 * N_IMAGES) for s in (1, 2, 3)] + [("jpeg", s, 2 * N_IMAGES) for s in (1, 2, 3)] \
         + [("none", 0, 2 * N_IMAGES)]
     assert _q(db, "SELECT count(*) FROM predictions WHERE age_pred IS NULL OR latency_ms <= 0")[0][0] == 0
+    # every image row carries what the face pipeline found (these generated crops hold no real face)
+    assert _q(db, "SELECT count(*), count(face_found), count(n_faces), min(framing) FROM images")[0] == \
+        (N_IMAGES, N_IMAGES, N_IMAGES, "aligned")
     assert _q(db, "SELECT count(*) FROM predictions WHERE sigma_epistemic IS NOT NULL")[0][0] == 0  # not computed
     m = _q(db, "SELECT kind, source, backbone, img_size, tasks, training_data FROM models ORDER BY model_id")
     assert m == [("single", "zoo", "seed_cnn", 32, "age,gender", "utkface")] * 2

@@ -186,3 +186,23 @@ def test_a_reader_process_never_fails_while_parts_are_merged(tmp_path):
     assert res["queries"] >= 5
     assert res["counts"] == sorted(res["counts"])  # a reader sees whole commits only, never a rollback
     assert _count(db) == 2000
+
+
+def test_a_db_from_before_the_face_columns_is_migrated_and_its_image_rows_refilled(tmp_path):
+    """An old file (images without the face pipeline's columns) opens for reading and writing: the columns are added,
+    old rows read NULL there, and a newer image row replaces the old one."""
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE images (dataset VARCHAR, image_id VARCHAR, split VARCHAR, age DOUBLE, "
+                "PRIMARY KEY (dataset, image_id))")
+    con.execute("INSERT INTO images VALUES ('d', 'a', 'test', 30), ('d', 'b', 'test', 40)")
+    con.close()
+    got = store.query_known(db, "images", ["image_id", "face_found"], "SELECT * FROM known ORDER BY image_id")
+    assert list(got["image_id"]) == ["a", "b"] and got["face_found"].isna().all()  # read before any migration
+    row = {c: None for c, _ in store.TABLES["images"]}
+    row.update(dataset="d", image_id="a", split="test", age=30.0, face_found=True, n_faces=1)
+    store.write_part(db, "images", pd.DataFrame([row]))
+    store.merge(db)
+    rows = _count(db, "SELECT count(*) FROM images"), _count(db, "SELECT count(*) FROM images WHERE face_found")
+    assert rows == (2, 1)
+    assert _count(db, "SELECT count(*) FROM images WHERE image_id = 'b' AND face_found IS NULL") == 1

@@ -3,6 +3,7 @@ artifacts folder, the photo page end to end, and a DB locked by a writer."""
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 PAGES = {  # page script -> title
     "views/leaderboard.py": "Leaderboard", "views/errors.py": "Errors", "views/fairness.py": "Fairness",
     "views/uncertainty.py": "Uncertainty", "views/robustness.py": "Robustness",
+    "views/generalization.py": "Generalization",
     "views/data_studies.py": "Data studies", "views/browser.py": "Browser", "views/compare.py": "Compare a photo",
     "views/model_card.py": "Model card",
 }
@@ -87,7 +89,7 @@ def test_every_page_on_a_populated_zoo(artifacts, env):
     assert not at.exception and charts(at) >= 4
 
     for page, min_charts in (("views/fairness.py", 2), ("views/uncertainty.py", 3), ("views/robustness.py", 1),
-                             ("views/data_studies.py", 2)):
+                             ("views/generalization.py", 1), ("views/data_studies.py", 2)):
         visit(at, page)
         assert charts(at) >= min_charts, page
     assert "Not trained yet" in texts(at)  # the data studies say what is missing
@@ -139,6 +141,9 @@ def test_model_pool_loads_each_model_once_and_shares_ensemble_members(artifacts,
     from zoo.inference import EnsemblePredictor
 
     env(artifacts["dir"])
+    for t in threading.enumerate():  # an earlier AppTest's app-wide pool may still be loading: not ours to count
+        if t.name == "model-preload":
+            t.join(120)
     calls = Counter()
     real = predict.load_predictor
     monkeypatch.setattr(predict, "load_predictor", lambda mid, root=None: (calls.update([mid]), real(mid, root))[1])

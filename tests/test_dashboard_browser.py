@@ -1,5 +1,6 @@
 """The real thing: `streamlit run dashboard/app.py` on generated artifacts, driven by Debian's chromium through
-Playwright (never a downloaded browser). Screenshots of the Leaderboard and the Compare page (after uploading a face)
+Playwright (never a downloaded browser). Screenshots of the Leaderboard, Generalization and the Compare page (after
+uploading a face)
 go to a temp folder (DASHBOARD_SCREENSHOTS=<dir> keeps them somewhere else)."""
 from __future__ import annotations
 
@@ -121,6 +122,18 @@ def test_leaderboard_renders_in_chromium(page, server, shots):
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.get_by_text("Accuracy vs cost").first.is_visible()
     check_screenshot(page, shots / "leaderboard.png")
+
+
+def test_generalization_page_in_chromium(page, server, shots):
+    page.goto(server["url"] + "/generalization", wait_until="domcontentloaded")
+    settle(page)
+    page.get_by_role("heading", name="Generalization").wait_for(timeout=30_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)  # the models x datasets matrix
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30_000)
+    settle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.get_by_text("gender accuracy: models").first.is_visible()
+    check_screenshot(page, shots / "generalization.png")
 
 
 def test_compare_page_in_chromium(page, server, shots):

@@ -175,3 +175,35 @@ def test_image_paths_stay_inside_the_root(tmp_path):
                 "missing.jpg", "a\x00b.jpg"):
         assert Q.safe_image_path(root, bad) is None, bad
     assert Q.safe_image_path(tmp_path / "nope", "a.jpg") is None
+
+
+def test_generalization_matches_the_metrics_on_a_set_without_ages(tmp_path):
+    """A CelebA-HQ-like set (no ages, `Young` in extras, some images without a face): gender accuracy, the AUC of
+    predicted age for Young (ties included) and the face-found rate agree with zoo.metrics on the same rows."""
+    from bench import store
+    from zoo.metrics import gender_metrics, young_auc
+
+    rng = np.random.default_rng(3)
+    n = 400
+    young = rng.integers(0, 2, n)
+    gender = rng.integers(0, 2, n)
+    age_pred = np.round(45 - 15 * young + rng.normal(0, 12, n))  # rounded: many ties
+    p_female = np.clip(gender * 0.7 + rng.uniform(0, 0.3, n) + rng.normal(0, 0.2, n), 0, 1)
+    ids = [f"i{k}" for k in range(n)]
+    images = pd.DataFrame({c: None for c, _ in store.TABLES["images"]}, index=range(n))
+    images = images.assign(dataset="celebahq", image_id=ids, split="test", gender=gender,
+                           extras=[f'{{"Young": {y}, "Male": {1 - g}}}' for y, g in zip(young, gender)],
+                           face_found=np.arange(n) % 10 != 0)
+    preds = pd.DataFrame({"model_id": "m", "dataset": "celebahq", "image_id": ids, "perturbation": "none",
+                          "severity": 0, "age_pred": age_pred, "sigma_aleatoric": np.nan, "sigma_epistemic": np.nan,
+                          "sigma_tta": np.nan, "gender_prob": p_female, "latency_ms": 1.0, "bench_run": "r"})
+    db = tmp_path / "g.duckdb"
+    store.write_part(db, "images", images)
+    store.write_part(db, "predictions", preds)
+    store.merge(db)
+    g = Q.generalization.raw(str(db), Q.db_version(db)).iloc[0]
+    assert g["eval_dataset"] == "celebahq" and g["n"] == 0 and np.isnan(g["mae"])
+    assert g["gender_acc"] == pytest.approx(gender_metrics(p_female, gender.astype(float))["gender_acc"])
+    assert g["young_auc"] == pytest.approx(young_auc(age_pred, young.astype(float)), abs=1e-12)
+    assert g["young_auc_lo"] < g["young_auc"] < g["young_auc_hi"]
+    assert g["face_found_rate"] == pytest.approx(0.9)

@@ -490,3 +490,99 @@ def test_folder_reader(tmp_path):
     excluded = _excluded(m)
     assert set(excluded) == {"abc/e.jpg", "3.5/f.jpg", "999/g.jpg", "loose.jpg", "35/notes.txt"}
     assert "not an integer age" in excluded["abc/e.jpg"] and "age folder" in excluded["loose.jpg"]
+
+
+# ------------------------------------------------------------------------------------------------------ CelebA-HQ
+CELEB_NAMES = [f"A{i}" for i in range(36)] + ["Blond_Hair", "Eyeglasses", "Male", "Young"]
+
+
+def _celeb_row(name: str, male: int, blond: int = 0, young: int = 1) -> str:
+    vals = [-1] * 36 + [1 if blond else -1, -1, 1 if male else -1, 1 if young else -1]
+    return f"{name}  " + " ".join(map(str, vals))
+
+
+def test_celebahq_attributes_and_real_quirks(tmp_path):
+    """The quirks of the real file: a count line that disagrees with the rows, non-contiguous numbers, malformed and
+    repeated rows, an image without a row and a row without an image, byte-identical images with other labels."""
+    from zoo.data.adapters.celebahq import ATTRIBUTE_FILE
+
+    root = tmp_path / "celebahq"
+    rows = []
+    for i in range(40):
+        n = 2 * i + 5  # non-contiguous
+        make_jpeg(root / "images" / f"{n}.jpg")
+        rows.append(_celeb_row(f"{n}.jpg", male=i % 3 == 0, blond=i % 4 == 0))
+    shutil.copyfile(root / "images" / "5.jpg", root / "images" / "30000.jpg")  # byte-identical, other labels
+    rows.append(_celeb_row("30000.jpg", male=1, blond=0, young=0))
+    rows.append("7.jpg  1 -1")  # malformed: too few values (7.jpg has a good row above: that one is kept)
+    rows.append(_celeb_row("9.jpg", male=1))  # a second row for 9.jpg
+    rows.append(_celeb_row("999.jpg", male=0))  # no such image
+    rows.append(_celeb_row("11.jpg", male=0).replace(" -1", " 0", 1))  # a value that is not 1 / -1
+    make_jpeg(root / "images" / "1234.jpg")  # an image without a row
+    (root / ATTRIBUTE_FILE).write_text(f"30000\n{' '.join(CELEB_NAMES)}\n" + "\n".join(rows) + "\n")
+    m = _build("celebahq", root)
+    _assert_clean_paths(m)
+    assert m.framing == "detect"
+    excluded, kept = _excluded(m), _kept_issues(m)
+    assert excluded["images/1234.jpg"] == f"no row in {ATTRIBUTE_FILE}"
+    assert "missing" in excluded["images/999.jpg"]
+    assert "2 values, expected 40" in excluded["images/7.jpg"]
+    assert "'0' is not 1 or -1" in excluded["images/11.jpg"]
+    assert "second row" in kept["images/9.jpg"]
+    assert "declares '30000' rows" in kept[ATTRIBUTE_FILE]
+    conflict = kept["images/5.jpg"]  # reported on the second of the pair in path order
+    assert "byte-identical to images/30000.jpg with different labels" in conflict and "Blond_Hair 0 vs 1" in conflict
+    f = m.frame
+    assert len(f) == 41  # 40 + the copy; the malformed rows of 7, 9 and 11 came after their good rows
+    a, b = _row(m, "images/5.jpg"), _row(m, "images/30000.jpg")
+    assert a["split"] == b["split"]  # byte-identical: one split
+    assert a["gender"] == 0 and b["gender"] == 0 and _row(m, "images/7.jpg")["gender"] == 1  # Male -> 0
+    assert a["age"] is None and a["race"] is None
+    assert a["extras"]["Blond_Hair"] == 1 and b["extras"]["Young"] == 0 and len(a["extras"]) == 40
+
+
+def test_celebahq_splits_are_60_20_20_by_gender(tmp_path):
+    from zoo.data.adapters.celebahq import ATTRIBUTE_FILE
+
+    root = tmp_path / "celebahq"
+    rows = []
+    for i in range(200):
+        make_jpeg(root / "images" / f"{i}.jpg", size=(8, 8))
+        rows.append(_celeb_row(f"{i}.jpg", male=i < 60))
+    (root / ATTRIBUTE_FILE).write_text(f"200\n{' '.join(CELEB_NAMES)}\n" + "\n".join(rows) + "\n")
+    f = _build("celebahq", root).frame
+    table = pd.crosstab(f["gender"], f["split"])
+    assert table.loc[0].to_dict() == {"test": 12, "train": 36, "val": 12}
+    assert table.loc[1].to_dict() == {"test": 28, "train": 84, "val": 28}
+
+
+@pytest.mark.parametrize("header,match", [("", "count line and a line of attribute names"),
+                                          ("3\nA B C\n", "should name 40 distinct attributes")])
+def test_celebahq_broken_attribute_file_is_a_clear_error(tmp_path, header, match):
+    from zoo.data.adapters.celebahq import ATTRIBUTE_FILE
+
+    root = tmp_path / "celebahq"
+    make_jpeg(root / "images" / "1.jpg")
+    (root / ATTRIBUTE_FILE).write_text(header)
+    with pytest.raises(ValueError, match=match):
+        _build("celebahq", root)
+    (root / ATTRIBUTE_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=ATTRIBUTE_FILE):
+        _build("celebahq", root)
+
+
+def test_celebahq_real_data_matches_its_readme():
+    """The shared CelebA-HQ folder (skipped without it): counts and quirks as ../shared/data/README.md states."""
+    from zoo.paths import shared_data_dir
+
+    root = shared_data_dir() / "celebahq"
+    if not root.is_dir():
+        pytest.skip("../shared/data/celebahq is absent")
+    m = _build("celebahq", root)
+    f = m.frame
+    assert len(f) == 27076 and (f["gender"] == 0).sum() == 9996
+    extras = f["extras"].map(json.loads)
+    assert extras.map(lambda e: e["Blond_Hair"] or e["Eyeglasses"]).sum() == 5899
+    assert f["image_id"].str.contains("-").sum() == 22  # byte-identical duplicates
+    assert sum("different labels" in i.reason for i in m.issues) == 15
+    assert not any(i.excluded for i in m.issues)

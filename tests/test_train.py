@@ -302,3 +302,66 @@ def test_evaluate_cli_fills_in_missing_tta_metrics(tiny):
     bad = subprocess.run([sys.executable, "-m", "zoo", "evaluate", "no-such-model"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "no-such-model" in bad.stderr
+
+
+def _celebahq_tree(root: Path, n: int = 60, seed: int = 0) -> Path:
+    """A CelebA-HQ-style folder: the attribute file and images/N.jpg; gender follows hue, so it can be learned."""
+    from zoo.data.adapters.celebahq import ATTRIBUTE_FILE
+
+    rng = np.random.default_rng(seed)
+    names = [f"Attr{i}" for i in range(38)] + ["Male", "Young"]
+    rows = []
+    (root / "images").mkdir(parents=True)
+    for i in range(n):
+        male, young = int(rng.integers(0, 2)), int(rng.integers(0, 2))
+        cv2.imwrite(str(root / "images" / f"{3 * i + 1}.jpg"), _face(rng, 30, 1 - male))
+        vals = [int(v) for v in rng.integers(0, 2, 38)] + [male, young]
+        rows.append(f"{3 * i + 1}.jpg " + " ".join("1" if v else "-1" for v in vals))
+    (root / ATTRIBUTE_FILE).write_text(f"{n}\n{' '.join(names)}\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def test_two_datasets_train_together_with_masked_losses(tiny):
+    """UTKFace-style ages + a CelebA-HQ-style set without ages: the age loss is masked where the age is unknown,
+    draws follow the dataset weights, and the other dataset's test split is evaluated too."""
+    from zoo.data.manifest import scan
+    from zoo.train import Trainer, data_hash, prepare_data, train
+
+    scan("celebahq", _celebahq_tree(tiny["base"] / "celeb"), progress=False, framing="aligned")
+    cfg = _cfg(name="mix", datasets=[{"name": "celebahq", "weight": 1.0}], max_steps=8)
+    data = prepare_data(cfg, progress=False)
+    assert np.isnan(data.age[data.other_tests["celebahq"]]).all() and not np.isnan(data.age[data.test]).any()
+    tr = Trainer(cfg, data=data, progress=False)
+    # draws: half from each dataset (equal weights), whatever their sizes (72 and 36 train images)
+    drawn = np.concatenate([b["age"].numpy() for _, b in zip(range(40), tr.feeder.epoch())])
+    assert 0.35 < np.isnan(drawn).mean() < 0.65
+    # planted: a batch of images without ages and with the gender loss switched off has exactly zero loss
+    celeb = data.train[np.isnan(data.age[data.train])][:8]
+    batch = {"x": torch.rand(8, 3, 32, 32), "age": torch.full((8,), float("nan")),
+             "gender": torch.from_numpy(data.gender[celeb]).float(), "race": torch.full((8,), -1),
+             "w": torch.ones(8), "gw": torch.ones(8)}
+    tr.cfg.loss_weights = {"age": 1.0, "gender": 0.0}
+    assert tr._loss(batch).item() == 0.0
+    tr.cfg.loss_weights = {"age": 1.0, "gender": 1.0}
+    assert torch.isfinite(tr._loss(batch)) and tr._loss(batch).item() > 0
+    r = train(cfg, progress=False)
+    hist = pd.read_csv(Path(tiny["env"]["ZOO_ARTIFACTS"]) / "runs" / r["id"] / "history.csv")
+    assert np.isfinite(hist["train_loss"]).all()
+    other = r["metrics"]["test_by_dataset"]["celebahq"]
+    assert other["n"] == 0 and other["n_gender"] > 0 and 0 <= other["young_auc"] <= 1
+    assert "celebahq:" in r["data"]["hash"] and r["data"]["mix"][1]["name"] == "celebahq"
+    # the mix is part of the run's identity; an unmixed config keeps the identity it had before mixes existed
+    assert cfg.run_id(data_hash(cfg)) != _cfg(name="mix", datasets=[{"name": "celebahq", "weight": 0.5}],
+                                              max_steps=8).run_id(data_hash(cfg))
+    assert "datasets" not in _cfg().identity()
+
+
+@pytest.mark.parametrize("mix,match", [([{"name": "x", "weight": 0}], "weight must be > 0"),
+                                       ([{"name": "x", "framing": "crop"}], "framing must be one of"),
+                                       ([{"weight": 1}], "name, weight, framing"),
+                                       ([{"name": "x"}, {"name": "x"}], "listed twice")])
+def test_bad_dataset_mixes_are_refused_before_any_data_work(mix, match):
+    from zoo.config import TrainConfig
+
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_dict({"datasets": mix})

@@ -2,9 +2,13 @@
 
     import zoo
     zoo.list_models()                       # registered model ids
-    zoo.load(model_id).predict(images)      # images: uint8 [B, H, W, 3]
+    zoo.load(model_id).predict(images)      # images: uint8 [B, H, W, 3] face crops
+    zoo.load(model_id).predict_photos(["photo.jpg"])   # any photos: faces found and aligned first
+    zoo.Pipeline.from_ids([...]).predict_photos(paths)  # several models, one row per face
 """
 from __future__ import annotations
+
+from zoo.pipeline import Pipeline  # noqa: F401  (the photo-to-prediction facade)
 
 
 def list_models() -> list[str]:
@@ -14,6 +18,7 @@ def list_models() -> list[str]:
 
 
 def load(model_id: str):
+    """A registered model as a predictor: `.predict(crops)` and `.predict_photos(photos)`."""
     from zoo.registry import load as _load
 
     return _load(model_id)

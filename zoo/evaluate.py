@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.data.cache import load_images
-from zoo.data.manifest import load_manifest
+from zoo.data.manifest import extras_label, load_manifest
 from zoo.metrics import all_metrics
 
 # run.json keys of the test metrics under each test-time augmentation mode (zoo.inference.TTA_MODES)
@@ -15,20 +15,25 @@ TTA_KEYS = {"flip": "test_tta", "flip+crop": "test_tta_crop"}
 
 
 def split_predictions(predictor, dataset: str, modes: tuple[str | None, ...] = (None,), split: str = "test",
-                      progress: bool = False) -> tuple[dict[str | None, dict], np.ndarray, np.ndarray]:
-    """({TTA mode (None = off): predictions}, true age, true gender) on one split; the modes share their views."""
+                      progress: bool = False) -> tuple[dict[str | None, dict], np.ndarray, np.ndarray, np.ndarray]:
+    """({TTA mode (None = off): predictions}, true age, true gender, Young label) on one split; the modes share
+    their views. Images are framed as the model was trained to read this dataset."""
+    from zoo.registry import input_framing
+
     m = load_manifest(dataset)
     idx = np.flatnonzero(m.frame["split"].to_numpy() == split)
-    images = load_images(m, predictor.img_size, in_memory=False, progress=progress)[idx]  # reads this split only
-    age, gender = m.frame["age"].to_numpy(float)[idx], m.frame["gender"].astype("float").to_numpy()[idx]
-    return predictor.predict_modes(images, modes), age, gender
+    framing = input_framing(getattr(predictor, "info", None) or {}, dataset)
+    images = load_images(m, predictor.img_size, in_memory=False, progress=progress, framing=framing)[idx]
+    f = m.frame.iloc[idx]
+    age, gender = f["age"].to_numpy(float), f["gender"].astype("float").to_numpy()
+    return predictor.predict_modes(images, modes), age, gender, extras_label(f, "Young")
 
 
 def split_metrics(predictor, dataset: str, modes: tuple[str | None, ...] = (None,), split: str = "test",
                   progress: bool = False) -> dict[str | None, dict]:
     """{TTA mode: metrics on one split}."""
-    preds, age, gender = split_predictions(predictor, dataset, modes, split, progress)
-    return {mode: all_metrics(pred, age, gender) for mode, pred in preds.items()}
+    preds, age, gender, young = split_predictions(predictor, dataset, modes, split, progress)
+    return {mode: all_metrics(pred, age, gender, young) for mode, pred in preds.items()}
 
 
 def by_record_key(by_mode: dict[str | None, dict]) -> dict[str, dict]:

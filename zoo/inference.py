@@ -60,6 +60,13 @@ def set_mc_dropout(model: nn.Module, active: bool) -> None:
                 m.train()
 
 
+def predict_photos(predictor, photos, detector: str = "dlib_hog", **kw) -> list:
+    """Any photos (paths or RGB arrays) -> one `zoo.pipeline.FaceRow` per face, predicted by `predictor`."""
+    from zoo.pipeline import Pipeline
+
+    return Pipeline({predictor.id or "model": predictor}, detector=detector, **kw).predict_photos(photos)
+
+
 class Predictor:
     """A single trained network (`zoo.model.AgeGenderModel`) with its decoding."""
 
@@ -98,6 +105,8 @@ class Predictor:
     def predict(self, images: np.ndarray | torch.Tensor, mc_dropout: int = 0, tta: str | None = None,
                 batch_size: int = 256) -> dict[str, np.ndarray]:
         return self.predict_modes(images, (tta,), mc_dropout, batch_size)[tta]
+
+    predict_photos = predict_photos
 
     def predict_modes(self, images: np.ndarray | torch.Tensor, modes: Sequence[str | None], mc_dropout: int = 0,
                       batch_size: int = 256) -> dict[str | None, dict[str, np.ndarray]]:
@@ -152,6 +161,8 @@ class EnsemblePredictor:
         self.img_size = max(m.img_size for m in members)
         self.id = model_id
         self.info = info or {}
+
+    predict_photos = predict_photos
 
     def predict(self, images: np.ndarray | torch.Tensor, mc_dropout: int = 0, tta: str | None = None,
                 batch_size: int = 256) -> dict[str, np.ndarray]:

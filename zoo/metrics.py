@@ -39,10 +39,20 @@ def gender_metrics(prob_female: np.ndarray, true: np.ndarray, threshold: float =
             "n_gender": int(len(t))}
 
 
-def all_metrics(pred: dict[str, np.ndarray], age: np.ndarray, gender: np.ndarray) -> dict[str, float]:
+def young_auc(age_pred: np.ndarray, young: np.ndarray) -> float:
+    """For sets without ages but with a `Young` label (CelebA-HQ): how well the predicted age ranks young above
+    not young (ROC AUC of -age; 0.5 = no information)."""
+    m = ~np.isnan(age_pred) & ~np.isnan(young)
+    return binary_auc(-age_pred[m], young[m].astype(int))
+
+
+def all_metrics(pred: dict[str, np.ndarray], age: np.ndarray, gender: np.ndarray,
+                young: np.ndarray | None = None) -> dict[str, float]:
     out: dict[str, float] = {}
     if "age" in pred:
         out.update(age_metrics(pred["age"], age))
+    if "age" in pred and young is not None and np.isfinite(young).any():
+        out["young_auc"] = young_auc(pred["age"], young)
     if "gender_prob" in pred:
         out.update(gender_metrics(pred["gender_prob"], gender))
     return out

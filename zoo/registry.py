@@ -79,6 +79,20 @@ def build_network(run: dict, root: Path | None = None) -> torch.nn.Module:
     return model.eval()
 
 
+def input_framing(run: dict, dataset: str, root: Path | None = None) -> str | None:
+    """The framing a model reads `dataset` with: the one its config trained that dataset with (None: the dataset's
+    own). Ensembles agree with their members or use the dataset's own; adapted runs follow their parent."""
+    if run.get("kind") == "ensemble":
+        found = {input_framing(get_run(m, root), dataset, root) for m in run.get("members", [])}
+        return found.pop() if len(found) == 1 else None
+    if run.get("kind") == "adapted" and run.get("parent"):
+        return input_framing(get_run(run["parent"], root), dataset, root)
+    for e in (run.get("config") or {}).get("datasets") or []:
+        if isinstance(e, dict) and e.get("name") == dataset and e.get("framing"):
+            return e["framing"]
+    return None
+
+
 def load(model_id: str, root: Path | None = None) -> Predictor | EnsemblePredictor:
     root = root or runs_dir()
     run = get_run(model_id, root)
@@ -86,6 +100,49 @@ def load(model_id: str, root: Path | None = None) -> Predictor | EnsemblePredict
         return EnsemblePredictor([load(m, root) for m in run["members"]], model_id, run)
     size = (run if run["kind"] == "single" else get_run(run["parent"], root))["config"]["img_size"]
     return Predictor(build_network(run, root), size, model_id, run)
+
+
+def missing_weights(run: dict, by_id: dict[str, dict], root: Path | None = None) -> str | None:
+    """Why a registered run cannot predict (its checkpoint, an ensemble member's or an adapted run's parent's was not
+    shipped), or None when it can."""
+    root = root or runs_dir()
+    if run.get("kind") == "ensemble":
+        if not run.get("members"):
+            return "an ensemble without members"
+        for m in run["members"]:
+            why = f"member {m} is not registered" if m not in by_id else missing_weights(by_id[m], by_id, root)
+            if why:
+                return why if why.startswith("member") else f"member {m}: {why}"
+        return None
+    if run.get("kind") == "adapted":  # its checkpoint holds BatchNorm statistics; the weights are the parent's
+        parent = by_id.get(run.get("parent"))
+        why = "is not registered" if parent is None else missing_weights(parent, by_id, root)
+        if why:
+            return f"parent {run.get('parent')} {why}" if parent is None else f"parent {run['parent']}: {why}"
+    ck = root / run["id"] / run.get("checkpoint", "best.safetensors")
+    return None if ck.is_file() else f"checkpoint {ck.name} not shipped"
+
+
+def select_models(spec: str, root: Path | None = None) -> list[str]:
+    """Model ids from a selector: `best` (the runnable model with the lowest val MAE), `all` / `zoo` (every
+    runnable model), or comma-separated ids (checked to exist)."""
+    runs = list_runs(root)
+    by_id = {r["id"]: r for r in runs}
+    runnable = [r for r in runs if missing_weights(r, by_id, root) is None]
+    spec = (spec or "best").strip()
+    if spec == "best":
+        scored = [(r.get("metrics", {}).get("val", {}).get("mae", float("nan")), r["id"]) for r in runnable]
+        scored = [s for s in scored if s[0] == s[0]]
+        if not scored:
+            raise ValueError("no runnable model with a val MAE is registered")
+        return [min(scored)[1]]
+    if spec in ("all", "zoo"):
+        return [r["id"] for r in runnable]
+    ids = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+    for i in ids:
+        if not i.startswith("peer:"):
+            get_run(i, root)  # KeyError listing the known ids
+    return ids
 
 
 def runs_table(root: Path | None = None) -> pd.DataFrame:

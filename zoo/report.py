@@ -34,8 +34,9 @@ def results_frame(split: str = "test", peers: list[dict] | None = None) -> pd.Da
     rows = []
     for r in list_runs() + (peers or []):
         m = r.get("metrics", {}).get(split, {})
-        if not m:
-            continue
+        data = r.get("data") or {}
+        if not m or (data.get("adapted_to") or data.get("dataset") or "utkface") != "utkface":
+            continue  # evaluated on another dataset (AdaBN to it): the Generalization page shows those
         cfg = r.get("config", {})
         sec = _section(r)
         rows.append({

@@ -11,7 +11,7 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from zoo.augment import augment_batch
 from zoo.balance import balance
 from zoo.config import TrainConfig
 from zoo.data.cache import load_images, to_tensor
-from zoo.data.manifest import Manifest, load_manifest
+from zoo.data.manifest import Manifest, extras_label, load_manifest
 from zoo.data.readers import RACES
 from zoo.evaluate import TTA_KEYS, by_record_key
 from zoo.gender import create_gender_loss
@@ -48,6 +48,9 @@ class TrainData:
     val: np.ndarray
     test: np.ndarray
     data_hash: str
+    young: np.ndarray | None = None  # float [N], the `Young` attribute where a dataset has it (CelebA-HQ), else NaN
+    other_tests: dict[str, np.ndarray] = field(default_factory=dict)  # test split of each non-primary dataset
+    probs: np.ndarray | None = None  # per train row: sampling probability from the dataset weights (None: uniform)
 
 
 def _labels(m: Manifest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,17 +83,22 @@ def _parse_source(source: str) -> tuple[str, float, str]:
 
 
 def data_hash(cfg: TrainConfig) -> str:
-    """Identity of the training data, from manifests only (no image decoding), so finished runs skip fast."""
+    """Identity of the training data, from manifests only (no image decoding), so finished runs skip fast. Further
+    datasets of the mix add their hashes (their weights and framings are in the config's identity)."""
     kind, _, synth_id = _parse_source(cfg.source)
     real = load_manifest(cfg.dataset).hash
-    return real if kind == "real" else f"{real}+{load_manifest(f'synth_{synth_id}').hash}"
+    h = real if kind == "real" else f"{real}+{load_manifest(f'synth_{synth_id}').hash}"
+    return "+".join([h] + [f"{d['name']}:{load_manifest(d['name']).hash}" for d in cfg.dataset_mix()[1:]])
 
 
 def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
-    """Real data (val/test always real); `source` swaps or mixes the training images with a synthetic dataset."""
+    """Real data (val/test always real); `source` swaps or mixes the training images with a synthetic dataset;
+    `datasets` adds the train splits of further datasets (their test splits are evaluated too)."""
+    mix = cfg.dataset_mix()
     real = load_manifest(cfg.dataset)
-    images = load_images(real, cfg.img_size, progress=progress)
+    images = load_images(real, cfg.img_size, progress=progress, framing=mix[0]["framing"])
     age, gender, race = _labels(real)
+    young = extras_label(real.frame, "Young")
     split = real.frame["split"].to_numpy()
     train = _subset(np.flatnonzero(split == "train"), cfg.train_fraction, cfg.seed)
     val, test = np.flatnonzero(split == "val"), np.flatnonzero(split == "test")
@@ -104,9 +112,26 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
         offset = len(images)
         images = np.concatenate([images, s_images[pick]])
         age, gender, race = (np.concatenate([a, b[pick]]) for a, b in ((age, s_age), (gender, s_gender), (race, s_race)))
+        young = np.concatenate([young, np.full(len(pick), np.nan)])
         syn_idx = offset + np.arange(len(pick))
         train = syn_idx if kind == "synth" else np.concatenate([train, syn_idx])
-    return TrainData(images, age, gender, race, train, val, test, data_hash(cfg))
+    parts, other_tests = [(train, mix[0]["weight"])], {}
+    for d in mix[1:]:
+        m = load_manifest(d["name"])
+        offset = len(images)
+        images = np.concatenate([images, load_images(m, cfg.img_size, progress=progress, framing=d["framing"])])
+        a, g, r = _labels(m)
+        y = extras_label(m.frame, "Young")
+        age, gender, race, young = (np.concatenate(p) for p in ((age, a), (gender, g), (race, r), (young, y)))
+        s = m.frame["split"].to_numpy()
+        parts.append((offset + _subset(np.flatnonzero(s == "train"), cfg.train_fraction, cfg.seed), d["weight"]))
+        other_tests[d["name"]] = offset + np.flatnonzero(s == "test")
+    probs = None
+    if len(parts) > 1:  # each dataset's share of the draws is its weight, whatever its size
+        train = np.concatenate([p for p, _ in parts])
+        total = sum(w for _, w in parts)
+        probs = np.concatenate([np.full(len(p), w / total / len(p)) for p, w in parts])
+    return TrainData(images, age, gender, race, train, val, test, data_hash(cfg), young, other_tests, probs)
 
 
 class BatchFeeder:
@@ -216,10 +241,15 @@ class Trainer:
             self.opt = torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
         else:
             raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adamw | sgd")
+        if self.data.probs is not None and cfg.age_balance != "none":
+            raise ValueError("age_balance is not supported with several datasets yet (their ages are partly unknown)")
         bal = balance(self.data.age[self.data.train], self.data.gender[self.data.train], cfg.age_balance,
                       cfg.gender_balance, cfg.seed)
+        probs = bal.probs
+        if self.data.probs is not None:  # dataset weights
+            probs = self.data.probs[bal.keep] / self.data.probs[bal.keep].sum()
         self.rng = np.random.default_rng(cfg.seed)
-        self.feeder = BatchFeeder(self.data, self.data.train[bal.keep], bal.weights, bal.gender_weights, bal.probs,
+        self.feeder = BatchFeeder(self.data, self.data.train[bal.keep], bal.weights, bal.gender_weights, probs,
                                   min(cfg.batch_size, len(bal.keep)), cfg.augment, self.rng)
         steps = self.feeder.steps
         self.total_steps = cfg.max_steps or cfg.epochs * steps
@@ -272,7 +302,10 @@ class Trainer:
         out = m(b["x"].contiguous(memory_format=torch.channels_last) if cfg.channels_last else b["x"])
         loss = torch.zeros(())
         if m.age is not None:
-            loss = loss + cfg.loss_weights.get("age", 1.0) * m.age.loss(out["age"], b["age"], b["w"])
+            known = torch.isfinite(b["age"])  # datasets without ages (CelebA-HQ) train the other tasks only
+            if known.any():
+                loss = loss + cfg.loss_weights.get("age", 1.0) * m.age.loss(out["age"][known], b["age"][known],
+                                                                             b["w"][known])
         if m.gender is not None:
             known = ~torch.isnan(b["gender"])
             if known.any():
@@ -323,7 +356,8 @@ class Trainer:
 
     def evaluate_modes(self, idx: np.ndarray, modes: tuple[str | None, ...]) -> dict[str | None, dict]:
         preds = Predictor(self.net, self.cfg.img_size).predict_modes(self.data.images[idx], modes)
-        return {m: all_metrics(p, self.data.age[idx], self.data.gender[idx]) for m, p in preds.items()}
+        young = self.data.young[idx] if self.data.young is not None else None
+        return {m: all_metrics(p, self.data.age[idx], self.data.gender[idx], young) for m, p in preds.items()}
 
     def run(self) -> dict:
         """Train to the end (or resume), then evaluate and register. Returns run.json's content."""
@@ -367,9 +401,12 @@ class Trainer:
                                     for k, v in load_file(str(self.dir / "best.safetensors")).items()})
         metrics = {"val": self.evaluate(self.data.val),  # the test modes share their views
                    **by_record_key(self.evaluate_modes(self.data.test, (None, *TTA_KEYS)))}
+        if self.data.other_tests:  # the other datasets of the mix, each on its own test split
+            metrics["test_by_dataset"] = {name: self.evaluate(idx) for name, idx in self.data.other_tests.items()}
         record = {
             "id": self.id, "kind": "single", "name": self.cfg.name, "config": self.cfg.identity(),
-            "data": {"dataset": self.cfg.dataset, "source": self.cfg.source, "hash": self.data.data_hash},
+            "data": {"dataset": self.cfg.dataset, "source": self.cfg.source, "hash": self.data.data_hash,
+                     **({"mix": self.cfg.dataset_mix()} if self.cfg.datasets else {})},
             "commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "device": "cpu", "params": sum(p.numel() for p in self.net.parameters()),
             "flops": count_flops(self.net, self.cfg.img_size), "infer_img_s": inference_rate(self.net, self.cfg.img_size),

@@ -1,12 +1,14 @@
 """Compare a photo: upload or take a photo; every available model's age ± uncertainty and gender probability."""
 import streamlit as st
 
-from dashboard import charts, common, photo, predict
+from dashboard import charts, common, predict
+from zoo import faces as F
+from zoo import photos
 
 st.title("Compare a photo")
-st.caption("The photo is decoded in memory and never written to disk. The face is cropped like UTKFace's aligned "
-           "crops, then every registered model with weights predicts age (± MC-Dropout / aleatoric σ) and "
-           "P(female).")
+st.caption("The photo is decoded in memory and never written to disk. Each face is found and aligned to the zoo's "
+           "canonical crop (5 landmarks, the same pipeline the bench and `python -m zoo predict` use), then every "
+           "registered model with weights predicts age (± MC-Dropout / aleatoric σ) and P(female).")
 
 runs, skipped = predict.available_models()
 if not any(r["kind"] != "peer" for r in runs):
@@ -31,8 +33,8 @@ if src is None:
     st.stop()
 
 try:
-    pic = photo.decode_upload(src.getvalue())
-except photo.PhotoError as e:
+    pic = photos.decode_photo(src.getvalue())
+except photos.PhotoError as e:
     st.error(str(e))
     st.stop()
 except Exception as e:  # anything unforeseen in a decoder: still a message, not a traceback
@@ -46,39 +48,34 @@ if pic.converted:
     notes.append(pic.converted)
 st.caption(f"{pic.format}, {pic.size[0]} x {pic.size[1]} px" + (f" · {'; '.join(notes)}" if notes else ""))
 
+
 @st.cache_data(show_spinner=False, max_entries=32)
-def find_faces(digest: str, _rgb, backend: str | None):
-    return photo.detect_faces(_rgb, backend=backend) if backend else []
+def find_faces(digest: str, _rgb) -> list:
+    return F.FacePipeline().detect(_rgb)
 
 
-backend = photo.detector_name()
-faces = find_faces(photo.image_digest(pic.rgb), pic.rgb, backend)
-if backend is None:
-    st.warning("No face detector is installed (OpenCV Haar cascades, dlib or scikit-image); using the whole image.")
-
+faces = find_faces(photos.image_digest(pic.rgb), pic.rgb)
 left, mid, right = st.columns([3, 2, 3])
-with mid:
-    margin = st.slider("Crop margin", 0.8, 1.6, 1.0, 0.05, key="photo_margin",
-                       help="1.0 frames the face like UTKFace's aligned crops (what the models were trained on).")
-left.image(photo.draw_faces(pic.rgb, faces, backend, margin, max_side=600),
-           caption=f"{len(faces)} face(s) found ({backend})", width=320)
-crop = None
+left.image(photos.draw_faces(pic.rgb, faces, max_side=600),
+           caption=f"{len(faces)} face(s) found (dlib HOG + 5 landmarks)", width=320)
+crop, fallback = None, False
 if len(faces) > 1:
     k = mid.radio("Several faces: which one?", list(range(1, len(faces) + 1)), key="photo_face",
-                  format_func=lambda i: f"face {i} ({faces[i - 1].w} px wide)")
-    crop = photo.face_crop(pic.rgb, faces[k - 1], margin, backend=backend)
+                  format_func=lambda i: f"face {i} ({faces[i - 1].box[2]:.0f} px wide)")
+    crop = F.warp_to_template(pic.rgb, faces[k - 1].landmarks)
 elif len(faces) == 1:
-    crop = photo.face_crop(pic.rgb, faces[0], margin, backend=backend)
+    crop = F.warp_to_template(pic.rgb, faces[0].landmarks)
 else:
-    try:
-        photo.require_face(faces)
-    except photo.NoFaceFound as e:
-        mid.warning(str(e))
+    mid.warning("No face was found in this photo. Try a well-lit, frontal photo where the face fills more of the "
+                "frame, or analyse the whole image (the fallback crop the bench uses too; less accurate).")
     if mid.checkbox("Use the whole image", key="photo_whole"):
-        crop = photo.whole_image_crop(pic.rgb)
+        crop, fallback = F.fallback_crop(pic.rgb), True
 if crop is None:
     st.stop()
-right.image(crop, caption="what the models see (then resized to each model's input)", width=200)
+right.image(crop, caption="what the models see (then resized to each model's input)"
+            + (": the whole image, NO FACE FOUND" if fallback else ": the aligned face"), width=200)
+if fallback:
+    st.warning("These answers are for the whole image, not a face: treat them with caution.")
 
 ss = st.session_state
 mc = int(ss.get("mc_passes", 10))
@@ -89,7 +86,7 @@ picked = st.multiselect("Models", list(labels), default=list(labels), key="photo
 if not picked:
     st.info("Pick at least one model.")
     st.stop()
-digest = photo.image_digest(crop)
+digest = photos.image_digest(crop)
 common.Q.release()  # do not hold the predictions DB open while the models run
 rows = []
 bar = st.progress(0.0, text="running models…") if len(picked) > 1 else None

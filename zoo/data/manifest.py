@@ -28,10 +28,18 @@ AGE_GROUPS = [(0, 12, "0-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "4
 
 
 def age_group(age: float) -> str:
+    if age is None or age != age:  # NaN: datasets without ages (CelebA-HQ)
+        return "unknown"
     for lo, hi, name in AGE_GROUPS:
         if age < hi + 1:
             return name
     return AGE_GROUPS[-1][2]
+
+
+def extras_label(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """A binary label kept in extras (CelebA-HQ's attributes, e.g. `Young`) as float [N], NaN where unknown."""
+    return np.array([json.loads(e).get(name, np.nan) if isinstance(e, str) else np.nan for e in frame["extras"]],
+                    dtype=float)
 
 
 @dataclass
@@ -40,12 +48,16 @@ class Manifest:
     root: Path
     frame: pd.DataFrame
     issues: list[ScanIssue]
+    framing: str = "aligned"  # zoo.faces.FRAMINGS: how the images become model inputs
 
     @property
     def hash(self) -> str:
-        """Identity of the data a model saw: image ids, labels and splits (not the machine-specific root)."""
+        """Identity of the data a model saw: image ids, labels, splits and framing (not the machine-specific root).
+        `aligned` framing adds nothing, so manifests from before framings existed keep their hash."""
         cols = ["image_id", "age", "age_min", "age_max", "gender", "race", "split"]
         blob = self.frame[cols].to_csv(index=False).encode()
+        if self.framing != "aligned":
+            blob += f"|framing={self.framing}".encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
     def save(self, path: Path) -> Path:
@@ -53,7 +65,7 @@ class Manifest:
         tmp = path.with_suffix(".tmp")
         self.frame.to_parquet(tmp, index=False)
         tmp.replace(path)  # atomic: a crash never leaves a half-written manifest
-        side = {"dataset": self.dataset, "root": str(self.root), "hash": self.hash,
+        side = {"dataset": self.dataset, "root": str(self.root), "hash": self.hash, "framing": self.framing,
                 "issues": [asdict(i) for i in self.issues]}
         path.with_suffix(".json").write_text(json.dumps(side, indent=1))
         return path
@@ -62,7 +74,8 @@ class Manifest:
     def load(cls, path: Path) -> "Manifest":
         side = json.loads(path.with_suffix(".json").read_text())
         frame = pd.read_parquet(path)
-        return cls(side["dataset"], Path(side["root"]), frame, [ScanIssue(**i) for i in side["issues"]])
+        return cls(side["dataset"], Path(side["root"]), frame, [ScanIssue(**i) for i in side["issues"]],
+                   side.get("framing", "aligned"))
 
     def abspaths(self) -> list[Path]:
         return [self.root / p for p in self.frame["path"]]
@@ -100,13 +113,47 @@ def _image_ids(content_hashes: pd.Series, paths: pd.Series) -> pd.Series:
     return ids
 
 
+def conflicting_duplicates(frame: pd.DataFrame) -> list[ScanIssue]:
+    """Byte-identical files whose labels differ (UTKFace and CelebA-HQ both have some): kept, in one split, and
+    reported, since at most one of the labels can be right."""
+    label_cols = ["age", "gender", "race", "extras"]
+    issues = []
+    for _, g in frame[frame["content_hash"].duplicated(keep=False)].groupby("content_hash"):
+        labels = g[label_cols].astype(str).drop_duplicates()
+        if len(labels) > 1:
+            first = g.iloc[0]
+            for _, r in g.iloc[1:].iterrows():
+                diff = [c for c in label_cols if str(r[c]) != str(first[c])]
+                if diff:
+                    what = ", ".join(_label_diff(c, first[c], r[c]) for c in diff)
+                    issues.append(ScanIssue(r["path"], f"byte-identical to {first['path']} with different labels "
+                                                       f"({what}); both kept, in one split", excluded=False))
+    return issues
+
+
+def _label_diff(col: str, a, b) -> str:
+    if col != "extras":
+        return f"{col} {a} vs {b}"
+    ea, eb = json.loads(a), json.loads(b)
+    keys = sorted(k for k in set(ea) | set(eb) if ea.get(k) != eb.get(k))
+    return "extras " + ", ".join(f"{k} {ea.get(k)} vs {eb.get(k)}" for k in keys)
+
+
 def build_manifest(dataset: str, root: Path, seed: int = 0, split_file: Path | None = None,
-                   workers: int = 4, progress: bool = True, reader: str | None = None) -> Manifest:
+                   workers: int = 4, progress: bool = True, reader: str | None = None,
+                   framing: str | None = None) -> Manifest:
     """Read labels with the dataset's reader (`reader`, default the dataset's own name, e.g. `csv` for a
-    synthetic set named `synth_ddpm`), verify every file decodes, hash it, and assign splits."""
+    synthetic set named `synth_ddpm`), verify every file decodes, hash it, and assign splits. `framing` overrides
+    the reader's declared framing (e.g. `aligned` for a CSV folder of ready face crops)."""
+    from zoo.data.readers import reader_framing
+    from zoo.faces import FRAMINGS
+
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} is not a directory")
+    framing = framing or reader_framing(reader or dataset)
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
     result: ReadResult = get_reader(reader or dataset)(root)
     issues = list(result.issues)
     paths = [root / r.path for r in result.records]
@@ -132,21 +179,24 @@ def build_manifest(dataset: str, root: Path, seed: int = 0, split_file: Path | N
         frame[c] = frame[c].astype(float)
     frame["split"] = assign_splits(frame, seed=seed, split_file=split_file)
     frame = frame.drop(columns="official_split")[COLUMNS].sort_values("image_id", ignore_index=True)
-    return Manifest(dataset, root, frame, issues)
+    return Manifest(dataset, root, frame, issues + conflicting_duplicates(frame), framing)
 
 
 # Where the team's shared copy of each dataset lives, relative to `../shared/data`.
-DEFAULT_ROOTS = {"utkface": "utkface/UTKFace", "appa": "appa-real", "fgnet": "fgnet/images", "fairface": "fairface"}
+DEFAULT_ROOTS = {"utkface": "utkface/UTKFace", "celebahq": "celebahq", "appa": "appa-real", "fgnet": "fgnet/images",
+                 "fairface": "fairface"}
 
 
 def manifest_path(dataset: str) -> Path:
     return cache_dir() / "manifests" / f"{dataset}.parquet"
 
 
-def scan(dataset: str, root: Path, seed: int = 0, progress: bool = True, reader: str | None = None) -> Manifest:
+def scan(dataset: str, root: Path, seed: int = 0, progress: bool = True, reader: str | None = None,
+         framing: str | None = None) -> Manifest:
     """Build the manifest, save it to the cache and (re)write the committed split file."""
     split_file = split_file_path(dataset, seed)
-    m = build_manifest(dataset, root, seed=seed, split_file=split_file, progress=progress, reader=reader)
+    m = build_manifest(dataset, root, seed=seed, split_file=split_file, progress=progress, reader=reader,
+                       framing=framing)
     m.save(manifest_path(dataset))
     write_split_file(m.frame, split_file, header=f"dataset={dataset} seed={seed} fractions=0.6/0.2/0.2 "
                                                   f"(train/val/test); rows sorted by image_id")

@@ -70,13 +70,22 @@ def walk_images(root: Path, issues: list[ScanIssue]) -> Iterator[tuple[Path, str
 
 Reader = Callable[[Path], ReadResult]
 READERS: dict[str, Reader] = {}
+FRAMING: dict[str, str] = {}  # reader -> how its images are framed (zoo.faces.FRAMINGS)
 
 
-def register_reader(name: str) -> Callable[[Reader], Reader]:
+def register_reader(name: str, framing: str = "aligned") -> Callable[[Reader], Reader]:
+    """Register a reader. `framing` declares its images: `aligned` (face crops, used as they are), `detect` (find the
+    face and align it, `zoo.faces`) or `boxes` (face boxes given in extras `face_box` = [x, y, w, h])."""
+    from zoo.faces import FRAMINGS
+
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
+
     def wrap(fn: Reader) -> Reader:
         if name in READERS:
             raise ValueError(f"reader {name!r} is already registered")
         READERS[name] = fn
+        FRAMING[name] = framing
         return fn
 
     return wrap
@@ -88,6 +97,11 @@ def get_reader(name: str) -> Reader:
     if name not in READERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(READERS))}")
     return READERS[name]
+
+
+def reader_framing(name: str) -> str:
+    get_reader(name)
+    return FRAMING[name]
 
 
 def list_readers() -> list[str]:

@@ -1,2 +1,2 @@
 """Built-in dataset adapters; importing this module registers them."""
-from zoo.data.adapters import appa, fairface, fgnet, generic, utkface  # noqa: F401
+from zoo.data.adapters import appa, celebahq, fairface, fgnet, generic, utkface  # noqa: F401

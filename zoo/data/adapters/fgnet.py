@@ -22,7 +22,7 @@ def parse_fgnet_name(name: str) -> Record | None:
     return Record(path=name, age=float(int(m["age"])), subject_id=f"fgnet:{m['subject']}", extras=extras)
 
 
-@register_reader("fgnet")
+@register_reader("fgnet", framing="detect")
 def read_fgnet(root: Path) -> ReadResult:
     records: list[Record] = []
     issues: list[ScanIssue] = []

@@ -115,7 +115,7 @@ def relative_image_path(root: Path, value: str) -> str:
 
 # --- readers ------------------------------------------------------------------------------------------------------
 
-@register_reader("csv")
+@register_reader("csv", framing="detect")
 def read_csv_labels(root: Path) -> ReadResult:
     root = Path(root)
     labels = root / "labels.csv"
@@ -156,7 +156,7 @@ def read_csv_labels(root: Path) -> ReadResult:
     return ReadResult(records, issues)
 
 
-@register_reader("folder")
+@register_reader("folder", framing="detect")
 def read_age_folders(root: Path) -> ReadResult:
     """`root/<age>/<image>`: the age is the top-level folder's name (deeper sub-folders are allowed)."""
     root = Path(root)
