@@ -845,10 +845,10 @@ def generalization(db: str, ver: str, split: str = "test") -> pd.DataFrame:
     with connect(db) as con:
         have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
                                           "WHERE table_name = 'images'").fetchall()}
-        found = "count(*) FILTER (WHERE i.face_found)" if "face_found" in have else "NULL::BIGINT"
+        found = ("count(*) FILTER (WHERE i.face_found) AS faces_found, count(i.face_found) AS faces_checked"
+                 if "face_found" in have else "NULL::BIGINT AS faces_found, 0 AS faces_checked")
         agg = con.execute(f"""
-            SELECT p.model_id, p.dataset AS eval_dataset, {BASE_AGG}, count(*) AS images,
-                   {found} AS faces_found
+            SELECT p.model_id, p.dataset AS eval_dataset, {BASE_AGG}, count(*) AS images, {found}
             FROM predictions p JOIN images i USING (dataset, image_id) WHERE {where} GROUP BY ALL""", prm).df()
         young = con.execute(f"""
             WITH y AS (SELECT p.model_id, p.dataset, round(p.age_pred, 1) AS a,
@@ -870,7 +870,8 @@ def generalization(db: str, ver: str, split: str = "test") -> pd.DataFrame:
         agg = agg.merge(auc, on=["model_id", "eval_dataset"], how="left")
     else:
         agg["young_auc"] = agg["young_auc_lo"] = agg["young_auc_hi"] = np.nan
-    agg["face_found_rate"] = pd.to_numeric(agg["faces_found"], errors="coerce").astype(float) / agg["images"]
+    checked = agg["faces_checked"].astype(float).where(agg["faces_checked"] > 0)  # rows from before the pipeline
+    agg["face_found_rate"] = pd.to_numeric(agg["faces_found"], errors="coerce").astype(float) / checked
     agg.loc[agg["n"] == 0, ["mae", "mae_lo", "mae_hi"]] = np.nan
     return agg
 
