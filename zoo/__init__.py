@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-from zoo.pipeline import Pipeline  # noqa: F401  (the photo-to-prediction facade)
 
 
 def list_models() -> list[str]:
@@ -22,3 +21,12 @@ def load(model_id: str):
     from zoo.registry import load as _load
 
     return _load(model_id)
+
+
+def __getattr__(name: str):
+    """`zoo.Pipeline`, imported on first use: `import zoo.paths` must stay light (no torch) for readers and CLIs."""
+    if name == "Pipeline":
+        from zoo.pipeline import Pipeline
+
+        return Pipeline
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
