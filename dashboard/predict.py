@@ -130,7 +130,7 @@ def results_frame(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows).reindex(columns=cols)
     for c in ("age", "sigma_aleatoric", "sigma_epistemic", "sigma_tta", "gender_prob", "seconds"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
-    a, e = df["sigma_aleatoric"].to_numpy(float), df["sigma_epistemic"].to_numpy(float)
-    both = np.sqrt(np.nan_to_num(a) ** 2 + np.nan_to_num(e) ** 2)
-    df["sigma_total"] = np.where(np.isnan(a) & np.isnan(e), np.nan, both)
+    from zoo.inference import total_sigma
+
+    df["sigma_total"] = total_sigma(df["sigma_aleatoric"], df["sigma_epistemic"])
     return df

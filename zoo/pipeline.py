@@ -64,8 +64,9 @@ def predict_crops(predictor, crops: np.ndarray, mc_dropout: int = 0, tta: str | 
 
 
 def _summary(out: dict[str, np.ndarray], i: int) -> dict[str, float]:
-    a, e = float(out["sigma_aleatoric"][i]), float(out["sigma_epistemic"][i])
-    sigma = float(np.sqrt(np.nansum([a ** 2, e ** 2]))) if not (np.isnan(a) and np.isnan(e)) else float("nan")
+    from zoo.inference import total_sigma
+
+    sigma = float(total_sigma(out["sigma_aleatoric"][i], out["sigma_epistemic"][i]))
     return {"age": float(out["age"][i]), "sigma": sigma, "p_female": float(out["gender_prob"][i])}
 
 
