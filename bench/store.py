@@ -11,11 +11,17 @@ Crash safety: a kill before the rename loses only that part (recomputed next run
 deletion of the parts leaves parts whose rows are already in the DB: the next merge skips them (inserts are
 anti-joined on the key). Duplicates across parts (two shards, or a re-run racing a merge) are reduced to
 one row per key. Hence kill at any point + re-run ⇒ exactly the expected rows.
+
+Unreadable parts (a half-copied shard folder, a disk error) never block a merge or a run: a part whose Parquet
+footer or data cannot be read is moved to `<db>.parts/quarantine/<table>/` and reported on stderr. One written in
+the last QUARANTINE_AFTER_S seconds may still be being copied in: it is only skipped until then.
 """
 from __future__ import annotations
 
 import os
 import random
+import sys
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -79,6 +85,48 @@ def default_db() -> Path:
 
 def parts_dir(db: Path | str) -> Path:
     return Path(f"{db}.parts")
+
+
+class DBPathError(ValueError):
+    """A `--db` path that cannot be used (raised before anything is created)."""
+
+
+DUCKDB_MAGIC = b"DUCK"  # bytes 8..12 of every DuckDB database file
+
+
+def is_duckdb_file(path: Path | str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(12)[8:12] == DUCKDB_MAGIC
+    except OSError:
+        return False
+
+
+def check_db_path(db: Path | str, write: bool, must_exist: bool) -> Path:
+    """`db` as a usable database path, or DBPathError saying why not; creates nothing.
+
+    Not a directory; an existing file must be a DuckDB database; `must_exist`: it must exist (readers, and a merge
+    with nothing to ingest); `write`: its folder must exist and accept new files (the DB, `<db>.parts/`)."""
+    db = Path(db)
+    if db.is_dir():
+        raise DBPathError(f"{db} is a directory, not a database file")
+    if db.exists():
+        if not db.is_file() or not is_duckdb_file(db):
+            raise DBPathError(f"{db} is not a DuckDB database file")
+        if write and not os.access(db, os.R_OK | os.W_OK):
+            raise DBPathError(f"{db} is not writable")
+    elif must_exist:
+        raise DBPathError(f"no bench database at {db}")
+    if write:
+        parent = db.parent if str(db.parent) else Path(".")
+        if not parent.is_dir():
+            raise DBPathError(f"folder {parent} of {db} does not exist")
+        try:  # os.access says yes to root everywhere (/proc included): try it
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as e:
+            raise DBPathError(f"cannot write in {parent}: {e.strerror or e}") from None
+    return db
 
 
 def _ddl(table: str) -> str:
@@ -232,14 +280,63 @@ def list_parts(db: Path | str, table: str) -> list[Path]:
     return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
 
 
-def pending_rows(db: Path | str, table: str = "predictions") -> int:
-    n = 0
+QUARANTINE_AFTER_S = 60.0  # an unreadable part younger than this may still be being copied in: skipped, not moved
+
+
+def quarantine_dir(db: Path | str) -> Path:
+    return parts_dir(db) / "quarantine"
+
+
+def list_quarantined(db: Path | str) -> list[Path]:
+    folder = quarantine_dir(db)
+    return sorted(folder.glob("*/*.parquet")) if folder.is_dir() else []
+
+
+def _quarantine(db: Path | str, table: str, part: Path, why: BaseException | str, force: bool = False) -> None:
+    """Move an unreadable part aside (reported on stderr), unless it is young enough to be still arriving."""
+    try:
+        if not force and time.time() - part.stat().st_mtime < QUARANTINE_AFTER_S:
+            return
+        dest = quarantine_dir(db) / table / part.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, dest)
+    except FileNotFoundError:
+        return  # merged and deleted by another process meanwhile
+    msg = " ".join(str(why).split())
+    print(f"bench: quarantined unreadable part {part.name} of {table} → {dest} ({msg})", file=sys.stderr, flush=True)
+
+
+def readable_parts(db: Path | str, table: str, quarantine: bool = True) -> list[tuple[Path, int]]:
+    """(part, rows) of the pending parts whose Parquet footer reads; the others are quarantined (or, with
+    `quarantine=False`, as readers of the dashboard do, just left out)."""
+    out = []
     for p in list_parts(db, table):
         try:
-            n += pq.read_metadata(p).num_rows
-        except (FileNotFoundError, OSError):
+            out.append((p, pq.read_metadata(p).num_rows))
+        except FileNotFoundError:
             continue  # merged and deleted meanwhile
-    return n
+        except (pa.ArrowException, OSError) as e:
+            if quarantine:
+                _quarantine(db, table, p, e)
+    return out
+
+
+def _quarantine_corrupt(db: Path | str, table: str, files: list[Path]) -> bool:
+    """After DuckDB failed on `files`: quarantine those whose data does not read in full; True if any was."""
+    found = False
+    for f in files:
+        try:
+            pq.read_table(f)
+        except FileNotFoundError:
+            continue
+        except (pa.ArrowException, OSError) as e:
+            _quarantine(db, table, f, e, force=True)  # a complete footer: not a copy still in progress
+            found = True
+    return found
+
+
+def pending_rows(db: Path | str, table: str = "predictions") -> int:
+    return sum(n for _, n in readable_parts(db, table, quarantine=False))
 
 
 def _sql_list(paths: Iterable[Path]) -> str:
@@ -315,13 +412,13 @@ def merge(db: Path | str | None = None, max_rows: int = 200_000, max_files: int 
         with connect_write(db, timeout=timeout) as con:
             # List under the lock: another merger cannot delete files we are about to read.
             for table in MERGE_ORDER:
-                files = list_parts(db, table)
-                if table == "predictions":
-                    files = _take(files, max_rows, max_files)
+                parts = readable_parts(db, table)
+                files = _take(parts, max_rows, max_files) if table == "predictions" else [p for p, _ in parts]
                 if files:
                     batches[table] = files
             if not batches:
                 return inserted
+            counts = None
             for dedupe in (False, True):
                 con.execute("BEGIN TRANSACTION")
                 try:
@@ -332,12 +429,19 @@ def merge(db: Path | str | None = None, max_rows: int = 200_000, max_files: int 
                     con.execute("ROLLBACK")  # duplicates among the parts: again, de-duplicating
                     if dedupe:
                         raise
-                except BaseException:
+                except BaseException as e:
                     try:
                         con.execute("ROLLBACK")
                     except duckdb.Error:
                         pass  # the original error is the one worth reporting
-                    raise
+                    # a part with a sound footer but unreadable data: moved aside, and the round is redone
+                    if not (isinstance(e, duckdb.Error) and not isinstance(e, duckdb.InterruptException)
+                            and not is_lock_error(e)
+                            and any([_quarantine_corrupt(db, t, f) for t, f in batches.items()])):
+                        raise
+                    break
+            if counts is None:
+                continue
             for t, n in counts.items():
                 inserted[t] += n
             for files in batches.values():  # after the commit, before the lock is released (see above)
@@ -359,14 +463,10 @@ def _sweep_stale_tmp(db: Path, age_s: float = 3600.0) -> None:
             pass
 
 
-def _take(files: list[Path], max_rows: int, max_files: int) -> list[Path]:
+def _take(parts: list[tuple[Path, int]], max_rows: int, max_files: int) -> list[Path]:
     """The oldest parts up to a row budget (always at least one), so one transaction stays short."""
     out, rows = [], 0
-    for f in files[:max_files]:
-        try:
-            n = pq.read_metadata(f).num_rows
-        except (FileNotFoundError, OSError):
-            continue
+    for f, n in parts[:max_files]:
         if out and rows + n > max_rows:
             break
         out.append(f)
@@ -378,8 +478,7 @@ def _take(files: list[Path], max_rows: int, max_files: int) -> list[Path]:
 # Reading what is already there
 # ---------------------------------------------------------------------------------------------------------------
 
-def _parts_relation(db: Path, table: str, cols: list[str]) -> str | None:
-    files = list_parts(db, table)
+def _parts_relation(files: list[Path], cols: list[str]) -> str | None:
     if not files:
         return None
     return f"SELECT {', '.join(cols)} FROM read_parquet({_sql_list(files)}, union_by_name=true)"
@@ -391,9 +490,11 @@ def query_known(db: Path | str, table: str, cols: list[str], sql_over_known: str
     (so shards and re-runs skip work that is done but not merged yet). `frames` are registered as views.
 
     Uses a read-only connection when the DB exists (closed before returning), an in-memory one otherwise. A part
-    merged and deleted between listing and reading raises an IO error: the query is simply retried."""
+    merged and deleted between listing and reading raises an IO error: the query is simply retried. Unreadable
+    parts are quarantined (see the module doc), never fatal."""
     db = Path(db)
     for attempt in range(retries):
+        files = [p for p, _ in readable_parts(db, table)]
         con = connect_read(db) if db.exists() else duckdb.connect()
         try:
             for name, f in (frames or {}).items():
@@ -403,7 +504,7 @@ def query_known(db: Path | str, table: str, cols: list[str], sql_over_known: str
                 have, types = _existing_columns(con, table), dict(TABLES[table])
                 sel = [c if c in have else f"NULL::{types[c].split()[0]} AS {c}" for c in cols]
                 sources.append(f"SELECT {', '.join(sel)} FROM {table}")
-            parts = _parts_relation(db, table, cols)
+            parts = _parts_relation(files, cols)
             if parts:
                 sources.append(parts)
             if not sources:
@@ -411,12 +512,27 @@ def query_known(db: Path | str, table: str, cols: list[str], sql_over_known: str
                 sources.append(f"SELECT {', '.join(f'NULL::{types[c].split()[0]} AS {c}' for c in cols)} WHERE false")
             con.execute(f"CREATE TEMP VIEW known AS {' UNION ALL '.join(sources)}")
             return con.execute(sql_over_known).df()
-        except duckdb.IOException as e:
-            if attempt == retries - 1 or is_lock_error(e):
+        except duckdb.Error as e:
+            if attempt == retries - 1 or is_lock_error(e) or isinstance(e, duckdb.InterruptException):
+                raise
+            # a part deleted by a merge meanwhile (IO error): retry; a corrupt one: quarantined, then retry
+            if not _quarantine_corrupt(db, table, files) and not isinstance(e, duckdb.IOException):
                 raise
         finally:
             con.close()
     raise AssertionError("unreachable")
+
+
+def run_rows(db: Path | str, run_id: str) -> int | None:
+    """The rows the DB attributes to a bench run (`bench_runs.n_rows`: what its merges inserted), None if unknown."""
+    if not Path(db).exists():
+        return None
+    con = connect_read(db)
+    try:
+        row = con.execute("SELECT n_rows FROM bench_runs WHERE run_id = ?", [run_id]).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+    finally:
+        con.close()
 
 
 def table_counts(db: Path | str) -> dict[str, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import closing
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from zoo.train import Trainer
 
 def raw_rate(trainer: Trainer, steps: int) -> float:
     """The same model, loss and optimiser on one fixed batch: no data loading, no augmentation."""
-    b = next(iter(trainer.feeder.epoch()))
+    with closing(trainer.feeder.epoch()) as batches:  # one batch; closing stops the feeder's worker thread
+        b = next(batches)
     trainer.model.train()
     t0 = time.perf_counter()
     for _ in range(steps):

@@ -995,15 +995,13 @@ def dataset_root(dataset: str) -> Path | None:
 
 def safe_image_path(root: str | Path, rel: str) -> Path | None:
     """root/rel if it is a file that stays inside root (no absolute paths, '..' or symlinks out); else None."""
-    if not rel or os.path.isabs(rel) or "\x00" in rel:
+    from zoo.data.readers import outside_root  # the scan's rule, so the scan and the Browser agree on every file
+
+    if not rel or os.path.isabs(rel) or "\x00" in rel or not Path(root).is_dir():
         return None
-    try:
-        base = Path(root).resolve(strict=True)
-        p = (base / rel).resolve(strict=True)
-    except (OSError, RuntimeError):
+    if outside_root(root, Path(root) / rel) is not None:
         return None
-    if base != p and base not in p.parents:
-        return None
+    p = (Path(root) / rel).resolve()
     return p if p.is_file() else None
 
 

@@ -5,8 +5,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 EPILOG = """examples:
   python -m synth train --generator ddpm --data utkface              # CPU default: 32 px, 5000 steps (~46 min)
   python -m synth train --config zoo/configs/synth_gan.yaml           # conditional DCGAN, 64 px (~40 min)
@@ -20,14 +18,11 @@ EPILOG = """examples:
 def _train(args: argparse.Namespace) -> int:
     from synth.config import SynthConfig
     from synth.train import train_generator
+    from zoo.config import parse_overrides
 
     over = {"generator": args.generator, "data": args.data, "size": args.size, "steps": args.steps,
             "batch_size": args.batch_size, "name": args.id, "device": args.device, "seed": args.seed}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        over[key] = yaml.safe_load(value)
+    over.update(parse_overrides(args.set or []))
     over = {k: v for k, v in over.items() if v is not None}
     if args.config:
         cfg = SynthConfig.from_yaml(args.config, **over)
@@ -46,16 +41,15 @@ def _sample(args: argparse.Namespace) -> int:
     from synth.sample import sample_generator, sample_pipeline
 
     if bool(args.generator) == bool(args.from_pipeline):
-        raise SystemExit("pass exactly one of --generator ID or --from-pipeline LOCAL_DIR")
+        raise ValueError("pass exactly one of --generator ID or --from-pipeline LOCAL_DIR")
     if args.from_pipeline:
         try:
             m = sample_pipeline(args.from_pipeline, args.n, args.ages, args.seed, args.name, args.size or 128,
                                 args.data, args.batch_size or 4, args.steps or 30,
                                 7.5 if args.guidance is None else args.guidance, args.resolution, args.device,
                                 progress=not args.quiet)
-        except (FileNotFoundError, NotADirectoryError, RuntimeError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        except RuntimeError as e:  # a pipeline whose packages are missing: the user's setup, not a bug here
+            raise ValueError(str(e)) from None
     else:
         m = sample_generator(args.generator, args.n, args.ages, args.seed, args.name, args.batch_size or 64,
                              args.steps, args.guidance, args.device, progress=not args.quiet)
@@ -66,7 +60,11 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _fidelity(args: argparse.Namespace) -> int:
     from synth.fidelity import fidelity
+    from zoo.data.manifest import manifest_path
 
+    if not manifest_path(f"synth_{args.generator}").exists():
+        raise FileNotFoundError(f"no synthetic set {args.generator!r} (dataset synth_{args.generator}); write one with "
+                                f"`python -m synth sample --generator ID --name {args.generator}`")
     r = fidelity(args.generator, args.model, args.real, args.max_images, progress=not args.quiet)
     s, d = r["synthetic"], r["feature_distance"]
     print(f"{r['dataset']} judged by {r['model']}: MAE {s['mae']:.2f} (real test {r['real_test']['mae']:.2f}), "
@@ -158,12 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from zoo.cli import error_line
+
     args = build_parser().parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (OSError, ValueError, KeyError) as e:  # a user's mistake: one line, no traceback
+        print(error_line(e), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

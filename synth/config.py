@@ -12,8 +12,6 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 GENERATORS = ("ddpm", "gan")
 
 # CPU defaults, measured on the 2-core dev machine (see README in synth/__init__.py):
@@ -68,11 +66,19 @@ class SynthConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SynthConfig":
-        d = dict(d)
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        from zoo.config import coerce, type_problem
+
+        if not isinstance(d, dict):
+            raise ValueError(f"a synth config is a mapping of SynthConfig fields, got {type(d).__name__} {d!r:.60}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(d) - set(known)
         if unknown:
-            raise ValueError(f"unknown synth config keys: {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(f"unknown synth config keys: {sorted(map(str, unknown))}; known: {sorted(known)}")
+        d = {k: coerce(known[k].type, v) for k, v in d.items()}
+        # types first, so __post_init__'s range checks never meet a string (all problems on one line)
+        problems = [p for k, v in d.items() if (p := type_problem(k, known[k].type, v))]
+        if problems:
+            raise ValueError("invalid synth config: " + "; ".join(problems))
         gen = d.get("generator", "ddpm")
         if gen not in GENERATOR_DEFAULTS:
             raise ValueError(f"generator must be one of {GENERATORS}, got {gen!r}")
@@ -83,8 +89,12 @@ class SynthConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "SynthConfig":
-        d = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.from_dict({**d, **{k: v for k, v in overrides.items() if v is not None}})
+        from zoo.config import read_yaml
+
+        d = read_yaml(path)
+        if d is not None and not isinstance(d, dict):
+            raise ValueError(f"invalid synth config {path}: a mapping of SynthConfig fields, got {type(d).__name__}")
+        return cls.from_dict({**(d or {}), **{k: v for k, v in overrides.items() if v is not None}})
 
     def to_dict(self) -> dict:
         return asdict(self)

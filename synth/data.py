@@ -124,7 +124,9 @@ def write_labels_csv(root: Path, frame: pd.DataFrame) -> Path:
 def scan_synthetic(name: str, root: Path, progress: bool = True) -> Manifest:
     """Scan a synthetic folder as dataset `synth_<name>` (cached manifest, loadable by `load_manifest`)."""
     with csv_reader() as reader:
-        m = scan(f"synth_{name}", Path(root), progress=progress, reader=reader, framing="aligned")
+        # resplit: a regenerated set replaces the old one wholesale, and every row is official train (nothing can
+        # leak), so its split file is rewritten rather than guarded like a real dataset's.
+        m = scan(f"synth_{name}", Path(root), progress=progress, reader=reader, framing="aligned", resplit=True)
     bad = m.frame[m.frame["split"] != "train"]
     if len(bad):
         raise ValueError(f"synthetic set {name!r}: {len(bad)} rows are not split=train; synthetic images are for "

@@ -304,7 +304,7 @@ def test_a_reader_process_never_errors_while_a_run_writes(zoo_env, tmp_path):
 
 
 def test_broken_and_unknown_models_are_reported_and_skipped(zoo_env, tmp_path):
-    from bench.run import run
+    from bench.run import BenchInputError, run
 
     runs = Path(zoo_env["env"]["ZOO_ARTIFACTS"]) / "runs"
     good = zoo_env["ids"][0]
@@ -314,12 +314,14 @@ def test_broken_and_unknown_models_are_reported_and_skipped(zoo_env, tmp_path):
     rj.write_text(json.dumps({**json.loads(rj.read_text()), "id": broken}))
     db = tmp_path / "b.duckdb"
     try:
-        s = run(_opts(db, [broken, good, "no-such-model"]))
+        with pytest.raises(BenchInputError, match="no-such-model"):  # unknown: refused before any work
+            run(_opts(db, [broken, good, "no-such-model"]))
+        assert not db.exists() and not store.parts_dir(db).exists()
+        s = run(_opts(db, [broken, good]))
     finally:
         shutil.rmtree(runs / broken)
     assert s["models"] == [good]
     assert "FileNotFoundError" in s["skipped"][broken] and "checkpoint" in s["skipped"][broken]
-    assert "no-such-model" in s["skipped"]
     assert _q(db, "SELECT DISTINCT model_id FROM predictions") == [(good,)]
     assert _q(db, "SELECT model_id FROM models") == [(good,)]
     assert broken in json.loads(_q(db, "SELECT options FROM bench_runs")[0][0])["skipped_models"]
@@ -370,7 +372,7 @@ def test_cli_help_report_and_status(zoo_env, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "--shard" in text and "merge" in text and "--perturb" in text
     db = tmp_path / "b.duckdb"
-    assert main(["report", "--db", str(db)]) == 1  # no DB yet: a clear message, not a traceback
+    assert main(["report", "--db", str(db)]) == 2  # no DB yet: a clear message, not a traceback
     run(_opts(db, zoo_env["ids"]))
     capsys.readouterr()
     assert main(["report", "--db", str(db), "--n-boot", "50"]) == 0
@@ -417,3 +419,141 @@ def test_ensembles_are_benched_and_a_model_failing_mid_run_is_dropped(zoo_env, t
     kind, backbone, training_data = _q(db, f"SELECT kind, backbone, training_data FROM models "
                                            f"WHERE model_id = '{ens}'")[0]
     assert (kind, backbone, training_data) == ("ensemble", "seed_cnn", "utkface")
+
+
+def _keys(db: Path) -> list[tuple]:
+    return _q(db, f"SELECT {KEY} FROM predictions ORDER BY ALL")
+
+
+def test_repeated_ids_write_the_rows_of_the_plain_run(zoo_env, tmp_path):
+    """`--models X,X` and `--perturb blur,blur` (and a dataset named twice) compute each key once."""
+    from bench.run import run
+
+    x = zoo_env["ids"][0]
+    plain, twice = tmp_path / "plain.duckdb", tmp_path / "twice.duckdb"
+    a = run(_opts(plain, [x], perturb="blur", limit=6, datasets=["utkface:test"]))
+    b = run(_opts(twice, [x, x], perturb="blur,blur", limit=6, datasets=["utkface:test", "utkface:test"]))
+    assert a["rows"] == b["rows"] == b["inserted"] == _q(twice, "SELECT count(*) FROM predictions")[0][0]
+    assert _keys(plain) == _keys(twice) and _duplicates(twice) == 0
+    options = json.loads(_q(twice, "SELECT options FROM bench_runs")[0][0])
+    assert options["perturbations"] == "blur" and options["datasets"] == ["utkface:test"]
+
+
+def test_a_bad_image_is_left_out_and_the_rest_is_benched(zoo_env, tmp_path, capsys):
+    """A file deleted after the scan: every other (model, image) row, the file reported, exit 1 (0 with
+    --keep-going); outside the benched split it does not matter, even though no image cache can be built."""
+    from bench.__main__ import main
+    from zoo.data.manifest import load_manifest
+
+    m = load_manifest("utkface")
+    victim = m.frame.index[m.frame["split"] == "train"][0]
+    rel = m.frame["path"].iloc[victim]
+    path, saved = m.root / rel, tmp_path / "saved.jpg"
+    cache = Path(zoo_env["env"]["ZOO_CACHE"]) / "images"
+    ids = zoo_env["ids"]
+    argv = ["run", "--models", ",".join(ids), "--batch-size", "8", "--no-progress"]
+    shutil.copy(path, saved)
+    path.unlink()
+    try:
+        for f in cache.glob("utkface-*"):  # no cache yet: the images must be decoded (where the error arose)
+            f.unlink()
+        db = tmp_path / "all.duckdb"
+        assert main([*argv, "--datasets", "utkface", "--db", str(db)]) == 1
+        out = capsys.readouterr().out
+        assert rel in out and "bad images in utkface: 1" in out and "skipped model" not in out
+        assert _q(db, "SELECT count(*), count(DISTINCT image_id) FROM predictions")[0] == \
+            (len(ids) * (N_IMAGES - 1), N_IMAGES - 1)
+        assert _q(db, "SELECT count(*) FROM images")[0][0] == N_IMAGES - 1
+        assert _q(db, f"SELECT count(*) FROM predictions WHERE image_id = '{m.frame['image_id'].iloc[victim]}'") \
+            == [(0,)]
+        assert json.loads(_q(db, "SELECT options FROM bench_runs")[0][0])["bad_images"] == {"utkface": [rel]}
+        assert main([*argv, "--datasets", "utkface", "--db", str(db), "--keep-going"]) == 0  # still reported
+        assert rel in capsys.readouterr().out
+
+        test = tmp_path / "test.duckdb"  # the bad file is in train: the test split is benched in full
+        assert main([*argv, "--datasets", "utkface:test", "--db", str(test)]) == 0
+        n_test = int((m.frame["split"] == "test").sum())
+        assert _q(test, "SELECT count(*) FROM predictions")[0][0] == len(ids) * n_test
+    finally:
+        shutil.copy(saved, path)
+
+
+def test_an_interrupted_run_publishes_its_buffered_rows(zoo_env, tmp_path, monkeypatch):
+    """KeyboardInterrupt mid-run (rows only buffered: no flush or merge due for long): they are published and
+    merged on the way out, and a re-run computes exactly the rest."""
+    import bench.run as br
+
+    ids = zoo_env["ids"]
+    real_load, calls = br.load_model, [0]
+
+    def load_model(mid, device):
+        lm = real_load(mid, device)
+        inner = lm.predictor.predict
+
+        def predict(*a, **kw):
+            calls[0] += 1
+            if calls[0] == 4:
+                raise KeyboardInterrupt
+            return inner(*a, **kw)
+
+        lm.predictor.predict = predict
+        return lm
+
+    monkeypatch.setattr(br, "load_model", load_model)
+    db = tmp_path / "b.duckdb"
+    with pytest.raises(KeyboardInterrupt):
+        br.run(_opts(db, ids, perturb="blur", flush_seconds=1e6, merge_seconds=1e6))
+    assert store.table_counts(db)["predictions"] == 3 * 8 and store.list_parts(db, "predictions") == []
+    monkeypatch.setattr(br, "load_model", real_load)
+    s = br.run(_opts(db, ids, perturb="blur"))
+    expected = len(ids) * N_IMAGES * 4
+    assert s["rows"] == expected - 24 and store.table_counts(db)["predictions"] == expected
+    assert _duplicates(db) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_stops_a_run_cleanly_and_it_resumes_to_the_exact_count(zoo_env, tmp_path, sig):
+    """Ctrl-C (or SIGTERM) on `python -m bench run`: exit 130 (143), one line on stderr and no traceback, what was
+    computed merged (nothing left pending, though no merge was due); the same command then completes the DB
+    exactly."""
+    db = tmp_path / "b.duckdb"
+    ids = zoo_env["ids"]
+    argv = ["run", "--models", ",".join(ids), "--datasets", "utkface", "--perturb", "default", "--batch-size", "8",
+            "--flush-seconds", "0", "--merge-seconds", "1000", "--threads", "1", "--no-progress", "--db", str(db)]
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *argv], cwd=REPO, env={**os.environ, **zoo_env["env"]},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and len(store.list_parts(db, "predictions")) < 3:
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, (out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+    assert store.list_parts(db, "predictions") == []  # published and merged on the way out
+    expected = len(ids) * N_IMAGES * (1 + 6 * 3)
+    done = store.table_counts(db)["predictions"]
+    assert 0 < done < expected
+
+    from bench.run import run
+
+    s = run(_opts(db, ids, perturb="default"))
+    assert s["rows"] == expected - done and store.table_counts(db)["predictions"] == expected
+    assert _duplicates(db) == 0 and _q(db, "SELECT sum(n_rows) FROM bench_runs")[0][0] == expected
+
+
+def test_rows_an_overlapping_run_wrote_first_are_not_claimed_as_new(zoo_env, tmp_path, monkeypatch, capsys):
+    """Two runs racing on the same keys both compute them; the DB keeps one row, and the second run says so."""
+    import bench.run as br
+    from bench.__main__ import main
+
+    db = tmp_path / "b.duckdb"
+    argv = ["run", "--models", zoo_env["ids"][0], "--datasets", "utkface:test", "--no-progress", "--db", str(db)]
+    assert main(argv) == 0
+    n = store.table_counts(db)["predictions"]
+    assert f"{n} new predictions" in capsys.readouterr().out
+    # as if the other run's rows were not in the DB yet when this one looked
+    monkeypatch.setattr(br.Runner, "_missing", lambda self, m, idx, models, conds: {(0, 0): np.sort(idx)})
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "0 new predictions" in out and f"{n} more computed but already written by an overlapping run" in out
+    assert store.table_counts(db)["predictions"] == n and _duplicates(db) == 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -206,3 +207,61 @@ def test_a_db_from_before_the_face_columns_is_migrated_and_its_image_rows_refill
     rows = _count(db, "SELECT count(*) FROM images"), _count(db, "SELECT count(*) FROM images WHERE face_found")
     assert rows == (2, 1)
     assert _count(db, "SELECT count(*) FROM images WHERE image_id = 'b' AND face_found IS NULL") == 1
+
+
+def _truncate(part: Path, old: bool = True) -> None:
+    """Cut a part in half (a copy that stopped mid-way); `old`: written long enough ago to be no copy in progress."""
+    data = part.read_bytes()
+    part.write_bytes(data[:len(data) // 2])
+    if old:
+        t = time.time() - 2 * store.QUARANTINE_AFTER_S
+        os.utime(part, (t, t))
+
+
+def test_a_truncated_part_is_quarantined_and_never_blocks_a_merge_or_a_run(tmp_path, capsys):
+    db = tmp_path / "b.duckdb"
+    store.write_part(db, "predictions", _preds(range(0, 30)))
+    bad = store.write_part(db, "predictions", _preds(range(30, 60)))
+    store.write_part(db, "predictions", _preds(range(60, 70)))
+    _truncate(bad)
+    cols = ["model_id", "dataset", "image_id", "perturbation", "severity"]
+    # a run's start-up reads the parts first: what is known, not an ArrowInvalid
+    assert store.query_known(db, "predictions", cols, "SELECT count(*) AS n FROM known")["n"].iloc[0] == 40
+    assert store.list_quarantined(db) == [store.quarantine_dir(db) / "predictions" / bad.name]
+    assert "quarantined" in capsys.readouterr().err
+    assert store.merge(db)["predictions"] == 40 and _count(db) == 40
+    assert store.list_parts(db, "predictions") == []
+
+    # A part still arriving (written just now) is left alone: skipped by this merge, merged once complete.
+    young = store.write_part(db, "predictions", _preds(range(70, 80)))
+    full = young.read_bytes()
+    _truncate(young, old=False)
+    assert store.merge(db)["predictions"] == 0 and young.exists() and store.pending_rows(db) == 0
+    young.write_bytes(full)
+    assert store.merge(db)["predictions"] == 10 and _count(db) == 50
+    assert len(store.list_quarantined(db)) == 1
+
+
+def test_a_part_with_a_sound_footer_but_corrupt_data_is_quarantined(tmp_path):
+    db = tmp_path / "b.duckdb"
+    store.write_part(db, "predictions", _preds(range(0, 20)))
+    bad = store.write_part(db, "predictions", _preds(range(20, 2020), age=np.random.default_rng(0).random()))
+    data = bytearray(bad.read_bytes())
+    data[8:len(data) // 2] = bytes(len(data) // 2 - 8)  # data pages zeroed, footer intact
+    bad.write_bytes(bytes(data))
+    assert store.merge(db)["predictions"] == 20 and _count(db) == 20
+    assert [p.name for p in store.list_quarantined(db)] == [bad.name]
+
+
+def test_merge_cli_counts_and_reports_quarantined_parts(tmp_path, capsys):
+    from bench.__main__ import main
+
+    db = tmp_path / "b.duckdb"
+    for k in range(3):
+        store.write_part(db, "predictions", _preds(range(k * 10, k * 10 + 10)))
+    _truncate(store.list_parts(db, "predictions")[1])
+    assert main(["merge", "--db", str(db)]) == 0  # shards' parts, no DB yet: the merge creates it
+    out = json.loads(capsys.readouterr().out)
+    assert out["inserted"]["predictions"] == 20 and len(out["quarantined"]) == 1 and _count(db) == 20
+    assert main(["status", "--db", str(db)]) == 0
+    assert json.loads(capsys.readouterr().out)["quarantined_parts"] == 1

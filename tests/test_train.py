@@ -365,3 +365,136 @@ def test_bad_dataset_mixes_are_refused_before_any_data_work(mix, match):
 
     with pytest.raises(ValueError, match=match):
         TrainConfig.from_dict({"datasets": mix})
+
+
+def test_cli_trains_a_valid_tiny_config(tiny, tmp_path, capsys):
+    from zoo.cli import main
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("name: cli\nbackbone: seed_cnn\nbackbone_kwargs: {width: 8, hidden: 32}\nimg_size: 32\n"
+                   "epochs: 1\nbatch_size: 16\nseed: 21\n")
+    assert main(["train", "--config", str(cfg), "--set", "lr=3e-3"]) == 0  # YAML 1.1 reads 3e-3 as a string
+    run_id = capsys.readouterr().out.strip().splitlines()[-1].split(":")[0]
+    run = json.loads((Path(tiny["env"]["ZOO_ARTIFACTS"]) / "runs" / run_id / "run.json").read_text())
+    assert run["config"]["lr"] == 0.003 and run["epochs_run"] == 1
+
+
+def test_bad_configs_fail_before_any_image_is_decoded(tiny, monkeypatch):
+    from zoo.config import ConfigError
+    from zoo.train import Trainer, train
+
+    def decode(*args, **kwargs):
+        raise AssertionError("images were decoded for an invalid config")
+
+    monkeypatch.setattr("zoo.train.load_images", decode)
+    runs = Path(tiny["env"]["ZOO_ARTIFACTS"]) / "runs"
+    before = sorted(runs.iterdir()) if runs.exists() else []
+    for bad, match in ((dict(backbone="nosuch"), "backbone must be one of"), (dict(img_size=0), "img_size"),
+                       (dict(epochs=-1), "epochs must be >= 1"), (dict(dataset="nosuch"), "dataset 'nosuch'")):
+        with pytest.raises(ConfigError, match=match):
+            train(_cfg(**bad), progress=False)
+        with pytest.raises(ConfigError, match=match):
+            Trainer(_cfg(**bad), progress=False)
+    assert (sorted(runs.iterdir()) if runs.exists() else []) == before
+
+
+def test_a_failed_start_leaves_no_folder_and_a_resumable_run_keeps_its_own(tiny, monkeypatch):
+    from zoo.train import Trainer
+
+    real_epoch = Trainer.train_epoch
+    calls = []
+
+    def second_epoch_fails(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("planted")
+        return real_epoch(self)
+
+    def first_epoch_fails(self):
+        raise RuntimeError("planted")
+
+    cfg = _cfg(name="failing", seed=31, epochs=2)
+    monkeypatch.setattr(Trainer, "train_epoch", first_epoch_fails)
+    t = Trainer(cfg, progress=False)
+    with pytest.raises(RuntimeError, match="planted"):
+        t.run()
+    assert not t.dir.exists()  # nothing to resume: no folder holding only config.yaml
+    monkeypatch.setattr(Trainer, "train_epoch", second_epoch_fails)
+    t = Trainer(cfg, progress=False)
+    with pytest.raises(RuntimeError, match="planted"):
+        t.run()
+    assert (t.dir / "state.pt").exists() and (t.dir / "config.yaml").exists()  # epoch 1 is resumable: kept
+    monkeypatch.setattr(Trainer, "train_epoch", first_epoch_fails)
+    with pytest.raises(RuntimeError, match="planted"):
+        Trainer(cfg, progress=False).run()  # a failure on resume never deletes the existing run
+    assert (t.dir / "state.pt").exists()
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    assert Trainer(cfg, progress=False).run()["epochs_run"] == 2
+
+
+def test_feeder_worker_ends_with_its_epoch_and_reports_errors(tiny, monkeypatch):
+    import threading
+
+    from zoo.train import Trainer
+
+    def workers() -> list[threading.Thread]:
+        return [th for th in threading.enumerate() if th.name == "batch-feeder"]
+
+    t = Trainer(_cfg(epochs=1, batch_size=8), progress=False, root=tiny["base"] / "scratch")
+    assert t.feeder.steps > 3
+    batches = t.feeder.epoch()
+    next(batches)
+    assert workers()
+    batches.close()  # an epoch stopped early stops and joins its worker
+    assert not workers()
+    t.total_steps = t.step + 2  # the step budget ends mid-epoch
+    t.train_epoch()
+    assert not workers()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted augmentation failure")
+
+    monkeypatch.setattr("zoo.train.augment_batch", broken)
+    with pytest.raises(RuntimeError, match="planted augmentation failure"):  # raised, never a hang
+        next(t.feeder.epoch())
+    assert not workers()
+
+
+EXIT_SCRIPT = """
+import time
+import torch
+import zoo.train
+from zoo.config import TrainConfig
+from zoo.train import Trainer
+
+torch.set_num_threads(1)
+
+def slow_augment(x, preset):  # long native ops: the worker is inside one while the interpreter finalizes
+    a = torch.ones(1000, 1000)
+    for _ in range(10):
+        a = a @ a / 1000
+    return x
+
+class SlowTeardown:  # widens the window in which the worker's op returns into a finalizing interpreter
+    def __del__(self):
+        time.sleep(3)
+
+zoo.train.augment_batch = slow_augment
+keep = SlowTeardown()
+t = Trainer(TrainConfig(backbone="seed_cnn", backbone_kwargs={"width": 8, "hidden": 32}, img_size=32, batch_size=8),
+            progress=False)
+batches = t.feeder.epoch()
+next(batches)  # an epoch left unfinished and still referenced at exit (a benchmark, an exception's traceback)
+print("done", flush=True)
+"""
+
+
+def test_no_feeder_thread_outlives_the_interpreter(tiny):
+    """A daemon worker inside a torch op at exit aborted the process: `terminate called without an active
+    exception`, exit 134 (benchmarks/train_throughput.py). Deterministic before the fix: the op returns while the
+    interpreter finalizes."""
+    env = {**os.environ, **tiny["env"], "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "done" in out.stdout, out.stderr[-2000:]
+    assert "terminate called" not in out.stderr

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
+
+from zoo.config import MIN_IMG_SIZE
 
 
 def _print_scan_report(m) -> None:
@@ -31,11 +32,15 @@ def _print_scan_report(m) -> None:
 
 def cmd_data_scan(args: argparse.Namespace) -> int:
     from zoo.data.manifest import manifest_path, scan
-    from zoo.data.splits import split_file_path
+    from zoo.data.splits import read_split_file, split_file_path
 
-    m = scan(args.dataset, Path(args.root), seed=args.seed, framing=args.framing)
+    m = scan(args.dataset, Path(args.root), seed=args.seed, framing=args.framing, reader=args.reader,
+             resplit=args.resplit)
     _print_scan_report(m)
-    print(f"\nmanifest: {manifest_path(args.dataset)}\nsplit file: {split_file_path(args.dataset, args.seed)}")
+    split_file = split_file_path(args.dataset, args.seed)
+    listed = len(read_split_file(split_file))
+    print(f"\nreader: {m.reader}\nmanifest: {manifest_path(args.dataset)}\nsplit file: {split_file} ({listed:,} "
+          f"images listed, {len(m.frame):,} in this manifest)")
     return 0
 
 
@@ -43,6 +48,8 @@ def cmd_data_cache(args: argparse.Namespace) -> int:
     from zoo.data.cache import build_cache
     from zoo.data.manifest import load_manifest
 
+    if args.size < MIN_IMG_SIZE:  # checked before the manifest is loaded (which may scan the whole dataset)
+        raise ValueError(f"--size must be >= {MIN_IMG_SIZE} px, got {args.size}")
     m = load_manifest(args.dataset, Path(args.root) if args.root else None)
     print(build_cache(m, args.size))
     return 0
@@ -52,10 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from zoo.config import TrainConfig
     from zoo.train import train
 
-    cfg = TrainConfig.from_yaml(args.config)
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        cfg = TrainConfig.from_dict({**cfg.__dict__, key: yaml.safe_load(value)})
+    cfg = TrainConfig.from_yaml(args.config, args.set).validate(data=True, source=args.config)
     r = train(cfg)
     print(f"{r['id']}: test MAE {r['metrics']['test'].get('mae', float('nan')):.2f}, "
           f"gender acc {r['metrics']['test'].get('gender_acc', float('nan')):.3f}")
@@ -63,10 +67,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from zoo.config import expand_grid
+    from zoo.config import expand_grid, read_yaml
     from zoo.train import train
 
-    configs = expand_grid(yaml.safe_load(Path(args.grid).read_text()))
+    configs = expand_grid(read_yaml(args.grid), source=args.grid)
     if args.only:
         configs = [c for c in configs if any(o in c.name for o in args.only.split(","))]
     print(f"{len(configs)} runs in {args.grid}")
@@ -90,6 +94,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if table.empty:
         print("registry is empty: train a model with `python -m zoo train --config CONFIG.yaml`")
         return 0
+    if args.sort not in table.columns:
+        raise ValueError(f"--sort: no column {args.sort!r}; columns: {', '.join(map(str, table.columns))}")
     table = table.sort_values(args.sort, na_position="last")
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
@@ -257,9 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Parse labels, verify that every image decodes, assign the fixed "
                                     "60/20/20 split (or use the committed split file) and print counts and "
                                     "every irregular or excluded file.")
-    s.add_argument("--dataset", required=True, choices=list_readers())
+    s.add_argument("--dataset", required=True, metavar="NAME",
+                   help="the dataset's name: its manifest, split file, caches and bench rows are keyed by it "
+                        "(letters, digits, _ and -); two datasets with one reader need two names")
+    s.add_argument("--reader", choices=list_readers(), default=None,
+                   help="the reader that parses it; default: the one it was last scanned with, else NAME itself "
+                        "(so a NAME that is not a reader needs --reader)")
     s.add_argument("--root", required=True, help="folder holding the dataset's images / CSVs")
     s.add_argument("--seed", type=int, default=0, help="split seed; 0 is the committed, shared split")
+    s.add_argument("--resplit", action="store_true",
+                   help="recompute every split and rewrite the split file. Without it an existing split file is "
+                        "authoritative: listed images keep their split, new ones are appended, missing ones stay "
+                        "listed, and a scan finding under 90%% of the listed images is refused")
     s.add_argument("--framing", choices=FRAMINGS, default=None,
                    help="how images become model inputs: aligned (face crops, used as they are), detect (find and "
                         "align the face), boxes (align the face in extras face_box); default: the reader's own")
@@ -267,14 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("cache", help="decode and resize every image once into the uint8 array cache")
     c.add_argument("--dataset", required=True)
     c.add_argument("--root", default=None)
-    c.add_argument("--size", type=int, default=64)
+    c.add_argument("--size", type=int, default=64, help=f"image side in px (>= {MIN_IMG_SIZE})")
     c.set_defaults(fn=cmd_data_cache)
 
     t = sub.add_parser("train", help="train one run from a YAML config (resumes; skips a finished run)",
                        description="Train one run. Its id is the hash of the config and the data manifest: "
                                    "re-running a finished config does nothing, re-running an interrupted one "
                                    "resumes from the last finished epoch.")
-    t.add_argument("--config", required=True, help="YAML file with TrainConfig fields (see zoo/config.py)")
+    t.add_argument("--config", required=True, help="YAML file: a non-empty mapping of TrainConfig fields (see "
+                                                    "zoo/config.py); every problem is reported before any data work")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     t.set_defaults(fn=cmd_train)
     g = sub.add_parser("grid", help="train every run of a sweep file (base + runs / grid)")
@@ -288,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "model's own dataset: BN recalibration on clean training images)")
     a.add_argument("model", help="registered model id")
     a.add_argument("--to", required=True, help="target dataset (a scanned manifest)")
-    a.add_argument("--split", default="train", help="which target split's (unlabelled) images to use")
+    a.add_argument("--split", default="train", choices=["train", "val", "test"],
+                   help="which target split's (unlabelled) images to use")
     a.set_defaults(fn=cmd_adapt)
     e = sub.add_parser("ensemble", help="register an ensemble of existing models",
                        description="Register the mean of existing models as a model of its own, evaluated on val, "
@@ -340,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError, KeyError) as e:  # a user's mistake: one line, no traceback
+        print(error_line(e), file=sys.stderr)
         return 2
+
+
+def error_line(e: BaseException) -> str:
+    """`error: <message>` on one line (a KeyError's message without the quotes its str() adds)."""
+    msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
+    return "error: " + " ".join(str(msg).split()) if str(msg).strip() else f"error: {type(e).__name__}"

@@ -1,13 +1,56 @@
 """Run configuration: a plain dataclass read from YAML. A run's identity is the hash of its config plus the hash of
-the data manifest it trained on, so the same config on the same data is the same run (and is skipped when done)."""
+the data manifest it trained on, so the same config on the same data is the same run (and is skipped when done).
+
+A config file is a non-empty YAML mapping of TrainConfig fields; omitted fields take the defaults below. Every
+config is validated before any data work (types, ranges, registered names), and all of its problems are reported
+together in one `ConfigError`.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+TASKS = ("age", "gender", "race")
+MIN_IMG_SIZE = 16  # smaller inputs collapse to nothing in the backbones' strided stages
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "plateau")
+GENDER_BALANCES = ("none", "undersample", "reweight")
+FREEZE_SYNTAX = "none | linear_probe | stages:K"
+SOURCE_SYNTAX = "real | synth:<id> | mixed:<fraction>:<id>"
+
+
+class ConfigError(ValueError):
+    """Every problem of one config, on one line: `invalid config x.yaml: lr must be > 0 (got -0.1); ...`."""
+
+    def __init__(self, problems: list[str], source: str | Path | None = None):
+        self.problems = list(problems)
+        where = f" {source}" if source is not None else ""
+        super().__init__(f"invalid config{where}: " + "; ".join(self.problems))
+
+
+def parse_source(source: str) -> tuple[str, float, str]:
+    """real | synth:<id> | mixed:<fraction>:<id> -> (kind, synthetic fraction, synth id)."""
+    if source == "real":
+        return "real", 0.0, ""
+    kind, _, rest = source.partition(":")
+    if kind == "synth" and rest:
+        return kind, 1.0, rest
+    if kind == "mixed" and rest.count(":") >= 1:
+        frac, synth_id = rest.split(":", 1)
+        try:
+            f = float(frac)
+        except ValueError:
+            f = math.nan
+        if f > 0 and synth_id:
+            return kind, f, synth_id
+    raise ValueError(f"source must be {SOURCE_SYNTAX} (fraction > 0), got {source!r}")
 
 
 @dataclass
@@ -87,19 +130,80 @@ class TrainConfig:
                 mix.append(entry)
         return mix
 
+    def problems(self) -> list[str]:
+        """Everything wrong with the values (types, ranges, registered names), without touching any data."""
+        out, bad = [], set()
+        for f in fields(self):
+            p = type_problem(f.name, f.type, getattr(self, f.name))
+            if p:
+                out.append(p)
+                bad.add(f.name)
+        for name, check in _CHECKS:
+            if name not in bad:
+                p = check(getattr(self, name), self)
+                if p:  # checks say "must be …" or, where that reads badly, the whole sentence
+                    out.append(p if p.startswith(name) else f"{name} {p}")
+        return out
+
+    def data_problems(self) -> list[str]:
+        """What the config names that is not on this machine: datasets (a reader or a scanned manifest), the
+        synthetic set of `source`, a local `pretrained` checkpoint. Checks files only, decodes nothing."""
+        from zoo.data.manifest import manifest_path
+        from zoo.data.readers import list_readers
+
+        out = []
+        names = [self.dataset] + [e["name"] for e in self.datasets or [] if isinstance(e, dict)
+                                  and isinstance(e.get("name"), str)]
+        for n in dict.fromkeys(names):
+            if n not in list_readers() and not manifest_path(n).exists():
+                out.append(f"dataset {n!r} is neither a reader ({', '.join(list_readers())}) nor a scanned manifest "
+                           f"(python -m zoo data scan --dataset NAME --root PATH)")
+        try:
+            kind, _, synth_id = parse_source(self.source)
+        except ValueError:
+            kind = "real"  # reported by problems()
+        if kind != "real" and not manifest_path(f"synth_{synth_id}").exists():
+            out.append(f"source: no synthetic set {synth_id!r} (python -m synth sample … --name {synth_id})")
+        if self.pretrained not in (None, "imagenet") and not Path(self.pretrained).is_file():
+            out.append(f"pretrained: no checkpoint file {self.pretrained!r}")
+        return out
+
+    def validate(self, data: bool = False, source: str | Path | None = None) -> "TrainConfig":
+        """Raise one ConfigError with every problem; `data` also checks that the named data exists."""
+        problems = self.problems()
+        if data:
+            problems += self.data_problems()
+        if problems:
+            raise ConfigError(problems, source)
+        return self
+
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+    def from_dict(cls, d: Any, source: str | Path | None = None) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ConfigError([f"a config is a mapping of TrainConfig fields, got {type(d).__name__} {d!r:.60}"],
+                              source)
+        known = {f.name: f for f in fields(cls)}
+        problems = []
+        unknown = [k for k in d if k not in known]
         if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}; known: {sorted(known)}")
-        cfg = cls(**d)
-        cfg.dataset_mix()  # validates the mix before any data work
+            problems.append(f"unknown config keys: {sorted(map(str, unknown))}; known: {sorted(known)}")
+        cfg = cls(**{k: coerce(known[k].type, v) for k, v in d.items() if k in known})
+        problems += cfg.problems()
+        if problems:
+            raise ConfigError(problems, source)
         return cfg
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
+        """A config file plus `KEY=VALUE` overrides (values in YAML syntax). An empty file is an error: a config
+        names at least what it trains, so an accidental empty file never trains a default model."""
+        d = read_yaml(path)
+        if d is None or d == {}:
+            raise ConfigError(["it is empty; a config is a non-empty mapping of TrainConfig fields, e.g. "
+                               "`backbone: resnet18`"], path)
+        if not isinstance(d, dict):
+            raise ConfigError([f"a config is a mapping of TrainConfig fields, got {type(d).__name__} {d!r:.60}"], path)
+        return cls.from_dict({**d, **parse_overrides(overrides or [])}, source=path)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(asdict(self), sort_keys=False)
@@ -111,16 +215,212 @@ class TrainConfig:
 LATER_FIELDS = {"ema_decay": 0.0, "datasets": None}
 
 
-def expand_grid(spec: dict) -> list[TrainConfig]:
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in a file; an unreadable or invalid file is a one-line ValueError naming it."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"invalid YAML in {path}{where}: {problem}") from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`--set KEY=VALUE` items -> {key: YAML value}; a malformed item is a ValueError."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"--set {key.strip()}: {value!r} is not a YAML value") from None
+    return out
+
+
+def _base_types(annotation: str) -> set[str]:
+    return {t.strip() for t in str(annotation).split("|")}
+
+
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict}
+
+
+def type_problem(name: str, annotation: str, value: Any) -> str | None:
+    """The dataclass annotation is the contract (`int | None`, `float`, …); bool is not accepted as a number."""
+    allowed = _base_types(annotation)
+    if value is None and "None" in allowed:
+        return None
+    kinds = [k for k in allowed if k != "None"]
+    ok = any(isinstance(value, _TYPES[k]) and not (k in ("int", "float") and isinstance(value, bool))
+             for k in kinds)
+    if ok:
+        return None
+    want = " or ".join({"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
+                        "list": "a list", "dict": "a mapping"}[k] for k in kinds)
+    return f"{name} must be {want}{' or null' if 'None' in allowed else ''} (got {value!r:.60})"
+
+
+def coerce(annotation: str, value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` (no dot) as a string: in a float field, a string that is a number is that number."""
+    if _base_types(annotation) == {"float"} and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _range(test, text: str):
+    return lambda v, cfg: None if test(v) else f"must be {text} (got {v!r})"
+
+
+def _one_of(choices):
+    """`choices`: a callable giving the registered names now (registries can grow after import)."""
+
+    def check(v, cfg):
+        names = list(choices())
+        return None if v in names else f"must be one of {', '.join(map(str, names))} (got {v!r})"
+
+    return check
+
+
+def _backbones() -> list[str]:
+    from zoo.backbones import list_backbones
+
+    return list_backbones()
+
+
+def _formulations() -> list[str]:
+    from zoo.formulations import list_formulations
+
+    return list_formulations()
+
+
+def _gender_losses() -> list[str]:
+    from zoo.gender import list_gender_losses
+
+    return list_gender_losses()
+
+
+def _augments() -> list[str]:
+    from zoo.augment import AUGMENTS
+
+    return sorted(AUGMENTS)
+
+
+def _age_balances() -> list[str]:
+    from zoo.balance import AGE_BALANCE
+
+    return sorted(AGE_BALANCE)
+
+
+def _pretrained(v, cfg) -> str | None:
+    from zoo.pretrained import PACKAGED
+
+    if v == "":
+        return "pretrained must be null, imagenet or a checkpoint path (got '')"
+    if v == "imagenet" and cfg.backbone not in PACKAGED:
+        return (f"pretrained: no packaged ImageNet weights for backbone {cfg.backbone!r} (available: "
+                f"{', '.join(sorted(PACKAGED))})")
+    return None
+
+
+def _tasks(v, cfg) -> str | None:
+    bad = [t for t in v if not isinstance(t, str) or t not in TASKS]
+    if not v or bad or len(set(v)) != len(v):
+        return f"must be a non-empty list of distinct {', '.join(TASKS)} (got {v!r})"
+    return None
+
+
+def _loss_weights(v, cfg) -> str | None:
+    bad = {k: w for k, w in v.items() if k not in TASKS or isinstance(w, bool) or not isinstance(w, (int, float))
+           or not w >= 0}
+    return f"must map {', '.join(TASKS)} to numbers >= 0 (got {bad!r})" if bad else None
+
+
+def _freeze(v, cfg) -> str | None:
+    if v in ("none", "linear_probe") or re.fullmatch(r"stages:\d+", v):
+        return None
+    return f"must be {FREEZE_SYNTAX} (got {v!r})"
+
+
+def _source(v, cfg) -> str | None:
+    try:
+        parse_source(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _datasets(v, cfg) -> str | None:
+    try:
+        cfg.dataset_mix()
+    except (ValueError, TypeError) as e:
+        return f"datasets: {e}"
+    return None
+
+
+# (field, check(value, config) -> problem or None), run only on fields of the right type.
+_CHECKS = [
+    ("dataset", _range(bool, "a dataset name")),
+    ("datasets", _datasets),
+    ("source", _source),
+    ("backbone", _one_of(_backbones)),
+    ("pretrained", _pretrained),
+    ("formulation", _one_of(_formulations)),
+    ("age_max", _range(lambda v: v >= 1, ">= 1")),
+    ("tasks", _tasks),
+    ("loss_weights", _loss_weights),
+    ("gender_loss", _one_of(_gender_losses)),
+    ("dropout", _range(lambda v: 0 <= v < 1, "in [0, 1)")),
+    ("img_size", _range(lambda v: v >= MIN_IMG_SIZE, f">= {MIN_IMG_SIZE}")),
+    ("augment", _one_of(_augments)),
+    ("train_fraction", _range(lambda v: 0 < v <= 1, "in (0, 1]")),
+    ("age_balance", _one_of(_age_balances)),
+    ("gender_balance", _one_of(lambda: GENDER_BALANCES)),
+    ("optimizer", _one_of(lambda: OPTIMIZERS)),
+    ("lr", _range(lambda v: 0 < v < math.inf, "> 0")),
+    ("weight_decay", _range(lambda v: 0 <= v < math.inf, ">= 0")),
+    ("backbone_lr_mult", _range(lambda v: 0 < v < math.inf, "> 0")),
+    ("freeze", _freeze),
+    ("schedule", _one_of(lambda: SCHEDULES)),
+    ("warmup_epochs", _range(lambda v: 0 <= v < math.inf, ">= 0")),
+    ("epochs", _range(lambda v: v >= 1, ">= 1")),
+    ("max_steps", _range(lambda v: v is None or v >= 1, "null or >= 1")),
+    ("batch_size", _range(lambda v: v >= 1, ">= 1")),
+    ("patience", _range(lambda v: v >= 1, ">= 1")),
+    ("ema_decay", _range(lambda v: 0 <= v < 1, "in [0, 1)")),
+    ("seed", _range(lambda v: v >= 0, ">= 0")),
+]
+
+
+def expand_grid(spec: Any, source: str | Path | None = None) -> list[TrainConfig]:
     """A sweep file: `base:` (shared keys) and `runs:` (a list of overrides, each one run), or `grid:` (a dict of
-    key -> list of values, every combination)."""
+    key -> list of values, every combination). Every run is validated; all problems are reported together."""
     import itertools
 
-    base = spec.get("base", {})
-    configs = [TrainConfig.from_dict({**base, **over}) for over in spec.get("runs", [])]
-    grid = spec.get("grid", {})
-    if grid:
-        keys = list(grid)
-        for combo in itertools.product(*(grid[k] for k in keys)):
-            configs.append(TrainConfig.from_dict({**base, **dict(zip(keys, combo))}))
+    shape = ("a sweep is a mapping with `runs:` (a list of mappings) and/or `grid:` (key -> list of values), "
+             "optionally `base:` (a mapping)")
+    if not isinstance(spec, dict) or set(spec) - {"base", "runs", "grid"}:
+        raise ConfigError([shape], source)
+    base, runs, grid = spec.get("base") or {}, spec.get("runs") or [], spec.get("grid") or {}
+    if (not isinstance(base, dict) or not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs)
+            or not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values())
+            or not (runs or grid)):
+        raise ConfigError([shape], source)
+    overrides = [(f"runs[{i}] {over.get('name', '')}".strip(), over) for i, over in enumerate(runs)]
+    keys = list(grid)
+    overrides += [(f"grid {combo}", dict(zip(keys, combo))) for combo in itertools.product(*(grid[k] for k in keys))]
+    configs, problems = [], []
+    for label, over in overrides:
+        try:
+            configs.append(TrainConfig.from_dict({**base, **over}))
+        except ConfigError as e:
+            problems += [f"{label}: {p}" for p in e.problems]
+    if problems:
+        raise ConfigError(problems, source)
     return configs

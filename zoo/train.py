@@ -6,13 +6,17 @@ is evaluated on the test split and `run.json` is written, which is what makes it
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import queue
+import shutil
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -24,7 +28,7 @@ from tqdm import tqdm
 
 from zoo.augment import augment_batch
 from zoo.balance import balance
-from zoo.config import TrainConfig
+from zoo.config import TrainConfig, parse_source
 from zoo.data.cache import load_images, to_tensor
 from zoo.data.manifest import Manifest, extras_label, load_manifest
 from zoo.data.readers import RACES
@@ -69,23 +73,10 @@ def _subset(idx: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.sort(rng.permutation(idx)[: max(1, round(len(idx) * fraction))])
 
 
-def _parse_source(source: str) -> tuple[str, float, str]:
-    """real | synth:<id> | mixed:<fraction>:<id> -> (kind, synthetic fraction, synth id)."""
-    if source == "real":
-        return "real", 0.0, ""
-    kind, _, rest = source.partition(":")
-    if kind == "synth" and rest:
-        return kind, 1.0, rest
-    if kind == "mixed" and rest.count(":") >= 1:
-        frac, synth_id = rest.split(":", 1)
-        return kind, float(frac), synth_id
-    raise ValueError(f"source must be real | synth:<id> | mixed:<fraction>:<id>, got {source!r}")
-
-
 def data_hash(cfg: TrainConfig) -> str:
     """Identity of the training data, from manifests only (no image decoding), so finished runs skip fast. Further
     datasets of the mix add their hashes (their weights and framings are in the config's identity)."""
-    kind, _, synth_id = _parse_source(cfg.source)
+    kind, _, synth_id = parse_source(cfg.source)
     real = load_manifest(cfg.dataset).hash
     h = real if kind == "real" else f"{real}+{load_manifest(f'synth_{synth_id}').hash}"
     return "+".join([h] + [f"{d['name']}:{load_manifest(d['name']).hash}" for d in cfg.dataset_mix()[1:]])
@@ -102,7 +93,7 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
     split = real.frame["split"].to_numpy()
     train = _subset(np.flatnonzero(split == "train"), cfg.train_fraction, cfg.seed)
     val, test = np.flatnonzero(split == "val"), np.flatnonzero(split == "test")
-    kind, frac, synth_id = _parse_source(cfg.source)
+    kind, frac, synth_id = parse_source(cfg.source)
     if kind != "real":
         syn = load_manifest(f"synth_{synth_id}")
         s_images = load_images(syn, cfg.img_size, progress=progress)
@@ -134,6 +125,26 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
     return TrainData(images, age, gender, race, train, val, test, data_hash(cfg), young, other_tests, probs)
 
 
+class _Failed:
+    """A worker's exception, handed to the consumer through the queue (a worker never dies silently)."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+# Feeder workers still running, with their stop flags. A daemon thread that is inside a torch op when the
+# interpreter exits aborts the process ("terminate called without an active exception", exit 134), so every worker
+# is stopped and joined at exit, even one whose epoch generator was never closed (still referenced at exit).
+_WORKERS: dict[threading.Thread, threading.Event] = {}
+
+
+@atexit.register
+def _stop_workers() -> None:
+    for t, stop in list(_WORKERS.items()):
+        stop.set()
+        t.join(timeout=30)
+
+
 class BatchFeeder:
     """Yields augmented training batches from the in-memory cache, prepared one batch ahead in a thread."""
 
@@ -151,23 +162,48 @@ class BatchFeeder:
                 "race": torch.from_numpy(d.race[ix]).long(), "w": torch.from_numpy(self.w[pos]).float(),
                 "gw": torch.from_numpy(self.gw[pos]).float()}
 
-    def epoch(self):
+    def epoch(self) -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch of batches. Stopping early (break, close(), an exception) stops and joins the worker, so no
+        thread outlives the epoch."""
         n = self.steps * self.bs
         if self.probs is not None:
             order = self.rng.choice(len(self.idx), size=n, replace=True, p=self.probs)
         else:
             order = self.rng.permutation(len(self.idx))[:n]
         q: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():  # a bounded wait, so a stopped consumer never leaves the worker blocked
+                try:
+                    q.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    pass
+            return False
 
         def work() -> None:
-            for s in range(self.steps):
-                q.put(self._batch(order[s * self.bs:(s + 1) * self.bs]))
+            try:
+                for s in range(self.steps):
+                    if stop.is_set() or not put(self._batch(order[s * self.bs:(s + 1) * self.bs])):
+                        return
+            except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
+                put(_Failed(e))
+            finally:
+                _WORKERS.pop(threading.current_thread(), None)
 
-        t = threading.Thread(target=work, daemon=True)
+        t = threading.Thread(target=work, name="batch-feeder", daemon=True)
+        _WORKERS[t] = stop
         t.start()
-        for _ in range(self.steps):
-            yield q.get()
-        t.join()
+        try:
+            for _ in range(self.steps):
+                item = q.get()
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+            t.join()
 
 
 def _frozen_param_names(model: AgeGenderModel, freeze: str) -> set[str]:
@@ -213,6 +249,7 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: TrainData | None = None, root: Path | None = None,
                  progress: bool = True):
+        cfg.validate(data=data is None)  # before any data work: a bad name fails here, not after decoding
         self.cfg, self.progress = cfg, progress
         git_commit()  # pin the process's commit now, before anything can be committed during the run
         self.data = data or prepare_data(cfg, progress)
@@ -329,24 +366,27 @@ class Trainer:
         self.model.train()
         for bn in self.frozen_bn:
             bn.eval()
-        losses, seen, t0 = [], 0, time.perf_counter()
-        bar = tqdm(self.feeder.epoch(), total=self.feeder.steps, desc=f"{self.id} epoch {self.epoch + 1}/{self.epochs}",
+        t0 = time.perf_counter()
+        batches = self.feeder.epoch()
+        bar = tqdm(batches, total=self.feeder.steps, desc=f"{self.id} epoch {self.epoch + 1}/{self.epochs}",
                    disable=not self.progress, leave=False, unit="batch")
-        for b in bar:
-            if self.step >= self.total_steps:
-                break
-            self._set_lr()
-            loss = self._loss(b)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            self.step += 1
-            seen += len(b["x"])
-            losses.append(loss.item())
-            if len(losses) % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        losses, seen = [], 0
+        with closing(batches), bar:  # closing stops the feeder's worker when the step budget ends mid-epoch
+            for b in bar:
+                if self.step >= self.total_steps:
+                    break
+                self._set_lr()
+                loss = self._loss(b)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
+                self.step += 1
+                seen += len(b["x"])
+                losses.append(loss.item())
+                if len(losses) % 20 == 0:
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         dt = time.perf_counter() - t0
         return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "train_img_s": seen / dt,
                 "train_s": dt}
@@ -363,8 +403,19 @@ class Trainer:
         """Train to the end (or resume), then evaluate and register. Returns run.json's content."""
         if (self.dir / "run.json").exists():
             return json.loads((self.dir / "run.json").read_text())
+        fresh = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.yaml").write_text(self.cfg.to_yaml())
+        try:
+            return self._train()
+        except BaseException:
+            # A start that failed before its first finished epoch leaves nothing to resume: no folder either. A
+            # folder that existed before this call, or holds a resumable state, is never touched.
+            if fresh and not (self.dir / "state.pt").exists():
+                shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def _train(self) -> dict:
         resumed = self._load_state()
         if resumed and self.progress:
             print(f"{self.id}: resuming after epoch {self.epoch} (step {self.step})")
@@ -397,6 +448,9 @@ class Trainer:
         return self._finish()
 
     def _finish(self) -> dict:
+        if not (self.dir / "best.safetensors").exists():
+            raise ValueError(f"{self.id}: no epoch reached a finite validation score (training diverged? try a lower "
+                             f"lr); nothing to register")
         self.net.load_state_dict({k: v.float() if v.is_floating_point() else v
                                     for k, v in load_file(str(self.dir / "best.safetensors")).items()})
         metrics = {"val": self.evaluate(self.data.val),  # the test modes share their views
@@ -432,6 +486,7 @@ def inference_rate(model: nn.Module, img_size: int, batch: int = 64, reps: int =
 
 def train(cfg: TrainConfig, progress: bool = True, root: Path | None = None) -> dict:
     """Train (or resume) one run; a finished run is returned from the registry without loading any data."""
+    cfg.validate(data=True)
     done = (root or runs_dir()) / cfg.run_id(data_hash(cfg)) / "run.json"
     if done.exists():
         return json.loads(done.read_text())

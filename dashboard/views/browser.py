@@ -56,11 +56,20 @@ if rows is None or not len(rows):
 st.markdown(f"**{len(rows)}** images · MAE {rows['err'].abs().mean():.2f} · bias {rows['err'].mean():+.2f}")
 
 
+override = (st.session_state.get("image_root") or "").strip()
+if override:
+    from zoo.data.readers import root_problem  # the scan's own rule: `/`, a system or home folder is no dataset
+
+    refused = root_problem(override)
+    if refused:
+        st.warning(f"Settings → Dataset image folder refused: {refused}. Point it at the dataset's own folder; "
+                   "meanwhile each dataset's scanned root is used.")
+        override = ""
+
+
 def root_for(dataset: str) -> tuple[Path | None, str]:
-    override = (st.session_state.get("image_root") or "").strip()
     if override:
-        p = Path(override).expanduser()
-        return (p, "sidebar setting") if p.is_dir() else (None, f"sidebar folder `{override}` does not exist")
+        return Path(override).expanduser(), "sidebar setting"
     r = Q.dataset_root(dataset)
     return (r, "manifest") if r else (None, "no scanned manifest and no shared copy of the dataset")
 

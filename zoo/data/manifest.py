@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,13 +18,16 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from zoo.data.readers import ReadResult, ScanIssue, get_reader
-from zoo.data.splits import assign_splits, split_file_path, write_split_file
+from zoo.data.readers import ReadResult, ScanIssue, get_reader, list_readers, root_problem
+from zoo.data.splits import assign_splits, extend_split_file, reconcile, split_file_path, write_split_file
 from zoo.paths import cache_dir, shared_data_dir
 
 COLUMNS = ["image_id", "path", "dataset", "age", "age_min", "age_max", "gender", "race", "subject_id", "split",
            "content_hash", "extras"]
 MAX_PIXELS = 40_000_000  # decompression-bomb guard: a face crop this large is a mistake, not data
+# A dataset's name becomes file names (manifest, split file, caches) and DB keys: no path separators, no dots
+# (`name.seedN.tsv` is seed N's split file), no `:` (bench's `name:split`), no leading `-` (read as an option).
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 AGE_GROUPS = [(0, 12, "0-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+")]
 
 
@@ -49,6 +53,7 @@ class Manifest:
     frame: pd.DataFrame
     issues: list[ScanIssue]
     framing: str = "aligned"  # zoo.faces.FRAMINGS: how the images become model inputs
+    reader: str | None = None  # the reader that parsed it (None: the dataset's own name, as before named datasets)
 
     @property
     def hash(self) -> str:
@@ -65,8 +70,8 @@ class Manifest:
         tmp = path.with_suffix(".tmp")
         self.frame.to_parquet(tmp, index=False)
         tmp.replace(path)  # atomic: a crash never leaves a half-written manifest
-        side = {"dataset": self.dataset, "root": str(self.root), "hash": self.hash, "framing": self.framing,
-                "issues": [asdict(i) for i in self.issues]}
+        side = {"dataset": self.dataset, "reader": self.reader or self.dataset, "root": str(self.root),
+                "hash": self.hash, "framing": self.framing, "issues": [asdict(i) for i in self.issues]}
         path.with_suffix(".json").write_text(json.dumps(side, indent=1))
         return path
 
@@ -75,7 +80,7 @@ class Manifest:
         side = json.loads(path.with_suffix(".json").read_text())
         frame = pd.read_parquet(path)
         return cls(side["dataset"], Path(side["root"]), frame, [ScanIssue(**i) for i in side["issues"]],
-                   side.get("framing", "aligned"))
+                   side.get("framing", "aligned"), side.get("reader"))
 
     def abspaths(self) -> list[Path]:
         return [self.root / p for p in self.frame["path"]]
@@ -92,6 +97,10 @@ def check_image(path: Path) -> tuple[str | None, str | None]:
     try:
         with Image.open(path) as im:
             w, h = im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the Warning when raised as error
+        px = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(px[1]) / 1e6:,.0f} MP" if px else "size unknown"
+        return None, f"image too large ({size} > {MAX_PIXELS // 1_000_000} MP; decompression-bomb guard)"
     except Exception:
         return None, "not an image (unrecognised format)"
     if w * h > MAX_PIXELS:
@@ -151,6 +160,9 @@ def build_manifest(dataset: str, root: Path, seed: int = 0, split_file: Path | N
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} is not a directory")
+    problem = root_problem(root)
+    if problem:
+        raise ValueError(f"dataset root: {problem}")
     framing = framing or reader_framing(reader or dataset)
     if framing not in FRAMINGS:
         raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
@@ -179,7 +191,7 @@ def build_manifest(dataset: str, root: Path, seed: int = 0, split_file: Path | N
         frame[c] = frame[c].astype(float)
     frame["split"] = assign_splits(frame, seed=seed, split_file=split_file)
     frame = frame.drop(columns="official_split")[COLUMNS].sort_values("image_id", ignore_index=True)
-    return Manifest(dataset, root, frame, issues + conflicting_duplicates(frame), framing)
+    return Manifest(dataset, root, frame, issues + conflicting_duplicates(frame), framing, reader or dataset)
 
 
 # Where the team's shared copy of each dataset lives, relative to `../shared/data`.
@@ -187,24 +199,60 @@ DEFAULT_ROOTS = {"utkface": "utkface/UTKFace", "celebahq": "celebahq", "appa": "
                  "fairface": "fairface"}
 
 
+def check_dataset_name(name: str) -> str:
+    """`name` if it is a valid dataset name (see DATASET_NAME), else a ValueError saying what is allowed."""
+    if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
+        raise ValueError(f"dataset name {name!r} is not allowed: use up to 100 letters, digits, _ and - "
+                         f"(it becomes file names and database keys)")
+    return name
+
+
 def manifest_path(dataset: str) -> Path:
-    return cache_dir() / "manifests" / f"{dataset}.parquet"
+    return cache_dir() / "manifests" / f"{check_dataset_name(dataset)}.parquet"
+
+
+def _recorded(dataset: str) -> dict:
+    """The side-car of the dataset's cached manifest ({} when none): which reader and framing it was scanned with."""
+    try:
+        return json.loads(manifest_path(dataset).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def scan(dataset: str, root: Path, seed: int = 0, progress: bool = True, reader: str | None = None,
-         framing: str | None = None) -> Manifest:
-    """Build the manifest, save it to the cache and (re)write the committed split file."""
+         framing: str | None = None, resplit: bool = False) -> Manifest:
+    """Build the manifest of dataset `dataset` (a name: several datasets may share a reader) with `reader` (default:
+    the reader it was last scanned with, else the name itself), save it to the cache and write its split file.
+
+    An existing split file is authoritative (zoo.data.splits, module doc): listed images keep their split, new ones
+    are appended, missing ones are reported as excluded issues and stay listed; a scan that finds under MIN_FOUND of
+    the listed images, or would move one, is refused before anything is written. `resplit` recomputes every split
+    and rewrites the file (which invalidates models trained on the old split)."""
+    check_dataset_name(dataset)
+    reader = reader or _recorded(dataset).get("reader") or dataset
+    if reader not in list_readers():
+        what = f"{dataset!r} is not a reader" if reader == dataset else f"unknown reader {reader!r}"
+        raise ValueError(f"{what}: name the reader that parses it with --reader ({', '.join(list_readers())})")
     split_file = split_file_path(dataset, seed)
-    m = build_manifest(dataset, root, seed=seed, split_file=split_file, progress=progress, reader=reader,
-                       framing=framing)
+    m = build_manifest(dataset, root, seed=seed, split_file=None if resplit else split_file, progress=progress,
+                       reader=reader, framing=framing)
+    committed = split_file.exists() and not resplit
+    if committed:
+        missing = reconcile(m.frame, split_file, dataset, reader)
+        m.issues += [ScanIssue(i, f"listed in {split_file.name} ({s}) but not found by this scan; stays listed there",
+                               excluded=True) for i, s in sorted(missing.items())]
     m.save(manifest_path(dataset))
-    write_split_file(m.frame, split_file, header=f"dataset={dataset} seed={seed} fractions=0.6/0.2/0.2 "
-                                                  f"(train/val/test); rows sorted by image_id")
+    if committed:
+        extend_split_file(m.frame, split_file)
+    else:
+        write_split_file(m.frame, split_file, header=f"dataset={dataset} seed={seed} fractions=0.6/0.2/0.2 "
+                                                      f"(train/val/test); rows sorted by image_id")
     return m
 
 
 def load_manifest(dataset: str, root: Path | None = None) -> Manifest:
-    """The cached manifest of a dataset, scanning it first (from `root` or the shared data folder) if needed."""
+    """The cached manifest of a dataset, scanning it first (from `root` or the shared data folder) if needed, with
+    the reader and framing it was last scanned with."""
     path = manifest_path(dataset)
     if path.exists() and root is None:
         return Manifest.load(path)
@@ -216,4 +264,5 @@ def load_manifest(dataset: str, root: Path | None = None) -> Manifest:
     if not Path(root).is_dir():
         raise FileNotFoundError(f"dataset {dataset!r} not found at {root}; pass --root or run `python -m zoo "
                                 f"data scan --dataset {dataset} --root PATH`")
-    return scan(dataset, Path(root), progress=False)
+    side = _recorded(dataset)
+    return scan(dataset, Path(root), progress=False, reader=side.get("reader"), framing=side.get("framing"))

@@ -5,6 +5,7 @@ files decode, hashing them and assigning splits is shared work done once in `zoo
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -54,14 +55,70 @@ class ReadResult:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def walk_images(root: Path, issues: list[ScanIssue]) -> Iterator[tuple[Path, str]]:
-    """Every file below `root` in sorted order as (path, POSIX path relative to root); files whose name is not an
-    image's are reported in `issues` as excluded instead of yielded."""
-    root = Path(root)
-    for p in sorted(root.rglob("*")):
-        if not p.is_file():
+def outside_root(root: Path, path: Path) -> str | None:
+    """Why `path` is not a file of the dataset at `root` once every symlink is followed, or None when it stays
+    inside. The scan and the dashboard's Browser share this rule, so a file one of them refuses the other refuses
+    too: a link out of the root would otherwise read (and bench) data that is not the dataset's."""
+    base = Path(root).resolve()
+    path = Path(path)
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python 3.11)
+        return f"broken symlink (to {os.readlink(path)})" if path.is_symlink() else "missing or unreadable"
+    if real == base or base in real.parents:
+        return None
+    inside = os.path.normpath(os.path.abspath(path)).startswith(os.path.join(os.path.abspath(root), ""))
+    return f"outside the dataset root ({'symlink to' if inside else 'resolves to'} {real})"
+
+
+# Folders that are never a dataset: scanning or browsing them reads a whole machine.
+SYSTEM_DIRS = frozenset(("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt",
+                         "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var"))
+
+
+def root_problem(folder: Path | str) -> str | None:
+    """Why `folder` cannot be a dataset root (not a folder, the filesystem root, a system folder, the home folder),
+    or None. Used by `zoo data scan` and by the Browser's image-folder setting."""
+    p = Path(folder).expanduser()
+    if not p.is_dir():
+        return f"{folder} is not a directory"
+    real = p.resolve()
+    if real == Path(real.anchor):
+        return f"{folder} is the filesystem root, not a dataset folder"
+    try:
+        home = Path.home().resolve()
+    except (KeyError, RuntimeError):  # no home directory known
+        home = None
+    if real == home:
+        return f"{folder} is the home folder, not a dataset folder"
+    if real.as_posix() in SYSTEM_DIRS or any(real.is_relative_to(d) for d in ("/proc", "/sys", "/dev")):
+        return f"{folder} is a system folder, not a dataset folder"
+    return None
+
+
+def walk_images(folder: Path, issues: list[ScanIssue], root: Path | None = None) -> Iterator[tuple[Path, str]]:
+    """Every file below `folder` in sorted order as (path, POSIX path relative to folder). Reported in `issues` as
+    excluded instead of yielded: files whose name is not an image's, and files or symlinked folders that resolve
+    outside the dataset `root` (default `folder`). Symlinked folders are never walked (a link inside the root
+    would list its files twice)."""
+    folder = Path(folder)
+    base = Path(root) if root is not None else folder
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # followlinks=False
+        d = Path(dirpath)
+        found += [d / n for n in dirnames if (d / n).is_symlink()] + [d / n for n in filenames]
+    for p in sorted(found):
+        rel = p.relative_to(folder).as_posix()
+        reason = outside_root(base, p)
+        if reason:
+            issues.append(ScanIssue(rel, reason, excluded=True))
             continue
-        rel = p.relative_to(root).as_posix()
+        if p.is_dir():
+            issues.append(ScanIssue(rel, "symlinked folder inside the root: not followed (its files are scanned "
+                                         "where they are)", excluded=True))
+            continue
+        if not p.is_file():  # sockets, fifos
+            continue
         if not p.name.lower().endswith(IMAGE_SUFFIXES):
             issues.append(ScanIssue(rel, "not an image file name (.jpg/.jpeg/.png)", excluded=True))
             continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zoo.data.adapters.generic import RowError, number_or_text, parse_age, parse_race, read_table
-from zoo.data.readers import ReadResult, Record, ScanIssue, register_reader
+from zoo.data.readers import ReadResult, Record, ScanIssue, outside_root, register_reader
 
 SPLITS = {"train": "train", "valid": "val", "test": "test"}  # file suffix -> our split name
 GT_COLUMNS = ("file_name", "num_ratings", "apparent_age_avg", "apparent_age_std", "real_age")
@@ -66,6 +66,9 @@ def read_appa(root: Path) -> ReadResult:
                     path = f"{part}/{name}"
                 else:
                     raise RowError(f"image file missing: {part}/{name} (nor {part}/{face.name})")
+                reason = outside_root(root, root / path)
+                if reason:
+                    raise RowError(reason)
                 age = parse_age(row["real_age"], "real_age")
                 cat = (cats or {}).get(name)
                 gender = race = None

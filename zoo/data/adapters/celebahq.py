@@ -73,7 +73,7 @@ def read_celebahq(root: Path) -> ReadResult:
     _, rows, issues = parse_attribute_file(anno)
     records: list[Record] = []
     seen: set[str] = set()
-    for p, rel in walk_images(root / IMAGE_DIR, issues):
+    for p, rel in walk_images(root / IMAGE_DIR, issues, root=root):
         rel = f"{IMAGE_DIR}/{rel}"
         attrs = rows.get(p.name)
         if attrs is None or p.parent != root / IMAGE_DIR:

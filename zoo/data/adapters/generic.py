@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from zoo.data.readers import RACES, ReadResult, Record, ScanIssue, register_reader, walk_images
+from zoo.data.readers import RACES, ReadResult, Record, ScanIssue, outside_root, register_reader, walk_images
 
 MAX_AGE = 120
 GENDER_WORDS = {"0": 0, "1": 1, "male": 0, "female": 1, "m": 0, "f": 1, "man": 0, "woman": 1}
@@ -41,6 +41,8 @@ def read_table(path: Path, required: tuple[str, ...] | list[str]) -> pd.DataFram
         raise ValueError(f"{path}: empty CSV (no header); expected columns {', '.join(required)}") from None
     except pd.errors.ParserError as e:
         raise ValueError(f"{path}: not a parseable CSV: {e}") from None
+    except UnicodeDecodeError as e:  # a ValueError too, but pandas' message does not name the file
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in required if c not in table.columns]
     if missing:
@@ -108,7 +110,12 @@ def relative_image_path(root: Path, value: str) -> str:
     if ".." in parts:
         raise RowError(f"path {value!r} leaves the dataset root")
     rel = "/".join(parts)
-    if not (root / rel).is_file():
+    path = root / rel
+    if path.is_symlink() or path.exists():
+        reason = outside_root(root, path)  # a link out of the root: never read, as the Browser never shows it
+        if reason:
+            raise RowError(reason)
+    if not path.is_file():
         raise RowError(f"image file missing: {rel}")
     return rel
 
