@@ -301,8 +301,14 @@ def resolve_model_ids(spec: str) -> list[str]:
         elif item in zoo_ids or item in list_peers():
             out.append(item)
         else:
-            known = [*MODEL_KEYWORDS, *zoo_ids, *list_peers()]
-            raise BenchInputError(f"unknown model {item!r}; known: {', '.join(known)}")
+            import difflib
+
+            # The registry holds ~90 ids: name the closest ones and where the rest are listed.
+            close = difflib.get_close_matches(item, [*zoo_ids, *list_peers()], n=5, cutoff=0.5)
+            raise BenchInputError(f"unknown model {item!r}; "
+                                  + (f"did you mean {', '.join(close)}? " if close else "")
+                                  + f"known: {', '.join(MODEL_KEYWORDS)}, {', '.join(list_peers())} and "
+                                    f"the {len(zoo_ids)} registered ids of `python -m zoo list`")
     if not out:
         raise BenchInputError(f"--models {spec!r} selects no model (registry: {len(zoo_ids)} models)")
     return list(dict.fromkeys(out))
