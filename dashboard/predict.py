@@ -42,12 +42,18 @@ def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[s
     return ok, skipped
 
 
+def runtime() -> str:
+    """The runtime of the zoo networks (zoo.export.RUNTIMES): `auto` (the measured fastest with equal outputs on
+    this CPU) unless DASHBOARD_RUNTIME names another."""
+    return os.environ.get("DASHBOARD_RUNTIME", "auto") or "auto"
+
+
 def load_predictor(model_id: str, root: Path | None = None):
     from bench.peers import is_peer, load_peer
     from zoo.registry import load
 
-    set_torch_threads()
-    return load_peer(model_id) if is_peer(model_id) else load(model_id, root)
+    set_torch_threads()  # before loading: an ONNX Runtime session takes torch's thread count
+    return load_peer(model_id) if is_peer(model_id) else load(model_id, root, runtime=runtime())
 
 
 class ModelPool:

@@ -104,11 +104,8 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def _file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def sample_generator(gen_id: str, n: int, ages: str = "match", seed: int = 0, name: str | None = None,

@@ -395,8 +395,8 @@ def test_ensembles_are_benched_and_a_model_failing_mid_run_is_dropped(zoo_env, t
     flaky = zoo_env["ids"][1]
     real_load = br.load_model
 
-    def load_model(mid, device):
-        lm = real_load(mid, device)
+    def load_model(mid, device, *runtime):
+        lm = real_load(mid, device, *runtime)
         if mid == flaky:  # works for the first batch, then raises (a CUDA OOM, a bug …)
             calls, inner = [0], lm.predictor.predict
 
@@ -486,8 +486,8 @@ def test_an_interrupted_run_publishes_its_buffered_rows(zoo_env, tmp_path, monke
     ids = zoo_env["ids"]
     real_load, calls = br.load_model, [0]
 
-    def load_model(mid, device):
-        lm = real_load(mid, device)
+    def load_model(mid, device, *runtime):
+        lm = real_load(mid, device, *runtime)
         inner = lm.predictor.predict
 
         def predict(*a, **kw):
@@ -557,3 +557,66 @@ def test_rows_an_overlapping_run_wrote_first_are_not_claimed_as_new(zoo_env, tmp
     out = capsys.readouterr().out
     assert "0 new predictions" in out and f"{n} more computed but already written by an overlapping run" in out
     assert store.table_counts(db)["predictions"] == n and _duplicates(db) == 0
+
+
+def test_torchrun_fills_the_db_with_exactly_the_rows_of_a_single_process_run(zoo_env, tmp_path):
+    """`torchrun --nproc_per_node 2 -m bench run`: both ranks bench their share of the images, rank 0 merges and
+    records one run; the DB holds exactly the rows of a single-process run (same keys, same values), once each."""
+    from bench.run import run
+
+    ids = zoo_env["ids"]
+    single, multi = tmp_path / "single.duckdb", tmp_path / "multi.duckdb"
+    argv = ["run", "--models", ",".join(ids), "--datasets", "utkface", "--perturb", "blur", "--batch-size", "8",
+            "--flush-seconds", "0", "--merge-seconds", "0", "--no-progress", "--db", str(multi)]
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "bench", *argv], cwd=REPO, env={**os.environ, **zoo_env["env"], "OMP_NUM_THREADS": "1"},
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    run(_opts(single, ids, perturb="blur"))
+    expected = len(ids) * N_IMAGES * 4
+    assert "Traceback" not in p.stderr, p.stderr
+    assert f"{expected} new predictions by 2 torchrun ranks" in p.stdout, p.stdout  # rank 0 reports the job
+    rank1 = [line for line in p.stderr.splitlines() if "rank 1/2:" in line and "reported to rank 0" in line]
+    assert len(rank1) == 1 and not rank1[0].split("rank 1/2: ")[1].startswith("0 "), p.stderr  # it did its share
+
+    assert _keys(multi) == _keys(single) and len(_keys(multi)) == expected and _duplicates(multi) == 0
+    cols = "age_pred, sigma_aleatoric, gender_prob"
+    a = pd.DataFrame(_q(single, f"SELECT {cols} FROM predictions ORDER BY {KEY}"))
+    b = pd.DataFrame(_q(multi, f"SELECT {cols} FROM predictions ORDER BY {KEY}"))
+    import torch
+
+    tol = 0.05 if torch.cuda.is_available() else 1e-4  # fp16 kernels may differ with the batch's make-up
+    assert np.allclose(a.to_numpy(float), b.to_numpy(float), atol=tol, equal_nan=True)
+    assert store.table_counts(multi) == {**store.table_counts(single), "bench_runs": 1}
+    assert all(store.list_parts(multi, t) == [] for t in store.TABLES)
+    run_id, n_rows, finished, options = _q(multi, "SELECT run_id, n_rows, finished, options FROM bench_runs")[0]
+    assert n_rows == expected and finished is not None
+    assert json.loads(options)["torchrun"] == {"world_size": 2} and json.loads(options)["shard"] is None
+    assert _q(multi, "SELECT DISTINCT bench_run FROM predictions") == [(run_id,)]
+
+
+def test_device_path_on_cuda_matches_the_cpu(zoo_env):
+    """On a GPU (fp16 autocast, channels_last): the same predictions as the CPU predictor, within fp16 error; a
+    torchrun rank takes the GPU of its LOCAL_RANK."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from bench.device import DevicePredictor, on_device
+    from bench.dist import Torchrun
+    from zoo.inference import EnsemblePredictor
+    from zoo.registry import load
+
+    imgs = np.random.default_rng(0).integers(0, 255, (12, 40, 40, 3), dtype=np.uint8)
+    ref = load(zoo_env["ids"][0]).predict(imgs, tta="flip")
+    dev = DevicePredictor(load(zoo_env["ids"][0]), torch.device("cuda"))
+    assert dev.manual and dev.amp
+    got = dev.predict(imgs, tta="flip", batch_size=5)
+    assert np.allclose(got["age"], ref["age"], atol=0.2) and np.allclose(got["gender_prob"], ref["gender_prob"],
+                                                                          atol=0.01)
+    assert (dev.predict(imgs, mc_dropout=3)["sigma_epistemic"] > 0).all()
+    ens = EnsemblePredictor([load(i) for i in zoo_env["ids"]], "ens")
+    assert np.allclose(on_device(ens, torch.device("cuda")).predict(imgs)["age"], ens.predict(imgs)["age"], atol=0.2)
+    n = torch.cuda.device_count()
+    assert [Torchrun(r, 3, r).device("auto") for r in range(3)] == [f"cuda:{r % n}" for r in range(3)]
+    assert Torchrun(1, 2, 1).device("cuda") == f"cuda:{1 % n}" and Torchrun(1, 2, 1).device("cpu") == "cpu"

@@ -16,11 +16,12 @@ def list_models() -> list[str]:
     return [r["id"] for r in list_runs()]
 
 
-def load(model_id: str):
-    """A registered model as a predictor: `.predict(crops)` and `.predict_photos(photos)`."""
+def load(model_id: str, runtime: str = "eager"):
+    """A registered model as a predictor: `.predict(crops)` and `.predict_photos(photos)`. `runtime`: eager | onnx |
+    compile | auto (zoo.export)."""
     from zoo.registry import load as _load
 
-    return _load(model_id)
+    return _load(model_id, runtime=runtime)
 
 
 def __getattr__(name: str):

@@ -1,7 +1,8 @@
 """Batch-wise augmentation on tensors: flip, crop/zoom, small rotation and colour jitter in one affine resample.
 
 Working on whole batches (one `grid_sample` call) instead of per-image PIL transforms keeps augmentation a small
-fraction of a training step on CPU.
+fraction of a training step on CPU. The batch's device is where it runs: training augments on the GPU when it trains
+on one (the random parameters are drawn there too; on CPU the draws are the same as ever).
 """
 from __future__ import annotations
 
@@ -44,14 +45,14 @@ def augment_batch(x: torch.Tensor, preset: AugmentPreset | str, generator: torch
     p = AUGMENTS[preset] if isinstance(preset, str) else preset
     if p == AUGMENTS["none"]:
         return x
-    b = x.shape[0]
+    b, dev = x.shape[0], x.device
 
     def u(lo: float, hi: float) -> torch.Tensor:
-        return torch.rand(b, generator=generator) * (hi - lo) + lo
+        return torch.rand(b, generator=generator, device=dev) * (hi - lo) + lo
 
     scale = u(*p.zoom)
     angle = u(-p.rotate, p.rotate) * math.pi / 180
-    flip = torch.where(torch.rand(b, generator=generator) < p.flip, -1.0, 1.0)
+    flip = torch.where(torch.rand(b, generator=generator, device=dev) < p.flip, -1.0, 1.0)
     tx, ty = u(-p.shift, p.shift) * 2, u(-p.shift, p.shift) * 2
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
@@ -70,5 +71,6 @@ def augment_batch(x: torch.Tensor, preset: AugmentPreset | str, generator: torch
     if p.saturation:
         x = (x - gray) * u(1 - p.saturation, 1 + p.saturation).view(shape) + gray
     if p.grayscale:
-        x = torch.where((torch.rand(b, generator=generator) < p.grayscale).view(shape), gray.expand_as(x), x)
+        x = torch.where((torch.rand(b, generator=generator, device=dev) < p.grayscale).view(shape), gray.expand_as(x),
+                        x)
     return x.clamp_(0, 1)

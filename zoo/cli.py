@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from zoo.config import MIN_IMG_SIZE
+from zoo.export import RUNTIMES
 
 
 def _print_scan_report(m) -> None:
@@ -56,13 +57,17 @@ def cmd_data_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from zoo.config import TrainConfig
     from zoo.train import train
 
-    cfg = TrainConfig.from_yaml(args.config, args.set).validate(data=True, source=args.config)
+    overrides = (args.set or []) + ([f"device={args.device}"] if args.device else [])
+    cfg = TrainConfig.from_yaml(args.config, overrides).validate(data=True, source=args.config)
     r = train(cfg)
-    print(f"{r['id']}: test MAE {r['metrics']['test'].get('mae', float('nan')):.2f}, "
-          f"gender acc {r['metrics']['test'].get('gender_acc', float('nan')):.3f}")
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: one line, from rank 0
+        print(f"{r['id']}: test MAE {r['metrics']['test'].get('mae', float('nan')):.2f}, "
+              f"gender acc {r['metrics']['test'].get('gender_acc', float('nan')):.3f}")
     return 0
 
 
@@ -71,6 +76,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from zoo.train import train
 
     configs = expand_grid(read_yaml(args.grid), source=args.grid)
+    if args.device:  # how to run, not what: the runs' ids stay the same
+        for c in configs:
+            c.device = args.device
+            c.validate(source="--device")
     if args.only:
         configs = [c for c in configs if any(o in c.name for o in args.only.split(","))]
     print(f"{len(configs)} runs in {args.grid}")
@@ -172,7 +181,7 @@ def cmd_ship(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_predictors(ids: list[str]) -> dict:
+def _load_predictors(ids: list[str], runtime: str = "eager") -> dict:
     from zoo.registry import load
 
     out = {}
@@ -182,8 +191,23 @@ def _load_predictors(ids: list[str]) -> dict:
 
             out[mid] = load_peer(mid)
         else:
-            out[mid] = load(mid)
+            out[mid] = load(mid, runtime=runtime)
     return out
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from zoo.export import check_export, export
+
+    out = Path(args.output or f"{args.model}.{'onnx' if args.format == 'onnx' else 'pt'}")
+    path = export(args.model, out, args.format)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.format})")
+    if args.check:
+        diff = check_export(args.model, path)
+        print(f"max abs difference from eager on random inputs: {diff:.2e}")
+        if diff > 1e-3:
+            print("error: exported outputs differ from eager by more than 1e-3", file=sys.stderr)
+            return 1
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -201,7 +225,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.annotate and Path(args.annotate).resolve() in [Path(i).resolve() for i in args.inputs]:
         raise ValueError("--annotate must name a folder other than the inputs (annotated copies never overwrite)")
     ids = select_models(args.models)
-    pipe = Pipeline(_load_predictors(ids), detector=args.detector, mc_dropout=args.mc_dropout,
+    pipe = Pipeline(_load_predictors(ids, args.runtime), detector=args.detector, mc_dropout=args.mc_dropout,
                     tta=None if args.tta == "off" else args.tta, all_faces=not args.largest_only)
     t0 = time.perf_counter()
     rows = pipe.predict_photos(files, progress=not args.quiet)
@@ -292,10 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="YAML file: a non-empty mapping of TrainConfig fields (see "
                                                     "zoo/config.py); every problem is reported before any data work")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    t.add_argument("--device", help="auto (CUDA if available, else CPU) | cpu | cuda | cuda:N; overrides the config's "
+                                    "`device`, never the run's id. Several GPUs or nodes: run this command under "
+                                    "torchrun (README, Scaling up)")
     t.set_defaults(fn=cmd_train)
     g = sub.add_parser("grid", help="train every run of a sweep file (base + runs / grid)")
     g.add_argument("grid", help="sweep YAML, e.g. zoo/configs/default_zoo.yaml")
     g.add_argument("--only", help="comma-separated substrings of run names to train")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N for every run (overrides their configs' `device`)")
     g.set_defaults(fn=cmd_grid)
     ls = sub.add_parser("list", help="print every registered model with cost and accuracy")
     ls.add_argument("--sort", default="test_mae", help="column to sort by (default test_mae)")
@@ -342,8 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--mc-dropout", type=int, default=0, help="MC-Dropout passes for the uncertainty")
     pr.add_argument("--tta", choices=["off", "flip", "flip+crop"], default="off")
     pr.add_argument("--largest-only", action="store_true", help="one face per photo: the largest")
+    pr.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                    help="what runs the networks: auto (the measured fastest with equal outputs on CPU: "
+                         "zoo.export.DEFAULT_CPU_RUNTIME), eager, compile, onnx; MC-Dropout passes run eager")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(fn=cmd_predict)
+    ex = sub.add_parser("export", help="write a registered network as ONNX (or TorchScript) for other runtimes",
+                        description="Export a single or adapted run's network: input float [B, 3, S, S] RGB in "
+                                    "[0, 1] (normalisation inside), outputs the raw heads (age, gender[, race]). "
+                                    "The preprocessing (input size, mean/std, resize rule, framing, face-pipeline "
+                                    "version) is embedded as metadata (ONNX metadata_props; TorchScript "
+                                    "extra file zoo.json). Ensembles: export their members.")
+    ex.add_argument("model", help="registered model id (python -m zoo list)")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("-o", "--output", default=None,
+                    help="output file (default: <id>.onnx / <id>.pt in the current folder)")
+    ex.add_argument("--check", action="store_true",
+                    help="also compare the exported model's outputs with eager on random inputs")
+    ex.set_defaults(fn=cmd_export)
     sh = sub.add_parser("ship", help="choose which checkpoints are committed under a size cap",
                         description="Keep every run's record; drop checkpoints (data-strategy variants first, then "
                                     "the largest; never headline runs) until the rest fits the cap. Writes "

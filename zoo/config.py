@@ -92,10 +92,17 @@ class TrainConfig:
     ema_decay: float = 0.0  # > 0 evaluates and ships an exponential moving average of the weights (0 = off)
     seed: int = 0
     channels_last: bool = True
+    # How a run executes, never what it is (RUNTIME_FIELDS: out of the identity at any value): auto (CUDA when
+    # available, else CPU) | cpu | cuda | cuda:N. CUDA trains with mixed precision (bf16 where supported, else fp16
+    # with a grad scaler); under torchrun each process takes the GPU of its LOCAL_RANK.
+    device: str = "auto"
+    compile: bool = False  # torch.compile the training forward pass (the shipped weights are the same module's)
 
     def identity(self) -> dict:
         d = asdict(self)
         d.pop("name")
+        for key in RUNTIME_FIELDS:
+            d.pop(key)
         for key, off in LATER_FIELDS.items():
             if d[key] == off:
                 d.pop(key)
@@ -213,6 +220,11 @@ class TrainConfig:
 # At that value they stay out of the identity, so adding a field never changes a registered run's id (and never
 # makes `python -m zoo train` retrain a finished run). A new field goes here, not only into TrainConfig.
 LATER_FIELDS = {"ema_decay": 0.0, "datasets": None}
+# Fields that say how a run executes (hardware, compiler), not what it trains: out of the identity at every value, so
+# the same config trained on a CPU, a GPU or under torchrun is the same run (README "Scaling up" says how close their
+# results come).
+RUNTIME_FIELDS = ("device", "compile")
+DEVICE_SYNTAX = "auto | cpu | cuda | cuda:N"
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -395,6 +407,7 @@ _CHECKS = [
     ("patience", _range(lambda v: v >= 1, ">= 1")),
     ("ema_decay", _range(lambda v: 0 <= v < 1, "in [0, 1)")),
     ("seed", _range(lambda v: v >= 0, ">= 0")),
+    ("device", _range(lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, DEVICE_SYNTAX)),
 ]
 
 

@@ -77,11 +77,16 @@ def predict_photos(predictor, photos, detector: str = "dlib_hog", **kw) -> list:
 class Predictor:
     """A single trained network (`zoo.model.AgeGenderModel`) with its decoding."""
 
-    def __init__(self, model: nn.Module, img_size: int, model_id: str = "", info: dict | None = None):
+    def __init__(self, model: nn.Module, img_size: int, model_id: str = "", info: dict | None = None,
+                 runner: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None, runtime: str = "eager"):
         self.model = model.eval()
         self.img_size = img_size
         self.id = model_id
         self.info = info or {}
+        # `runner`: a faster eval-mode forward of the same network (ONNX Runtime, torch.compile: zoo.export) giving
+        # the heads' outputs and the backbone features, used on CPU tensors; MC-Dropout samples its head passes from
+        # those features in torch. None: eager. Backbones with their own dropout (seed_cnn) run MC passes eager.
+        self.runner, self.runtime = runner, runtime if runner is not None else "eager"
         # Dropout inside the backbone (seed_cnn's dense layer) means each MC pass must rerun the whole network;
         # otherwise only the heads see dropout and one backbone pass per view serves every MC pass.
         self._full_mc = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.backbone.modules())
@@ -97,6 +102,8 @@ class Predictor:
         """Stacked outputs [passes, views, B]."""
         m, n, sample = self.model, max(1, mc_dropout), mc_dropout > 0
         full = sample and self._full_mc
+        if self.runner is not None and x.device.type == "cpu" and not full:
+            return self._runner_passes(x, n, sample, tta)
         if full:  # otherwise the model stays as __init__ left it (eval): no per-batch walk over its modules
             set_mc_dropout(m, True)
         ages, sigmas, genders = [], [], []  # per view: [passes, B]
@@ -107,6 +114,17 @@ class Predictor:
             ages.append(torch.stack(a)), sigmas.append(torch.stack(s)), genders.append(torch.stack(g))
         if full:
             set_mc_dropout(m, False)
+        return {"age": torch.stack(ages, 1), "sigma": torch.stack(sigmas, 1), "gender": torch.stack(genders, 1)}
+
+    def _runner_passes(self, x: torch.Tensor, n: int, sample: bool, tta: str | None) -> dict[str, torch.Tensor]:
+        """`_passes` with the runner computing the deterministic part: the heads' outputs, or (MC-Dropout, when
+        dropout is only before the heads) the backbone features that torch then samples `n` head passes from."""
+        ages, sigmas, genders = [], [], []
+        for v in tta_views(x, tta):
+            r = self.runner(v)
+            outs = [self.model.heads(r["features"], sample_dropout=True) for _ in range(n)] if sample else [r]
+            a, s, g = zip(*(self._decode(o, v.shape[0]) for o in outs))
+            ages.append(torch.stack(a)), sigmas.append(torch.stack(s)), genders.append(torch.stack(g))
         return {"age": torch.stack(ages, 1), "sigma": torch.stack(sigmas, 1), "gender": torch.stack(genders, 1)}
 
     def predict(self, images: np.ndarray | torch.Tensor, mc_dropout: int = 0, tta: str | None = None,

@@ -93,13 +93,20 @@ def input_framing(run: dict, dataset: str, root: Path | None = None) -> str | No
     return None
 
 
-def load(model_id: str, root: Path | None = None) -> Predictor | EnsemblePredictor:
+def load(model_id: str, root: Path | None = None, runtime: str = "eager") -> Predictor | EnsemblePredictor:
+    """A registered model as a predictor. `runtime` (zoo.export.RUNTIMES): what runs its network on the CPU: `eager`
+    (the reference), `onnx` (ONNX Runtime on a cached export), `compile`, or `auto` (the measured fastest with equal
+    outputs); an ensemble's members each get it. MC-Dropout samples the head dropout in torch (zoo.export)."""
+    from zoo.export import make_runner, resolve_runtime
+
     root = root or runs_dir()
     run = get_run(model_id, root)
     if run["kind"] == "ensemble":
-        return EnsemblePredictor([load(m, root) for m in run["members"]], model_id, run)
+        return EnsemblePredictor([load(m, root, runtime) for m in run["members"]], model_id, run)
+    resolve_runtime(runtime)  # an unknown name fails before the network is built
     size = (run if run["kind"] == "single" else get_run(run["parent"], root))["config"]["img_size"]
-    return Predictor(build_network(run, root), size, model_id, run)
+    model = build_network(run, root)
+    return Predictor(model, size, model_id, run, make_runner(model, model_id, runtime, root), resolve_runtime(runtime))
 
 
 def missing_weights(run: dict, by_id: dict[str, dict], root: Path | None = None) -> str | None:

@@ -3,17 +3,31 @@
 Each epoch ends with an atomic `state.pt` (model, optimiser, schedule, RNG, history), so re-running the same command
 continues from the last finished epoch. The best epoch (val MAE) is kept as fp16 safetensors; on completion the run
 is evaluated on the test split and `run.json` is written, which is what makes it part of the registry.
+
+Devices: `device` (config or `--device`) is auto | cpu | cuda | cuda:N. On CUDA the feeder hands over uint8 batches in
+pinned memory, copied without blocking and augmented on the GPU, and the step runs under autocast (bf16 where
+supported, else fp16 with a grad scaler). On CPU the step is as it always was: the feeder thread augments, fp32.
+
+torchrun: `torchrun --nproc_per_node N -m zoo train --config …` trains with DistributedDataParallel (gloo on CPU, nccl
+on GPU). Every rank draws the same global order from the same seeded generator and takes a strided slice of each
+global batch (batch_size / N images), so the global batch and the data order are the single-process run's. Rank 0
+alone evaluates (its val metrics are broadcast, so early stopping and the plateau schedule decide alike on every
+rank) and writes checkpoints, history and run.json; every rank waits for its per-epoch state, and a restarted group
+(`--max-restarts`) resumes from it.
 """
 from __future__ import annotations
 
 import atexit
+import copy
 import json
 import math
+import os
+import platform
 import queue
 import shutil
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -21,8 +35,10 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -34,7 +50,7 @@ from zoo.data.manifest import Manifest, extras_label, load_manifest
 from zoo.data.readers import RACES
 from zoo.evaluate import TTA_KEYS, by_record_key
 from zoo.gender import create_gender_loss
-from zoo.inference import Predictor
+from zoo.inference import Predictor, predict_by_mode, to_batch
 from zoo.metrics import all_metrics
 from zoo.model import AgeGenderModel, count_flops
 from zoo.paths import runs_dir
@@ -125,6 +141,82 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
     return TrainData(images, age, gender, race, train, val, test, data_hash(cfg), young, other_tests, probs)
 
 
+# ---- devices and torchrun -------------------------------------------------------------------------------------------
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain single-process run."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def resolve_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    """auto | cpu | cuda | cuda:N -> the device this process trains on. `auto` is CUDA when available; under torchrun
+    (world > 1) `cuda` / `auto` is the GPU of the process's LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name}: CUDA is not available on this machine (use device auto or cpu)")
+    if world > 1:
+        if dev.index is not None:
+            raise ValueError(f"device {name}: under torchrun each process trains on the GPU of its LOCAL_RANK; use "
+                             f"device cuda or auto (choose GPUs with CUDA_VISIBLE_DEVICES)")
+        dev = torch.device("cuda", local_rank)
+    elif dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {dev}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
+def device_name(dev: torch.device) -> str:
+    """The hardware's name for run records: the GPU's name, or the CPU's model name."""
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _init_process_group(dev: torch.device) -> None:
+    """Join torchrun's process group once per process: gloo on CPU, nccl on GPU.
+
+    torchrun's c10d rendezvous shares one store across restarts, and the group's keys (each rank's address) are not
+    namespaced per restart: a restarted group could read the dead ranks' addresses and fail to connect ("Connection
+    refused") or hang (pytorch/pytorch#135712, #167288). So the group's store is prefixed with the restart count."""
+    if dist.is_initialized():
+        return
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    store, rank, world = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"zoo/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
+    atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _test_kill_hook() -> tuple[int, int, Path] | None:
+    """TEST-ONLY (tests/test_distributed.py): ZOO_TEST_KILL="RANK:EPOCH:STEP:MARKER" makes rank RANK exit hard
+    (`os._exit(1)`, as a crashed or killed process would) after STEP steps of epoch EPOCH (1-based), once: the MARKER
+    file records the kill, so the rank torchrun restarts does not repeat it. Returns (epoch, step, marker) for this
+    process, or None."""
+    spec = os.environ.get("ZOO_TEST_KILL")
+    if not spec:
+        return None
+    rank, epoch, step, marker = spec.split(":", 3)
+    if int(rank) != dist_env()[0] or Path(marker).exists():
+        return None
+    return int(epoch), int(step), Path(marker)
+
+
 class _Failed:
     """A worker's exception, handed to the consumer through the queue (a worker never dies silently)."""
 
@@ -146,21 +238,31 @@ def _stop_workers() -> None:
 
 
 class BatchFeeder:
-    """Yields augmented training batches from the in-memory cache, prepared one batch ahead in a thread."""
+    """Yields augmented training batches from the in-memory cache, prepared one batch ahead in a thread.
+
+    `pin`: batches stay uint8 NHWC and go into pinned memory unaugmented, for a non-blocking copy to the GPU, which
+    augments them (`Trainer._to_device`). `shard` = (rank, world): every process draws the same global order (same
+    seeded generator) and takes the strided slice rank::world of each global batch of `batch_size`."""
 
     def __init__(self, data: TrainData, idx: np.ndarray, weights: np.ndarray, gender_weights: np.ndarray,
-                 probs: np.ndarray | None, batch_size: int, augment: str, rng: np.random.Generator):
+                 probs: np.ndarray | None, batch_size: int, augment: str, rng: np.random.Generator,
+                 pin: bool = False, shard: tuple[int, int] = (0, 1)):
         self.data, self.idx, self.w, self.gw, self.probs = data, idx, weights, gender_weights, probs
-        self.bs, self.augment, self.rng = batch_size, augment, rng
+        self.bs, self.augment, self.rng, self.pin, self.shard = batch_size, augment, rng, pin, shard
+        if batch_size % shard[1]:
+            raise ValueError(f"batch size {batch_size} is not divisible by the {shard[1]} torchrun processes; the "
+                             f"global batch is split evenly across them")
         self.steps = max(1, len(idx) // batch_size)
 
     def _batch(self, pos: np.ndarray) -> dict[str, torch.Tensor]:
         ix = self.idx[pos]
         d = self.data
-        x = augment_batch(to_tensor(d.images[ix]), self.augment)
-        return {"x": x, "age": torch.from_numpy(d.age[ix]).float(), "gender": torch.from_numpy(d.gender[ix]).float(),
-                "race": torch.from_numpy(d.race[ix]).long(), "w": torch.from_numpy(self.w[pos]).float(),
-                "gw": torch.from_numpy(self.gw[pos]).float()}
+        b = {"age": torch.from_numpy(d.age[ix]).float(), "gender": torch.from_numpy(d.gender[ix]).float(),
+             "race": torch.from_numpy(d.race[ix]).long(), "w": torch.from_numpy(self.w[pos]).float(),
+             "gw": torch.from_numpy(self.gw[pos]).float()}
+        if self.pin:
+            return {"x": torch.from_numpy(d.images[ix]).pin_memory(), **{k: v.pin_memory() for k, v in b.items()}}
+        return {"x": augment_batch(to_tensor(d.images[ix]), self.augment), **b}
 
     def epoch(self) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of batches. Stopping early (break, close(), an exception) stops and joins the worker, so no
@@ -184,8 +286,9 @@ class BatchFeeder:
 
         def work() -> None:
             try:
+                rank, world = self.shard
                 for s in range(self.steps):
-                    if stop.is_set() or not put(self._batch(order[s * self.bs:(s + 1) * self.bs])):
+                    if stop.is_set() or not put(self._batch(order[s * self.bs:(s + 1) * self.bs][rank::world])):
                         return
             except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
                 put(_Failed(e))
@@ -250,15 +353,28 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: TrainData | None = None, root: Path | None = None,
                  progress: bool = True):
         cfg.validate(data=data is None)  # before any data work: a bad name fails here, not after decoding
-        self.cfg, self.progress = cfg, progress
+        self.rank, self.world, local_rank = dist_env()
+        self.device = resolve_device(cfg.device, local_rank, self.world)
+        if self.world > 1:
+            _init_process_group(self.device)
+        self.cfg, self.progress = cfg, progress and self.rank == 0
         git_commit()  # pin the process's commit now, before anything can be committed during the run
-        self.data = data or prepare_data(cfg, progress)
+        if self.rank > 0:  # rank 0 first: it builds a missing image cache, the others then read it
+            self._barrier()
+        self.data = data or prepare_data(cfg, self.progress)
+        if self.rank == 0:
+            self._barrier()
         self.id = cfg.run_id(self.data.data_hash)
         self.dir = (root or runs_dir()) / self.id
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # every device's generator: the same initial weights on CPU and GPU
         self.model = AgeGenderModel(cfg)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.to(self.device)
+        cuda = self.device.type == "cuda"
+        # Mixed precision on CUDA: bf16 where supported (no scaling needed), else fp16 with a grad scaler.
+        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.frozen_bn = _freeze(self.model, cfg.freeze)
         # Why EMA: fine-tuned runs overfit and their val MAE jumps by +-0.1 between epochs; averaging the weights
         # along the trajectory smooths that noise. BatchNorm statistics are averaged with them (use_buffers).
@@ -287,7 +403,20 @@ class Trainer:
             probs = self.data.probs[bal.keep] / self.data.probs[bal.keep].sum()
         self.rng = np.random.default_rng(cfg.seed)
         self.feeder = BatchFeeder(self.data, self.data.train[bal.keep], bal.weights, bal.gender_weights, probs,
-                                  min(cfg.batch_size, len(bal.keep)), cfg.augment, self.rng)
+                                  min(cfg.batch_size, len(bal.keep)), cfg.augment, self.rng, pin=cuda,
+                                  shard=(self.rank, self.world))
+        self.fwd: nn.Module = self.model  # the training forward pass: the model, wrapped by DDP and/or compiled
+        if self.world > 1:
+            t = self.data.train
+            # A task whose label some training images lack can leave its head out of a rank's step (masked loss).
+            gaps = (("age" in cfg.tasks and np.isnan(self.data.age[t]).any())
+                    or ("gender" in cfg.tasks and np.isnan(self.data.gender[t]).any())
+                    or ("race" in cfg.tasks and (self.data.race[t] < 0).any()))
+            self.fwd = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None,
+                                               find_unused_parameters=bool(gaps))
+        if cfg.compile:
+            self.fwd = torch.compile(self.fwd)
+        self._kill = _test_kill_hook()
         steps = self.feeder.steps
         self.total_steps = cfg.max_steps or cfg.epochs * steps
         self.epochs = math.ceil(self.total_steps / steps)
@@ -308,11 +437,16 @@ class Trainer:
                  "torch_rng": torch.get_rng_state(), "np_rng": json.dumps(self.rng.bit_generator.state)}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if self.device.type == "cuda":  # the GPU's generator drives dropout and augmentation there
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         tmp = self.dir / "state.pt.tmp"
         torch.save(state, tmp)
         tmp.replace(self.dir / "state.pt")  # atomic: a kill leaves the previous epoch's state intact
 
     def _load_state(self) -> bool:
+        """Every rank reads the state rank 0 wrote (a run may resume on another device: tensors load onto it)."""
         path = self.dir / "state.pt"
         if not path.exists():
             return False
@@ -326,18 +460,24 @@ class Trainer:
         self.history = json.loads(state["history"])
         torch.set_rng_state(state["torch_rng"])
         self.rng.bit_generator.state = json.loads(state["np_rng"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         return True
 
     def _save_best(self) -> None:
-        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in self.net.state_dict().items()}
+        sd = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
+              for k, v in self.net.state_dict().items()}
         save_file(sd, str(self.dir / "best.safetensors.tmp"))
         (self.dir / "best.safetensors.tmp").replace(self.dir / "best.safetensors")
 
     # ---- loop ----------------------------------------------------------------------------------------------
     def _loss(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg, m = self.cfg, self.model
-        out = m(b["x"].contiguous(memory_format=torch.channels_last) if cfg.channels_last else b["x"])
-        loss = torch.zeros(())
+        out = self.fwd(b["x"].contiguous(memory_format=torch.channels_last) if cfg.channels_last else b["x"])
+        out = {k: v.float() for k, v in out.items()}  # losses in fp32 under autocast (a no-op in fp32)
+        loss = torch.zeros((), device=b["x"].device)
         if m.age is not None:
             known = torch.isfinite(b["age"])  # datasets without ages (CelebA-HQ) train the other tasks only
             if known.any():
@@ -362,8 +502,20 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * f
 
+    def _to_device(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A pinned uint8 batch -> the device (non-blocking copies), as float [0, 1] NCHW (channels_last in memory),
+        augmented there. CPU batches come augmented from the feeder and pass through."""
+        if not self.feeder.pin:
+            return b
+        b = {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+        b["x"] = augment_batch(b["x"].permute(0, 3, 1, 2).float().div_(255), self.cfg.augment)
+        return b
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
     def train_epoch(self) -> dict:
-        self.model.train()
+        self.fwd.train()
         for bn in self.frozen_bn:
             bn.eval()
         t0 = time.perf_counter()
@@ -376,36 +528,71 @@ class Trainer:
                 if self.step >= self.total_steps:
                     break
                 self._set_lr()
-                loss = self._loss(b)
+                b = self._to_device(b)
+                with self._autocast():
+                    loss = self._loss(b)
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.opt)
+                    self.scaler.update()
+                else:
+                    loss.backward()
+                    self.opt.step()
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
                 self.step += 1
                 seen += len(b["x"])
-                losses.append(loss.item())
-                if len(losses) % 20 == 0:
-                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+                losses.append(loss.detach())  # no per-step host sync on a GPU
+                if self.progress and len(losses) % 20 == 0:
+                    bar.set_postfix(loss=f"{torch.stack(losses[-20:]).mean().item():.3f}")
+                if self._kill is not None and (self.epoch + 1, len(losses)) == self._kill[:2]:
+                    self._kill[2].touch()
+                    os._exit(1)  # test-only (_test_kill_hook): a rank dies mid-epoch
+        # the mean over every rank's steps (DDP averages their gradients, so this is the global batch's loss)
+        total = torch.stack(losses).double().sum() if losses else torch.zeros((), dtype=torch.float64)
+        if self.world > 1:
+            total = total.to(self.device)
+            dist.all_reduce(total)
+        n = len(losses) * self.world
+        train_loss = total.item() / n if n else float("nan")
         dt = time.perf_counter() - t0
-        return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "train_img_s": seen / dt,
-                "train_s": dt}
+        return {"train_loss": train_loss, "train_img_s": seen * self.world / dt, "train_s": dt}
 
     def evaluate(self, idx: np.ndarray) -> dict:
         return self.evaluate_modes(idx, (None,))[None]
 
     def evaluate_modes(self, idx: np.ndarray, modes: tuple[str | None, ...]) -> dict[str | None, dict]:
-        preds = Predictor(self.net, self.cfg.img_size).predict_modes(self.data.images[idx], modes)
+        """Metrics on the training device, in fp32 (the Predictor's own passes and reductions)."""
+        pred = Predictor(self.net, self.cfg.img_size)
+        if self.device.type == "cpu":
+            preds = pred.predict_modes(self.data.images[idx], modes)
+        else:
+            def passes(chunk: np.ndarray, mc_dropout: int, tta: str | None) -> dict[str, torch.Tensor]:
+                x = torch.from_numpy(np.ascontiguousarray(chunk)).pin_memory().to(self.device, non_blocking=True)
+                x = to_batch(x.permute(0, 3, 1, 2).float().div_(255), self.cfg.img_size)
+                return {k: v.float().cpu() for k, v in pred._passes(x, mc_dropout, tta).items()}
+
+            preds = predict_by_mode(passes, self.data.images[idx], modes, 0, 256)
         young = self.data.young[idx] if self.data.young is not None else None
         return {m: all_metrics(p, self.data.age[idx], self.data.gender[idx], young) for m, p in preds.items()}
+
+    def _barrier(self) -> None:
+        if self.world > 1 and self.device.type == "cuda":
+            dist.barrier(device_ids=[self.device.index])
+        elif self.world > 1:
+            dist.barrier()
 
     def run(self) -> dict:
         """Train to the end (or resume), then evaluate and register. Returns run.json's content."""
         if (self.dir / "run.json").exists():
             return json.loads((self.dir / "run.json").read_text())
-        fresh = not self.dir.exists()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.yaml").write_text(self.cfg.to_yaml())
+        fresh = False
+        if self.rank == 0:  # rank 0 alone writes the run's folder
+            fresh = not self.dir.exists()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.yaml").write_text(self.cfg.to_yaml())
+        self._barrier()
         try:
             return self._train()
         except BaseException:
@@ -421,7 +608,11 @@ class Trainer:
             print(f"{self.id}: resuming after epoch {self.epoch} (step {self.step})")
         while self.epoch < self.epochs and self.step < self.total_steps:
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
-            val = self.evaluate(self.data.val)
+            val = self.evaluate(self.data.val) if self.rank == 0 else None
+            if self.world > 1:  # rank 0's metrics: every rank takes the same selection and schedule decisions
+                box = [val]
+                dist.broadcast_object_list(box, src=0)
+                val = box[0]
             row.update({f"val_{k}": v for k, v in val.items() if k not in ("n", "n_gender")})
             row["lr"] = self.opt.param_groups[0]["lr"]
             self.epoch += 1
@@ -429,17 +620,20 @@ class Trainer:
             score = val["mae"] if "age" in self.cfg.tasks else -val["gender_acc"]
             if score < self.best_mae:
                 self.best_mae, self.best_epoch = score, self.epoch
-                self._save_best()
+                if self.rank == 0:
+                    self._save_best()
                 self.plateau[1] = 0
             else:
                 self.plateau[1] += 1
                 if self.plateau[1] >= 2:
                     self.plateau[0] *= 0.5
             self.history.append(row)
-            self._save_state()  # first: the state is the truth, history.csv is its readable copy
-            # atomic like state.pt: a kill (or a reader) mid-write must never see an empty or half file
-            pd.DataFrame(self.history).to_csv(self.dir / "history.csv.tmp", index=False)
-            (self.dir / "history.csv.tmp").replace(self.dir / "history.csv")
+            if self.rank == 0:
+                self._save_state()  # first: the state is the truth, history.csv is its readable copy
+                # atomic like state.pt: a kill (or a reader) mid-write must never see an empty or half file
+                pd.DataFrame(self.history).to_csv(self.dir / "history.csv.tmp", index=False)
+                (self.dir / "history.csv.tmp").replace(self.dir / "history.csv")
+            self._barrier()  # the epoch's state is on disk before any rank goes on (a restart resumes from it)
             if self.progress:
                 print(f"{self.id} epoch {self.epoch}: loss {row['train_loss']:.3f} val MAE {val.get('mae', float('nan')):.2f}"
                       f" gender acc {val.get('gender_acc', float('nan')):.3f} ({row['train_img_s']:.0f} img/s)")
@@ -448,6 +642,17 @@ class Trainer:
         return self._finish()
 
     def _finish(self) -> dict:
+        if self.rank != 0:  # rank 0 evaluates and registers; the others return its record
+            self._barrier()
+            if not (self.dir / "run.json").exists():
+                raise RuntimeError(f"{self.id}: rank 0 did not register the run (its error says why)")
+            return json.loads((self.dir / "run.json").read_text())
+        try:
+            return self._register()
+        finally:
+            self._barrier()
+
+    def _register(self) -> dict:
         if not (self.dir / "best.safetensors").exists():
             raise ValueError(f"{self.id}: no epoch reached a finite validation score (training diverged? try a lower "
                              f"lr); nothing to register")
@@ -457,13 +662,16 @@ class Trainer:
                    **by_record_key(self.evaluate_modes(self.data.test, (None, *TTA_KEYS)))}
         if self.data.other_tests:  # the other datasets of the mix, each on its own test split
             metrics["test_by_dataset"] = {name: self.evaluate(idx) for name, idx in self.data.other_tests.items()}
+        # cost on one CPU process, whatever trained it: comparable across the registry
+        cpu_net = self.net if self.device.type == "cpu" else copy.deepcopy(self.net).cpu()
         record = {
             "id": self.id, "kind": "single", "name": self.cfg.name, "config": self.cfg.identity(),
             "data": {"dataset": self.cfg.dataset, "source": self.cfg.source, "hash": self.data.data_hash,
                      **({"mix": self.cfg.dataset_mix()} if self.cfg.datasets else {})},
             "commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "device": "cpu", "params": sum(p.numel() for p in self.net.parameters()),
-            "flops": count_flops(self.net, self.cfg.img_size), "infer_img_s": inference_rate(self.net, self.cfg.img_size),
+            "device": str(self.device), "device_name": device_name(self.device), "world_size": self.world,
+            "params": sum(p.numel() for p in self.net.parameters()),
+            "flops": count_flops(cpu_net, self.cfg.img_size), "infer_img_s": inference_rate(cpu_net, self.cfg.img_size),
             "train_img_s": float(np.median([h["train_img_s"] for h in self.history])),
             "epochs_run": self.epoch, "best_epoch": self.best_epoch, "steps": self.step,
             "checkpoint": "best.safetensors", "metrics": metrics,
