@@ -16,7 +16,9 @@ import threading
 from pathlib import Path
 
 RUN_HELP = """\
-Compute the predictions the DB does not have yet: one row per (model, image, perturbation, severity).
+Compute the predictions the DB does not have yet: one row per (model, image, perturbation, severity, mode).
+The inference mode (--tta, --mc-dropout: plain, flip, flip+crop, mc5, flip+mc10, ...) is part of each row's
+identity: `--tta flip`, then a plain run, then `--mc-dropout 5` on the same models give three sets of rows.
 Re-running the same command computes nothing; a killed run resumes where it stopped (rows are published as atomic
 Parquet parts and merged in short transactions, so the dashboard can read the DB at any time).
 
@@ -121,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--dataset", default=None, help="only this dataset (default: each dataset in the DB)")
     rep.add_argument("--split", default=None, help="only images of this split")
     rep.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000, >= 1)")
+    rep.add_argument("--mode", default=None,
+                     help="only this inference mode, e.g. plain, flip, flip+mc10 (default: one table per mode)")
+
+    mg = sub.add_parser("migrate", help="bring a DB to the current schema (e.g. record the inference mode of rows "
+                                        "written before modes were: from their bench run's options)")
+    mg.add_argument("--db", type=Path, default=None)
 
     st = sub.add_parser("status", help="row counts and pending parts")
     st.add_argument("--db", type=Path, default=None)
@@ -161,27 +169,35 @@ def _main(argv: list[str] | None) -> int:
 
         if args.n_boot < 1:
             return _fail("report", f"--n-boot must be >= 1, got {args.n_boot}")
-        try:
-            store.check_db_path(db, write=False, must_exist=True)
-            print(report(db, dataset=args.dataset, split=args.split, n_boot=args.n_boot))
-        except duckdb.InterruptException:
-            raise
-        except (ValueError, duckdb.Error) as e:  # a bad --db / --dataset / --split, a DuckDB file of another kind
-            return _fail("report", e)
-        return 0
+        return _on_db("report", db, False, lambda: report(db, dataset=args.dataset, split=args.split,
+                                                            n_boot=args.n_boot, mode=args.mode))
+    if args.cmd == "migrate":
+        return _on_db("migrate", db, True,
+                      lambda: json.dumps({"db": str(db), "predictions_per_mode": store.migrate(db)}))
     if args.cmd == "status":
-        try:
-            store.check_db_path(db, write=False, must_exist=True)
-            counts = store.table_counts(db)
-        except duckdb.InterruptException:
-            raise
-        except (ValueError, duckdb.Error) as e:
-            return _fail("status", e)
-        pending = {t: len(store.list_parts(db, t)) for t in store.TABLES}
-        print(json.dumps({"db": str(db), "rows": counts, "pending_parts": pending,
-                          "quarantined_parts": len(store.list_quarantined(db))}, indent=1))
-        return 0
+        return _on_db("status", db, False, lambda: json.dumps(
+            {"db": str(db), "rows": store.table_counts(db),
+             "pending_parts": {t: len(store.list_parts(db, t)) for t in store.TABLES},
+             "quarantined_parts": len(store.list_quarantined(db))}, indent=1))
     return 2
+
+
+def _on_db(cmd: str, db: Path, write: bool, fn) -> int:
+    """Print `fn()` for a command on an existing DB; a bad --db (missing, a directory, another kind of file), a bad
+    --dataset / --split or a DuckDB error is one line on stderr, exit 2."""
+    import duckdb
+
+    from bench import store
+
+    try:
+        store.check_db_path(db, write=write, must_exist=True)
+        out = fn()
+    except duckdb.InterruptException:
+        raise
+    except (ValueError, duckdb.Error) as e:
+        return _fail(cmd, e)
+    print(out)
+    return 0
 
 
 def _run(args: argparse.Namespace, db: Path) -> int:
@@ -231,7 +247,7 @@ def _run(args: argparse.Namespace, db: Path) -> int:
     if s.get("world_size", 1) > 1:
         what += f" by {s['world_size']} torchrun ranks"
     print(f"bench run {s['run_id']}: {rows:,} {what} ({len(s['models'])} models, {s['images']:,} images, "
-          f"{s['conditions']} conditions) in {s['seconds']:.1f} s → {s['db']}"
+          f"{s['conditions']} conditions, mode {s['mode']}) in {s['seconds']:.1f} s → {s['db']}"
           + (" (parts only: run `python -m bench merge`)" if s["sharded"] else "")
           + (f"; {s['rows'] - rows:,} more computed but already written by an overlapping run or still in parts"
              if s["rows"] > rows else ""))

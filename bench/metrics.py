@@ -320,22 +320,6 @@ def sparsification(err: np.ndarray, uncertainty: np.ndarray) -> dict[str, float]
     return {"aurc": aurc, "oracle_aurc": oracle, "random_aurc": float(err.mean()), "ause": aurc - oracle}
 
 
-def uncertainty_metrics(df: pd.DataFrame, sigma: str | np.ndarray = "total") -> dict[str, float]:
-    """Coverage at 50/90/95 %, calibration error, NLL and sparsification for one slice, using `sigma` (a column
-    name, `total` for the combined sigma, or an array)."""
-    if isinstance(sigma, str):
-        s = total_sigma(df) if sigma == "total" else df[sigma].to_numpy(float)
-    else:
-        s = np.asarray(sigma, float)
-    pred, true = df["age_pred"].to_numpy(float), df["age"].to_numpy(float)
-    out = {f"coverage_{int(lv * 100)}": v for lv, v in interval_coverage(pred, s, true).items()}
-    out["calibration_error"] = calibration_error(pred, s, true)
-    out["nll"] = gaussian_nll(pred, s, true)
-    out.update(sparsification(np.abs(pred - true), s))
-    out["n_sigma"] = int((~np.isnan(s) & ~np.isnan(pred) & ~np.isnan(true)).sum())
-    return out
-
-
 def leaderboard(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
                 by: str = "model_id") -> pd.DataFrame:
     """One row per model (clean images): n, MAE, RMSE, CS@5, ±10y, gender acc / F1 / AUC with 95 % CIs, sorted

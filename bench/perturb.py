@@ -21,6 +21,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from zoo.plugins import Registry
+
 PerturbFn = Callable[[np.ndarray, Any], np.ndarray]
 
 
@@ -40,30 +42,28 @@ class Perturbation:
         return out
 
 
-PERTURBATIONS: dict[str, Perturbation] = {}
+PERTURBATIONS = Registry("perturbation")  # name -> Perturbation, with meta `severities`
+get_perturbation = PERTURBATIONS.get
 
 
 def register_perturbation(name: str, severities: tuple) -> Callable[[PerturbFn], PerturbFn]:
+    """Decorator: `fn(img, parameter) -> img`, with one parameter per severity 1..K (K >= 3)."""
     if len(severities) < 3:
         raise ValueError(f"{name}: a perturbation needs at least 3 severities")
+    if name == "none":
+        raise ValueError("perturbation 'none' is reserved for the clean images")
+    PERTURBATIONS.register(name)  # a taken name fails here, at the decorator line
 
     def deco(fn: PerturbFn) -> PerturbFn:
-        if name in PERTURBATIONS or name == "none":
-            raise ValueError(f"perturbation {name!r} already registered")
-        PERTURBATIONS[name] = Perturbation(name, fn, tuple(severities))
+        PERTURBATIONS.register(name, Perturbation(name, fn, tuple(severities)), severities=tuple(severities))
         return fn
 
     return deco
 
 
 def list_perturbations() -> list[str]:
+    """In registration order: the `default` suite's order."""
     return list(PERTURBATIONS)
-
-
-def get_perturbation(name: str) -> Perturbation:
-    if name not in PERTURBATIONS:
-        raise KeyError(f"unknown perturbation {name!r}; registered: {', '.join(PERTURBATIONS)}")
-    return PERTURBATIONS[name]
 
 
 def apply(name: str, img: np.ndarray, severity: int) -> np.ndarray:

@@ -8,12 +8,17 @@ import pandas as pd
 
 from bench import store
 from bench.metrics import leaderboard, point_metrics
+from zoo.modes import metrics_key
 
 
 def load_predictions(db: Path | str, dataset: str | None = None, perturbation: str | None = "none",
-                     split: str | None = None, source: str | None = None) -> pd.DataFrame:
-    """predictions ⋈ images (labels and attributes) ⋈ models (name, kind), filtered; one short read."""
+                     split: str | None = None, source: str | None = None, mode: str | None = None) -> pd.DataFrame:
+    """predictions ⋈ images (labels and attributes) ⋈ models (name, kind), filtered; one short read. `mode`: one
+    inference mode only (`zoo.modes`); None reads every mode, each row carrying its own in `mode`: never pool
+    rows of several modes in one metric (`report` and `peer_records` group by it)."""
     where, params = ["1 = 1"], []
+    if mode:
+        where.append("p.mode = ?"), params.append(mode)
     if dataset:
         where.append("p.dataset = ?"), params.append(dataset)
     if perturbation:
@@ -34,8 +39,8 @@ def load_predictions(db: Path | str, dataset: str | None = None, perturbation: s
             JOIN images i USING (dataset, image_id)
             LEFT JOIN models m USING (model_id)
             WHERE {' AND '.join(where)}
-            QUALIFY row_number() OVER (PARTITION BY p.model_id, p.dataset, p.image_id, p.perturbation, p.severity
-                                       ORDER BY p.bench_run) = 1""", params).df()
+            QUALIFY row_number() OVER (PARTITION BY p.model_id, p.dataset, p.image_id, p.perturbation, p.severity,
+                                                    p.mode ORDER BY p.bench_run) = 1""", params).df()
     finally:
         con.close()
 
@@ -79,23 +84,34 @@ def leaderboard_table(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd
     return out
 
 
-def report(db: Path | str, dataset: str | None = None, split: str | None = None, n_boot: int = 1000) -> str:
-    """The leaderboard text; ValueError for a dataset or split the DB does not have."""
+def report(db: Path | str, dataset: str | None = None, split: str | None = None, n_boot: int = 1000,
+           mode: str | None = None) -> str:
+    """The leaderboard text, one table per (dataset, inference mode): modes are never mixed in one table; ValueError
+    for a dataset or split the DB does not have."""
     check_selection(db, dataset, split)
-    df = load_predictions(db, dataset=dataset, split=split)
+    df = load_predictions(db, dataset=dataset, split=split, mode=mode)
     if df.empty:
-        return f"no clean-image predictions in {db}" + (f" for {dataset}" if dataset else "")
+        return f"no clean-image predictions in {db}" + (f" for {dataset}" if dataset else "") \
+            + (f" in mode {mode}" if mode else "")
     blocks = []
-    for ds, g in df.groupby("dataset", sort=True):
+    for (ds, md), g in df.groupby(["dataset", "mode"], sort=True):
         splits = ",".join(sorted(g["split"].dropna().unique()))
-        blocks.append(f"{ds} ({splits}; {g['image_id'].nunique()} images; clean; 95 % bootstrap CIs, "
+        blocks.append(f"{ds} ({splits}; {g['image_id'].nunique()} images; clean; mode {md}; 95 % bootstrap CIs, "
                       f"{n_boot} resamples)\n" + leaderboard_table(g, n_boot=n_boot).to_string(index=False))
     return "\n\n".join(blocks)
 
 
 def peer_records(db: Path | str, dataset: str = "utkface", split: str = "test") -> list[dict]:
-    """External peers' clean-image metrics in the registry's record shape, for tables that put them beside ours."""
+    """External peers' clean-image metrics in the registry's record shape, for tables that put them beside ours:
+    each inference mode the registry has metrics for (plain, flip, flip+crop) under its run.json key (`test`,
+    `test_tta`, `test_tta_crop`: `zoo.modes.metrics_key`). Rows of other modes (MC-Dropout passes) have no place
+    there and are left out; a peer with none of those modes is left out."""
     df = load_predictions(db, dataset=dataset, split=split, source="peer")
-    return [{"id": mid, "name": str(g["model_name"].iloc[0] or mid), "config": {"backbone": "external"},
-             "metrics": {split: point_metrics(g)}}
-            for mid, g in df.groupby("model_id", sort=True)]
+    out = []
+    for mid, g in df.groupby("model_id", sort=True):
+        metrics = {metrics_key(md, split): point_metrics(gm) for md, gm in g.groupby("mode", sort=True)
+                   if metrics_key(md, split)}
+        if metrics:
+            out.append({"id": mid, "name": str(g["model_name"].iloc[0] or mid), "config": {"backbone": "external"},
+                        "metrics": metrics})
+    return out

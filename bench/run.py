@@ -1,10 +1,13 @@
-"""`python -m bench run`: predictions of every (model, image, perturbation, severity) that the DB does not have yet.
+"""`python -m bench run`: predictions of every (model, image, perturbation, severity) that the DB does not have yet
+in the requested inference mode (`--tta`, `--mc-dropout`: `zoo.modes`; each mode's rows are their own).
 
 Flow per run: resolve models (zoo registry ids and peers; one that fails to load is reported and skipped), datasets
 (`name[:split]`) and conditions (`none` + perturbations × severities); ask the DB *and* the pending parts which
 rows exist; compute only the missing ones, batch by batch; publish rows as atomic Parquet parts and (unless sharded)
 merge them into the DB every few seconds in short transactions (see `bench.store`). A kill at any point loses at most
-the rows of the last few seconds; the next identical run computes exactly those.
+the rows of the last few seconds; the next identical run computes exactly those. Every run also rewrites the
+`models` rows of all registered runs the DB holds from their run.json (`refresh_models`), so names and metadata
+edited in the registry reach the DB even for models this run does not bench.
 
 Images. Clean images come from the decoded cache at each model's own img_size (`zoo.data.cache`, the same pixels
 evaluation and training use). Perturbed images are made at a larger resolution, as a degradation would happen at
@@ -56,6 +59,7 @@ from bench.peers import is_peer, list_peers, load_peer
 from bench.perturb import apply, list_perturbations, resolve_suite
 from zoo.data.cache import cache_path, image_loader, load_images, square_resize
 from zoo.data.manifest import DEFAULT_ROOTS, Manifest, load_manifest, manifest_path
+from zoo.modes import inference_mode
 from zoo.paths import cache_dir, shared_data_dir
 
 PERTURB_SIZE = 128
@@ -285,7 +289,7 @@ def resolve_model_ids(spec: str) -> list[str]:
     order; BenchInputError for an unknown id, listing the known ones."""
     from zoo.registry import list_runs, select_models
 
-    zoo_ids = [r["id"] for r in list_runs()]
+    zoo_ids = [r.id for r in list_runs()]
     out: list[str] = []
     for item in (s.strip() for s in (spec or "all").split(",")):
         if not item:
@@ -317,38 +321,6 @@ def resolve_model_ids(spec: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _fmt_pretrained(p: str | None) -> str | None:
-    if not p:
-        return None
-    return p if p == "imagenet" else Path(str(p)).name
-
-
-def zoo_model_row(run: dict) -> dict:
-    """The `models` row of a registry run (ensembles: member fields that all agree, else `mixed`)."""
-    from zoo.registry import get_run
-
-    cfg = dict(run.get("config", {}))
-    if run["kind"] == "ensemble":
-        members = [get_run(m).get("config", {}) for m in run.get("members", [])]
-        for k in ("dataset", "source", "pretrained", "tasks", "augment", "train_fraction", "age_balance",
-                  "gender_balance", "dropout"):
-            vals = {json.dumps(c.get(k), sort_keys=True) for c in members}
-            cfg.setdefault(k, json.loads(vals.pop()) if len(vals) == 1 else "mixed")
-    source = cfg.get("source") or "real"
-    dataset = cfg.get("dataset") or run.get("data", {}).get("dataset", "")
-    tasks = cfg.get("tasks") or ["age", "gender"]
-    num = lambda v: float(v) if isinstance(v, (int, float)) else None  # noqa: E731 ('mixed' → NULL)
-    return {"model_id": run["id"], "name": run.get("name") or run["id"], "kind": run["kind"], "source": "zoo",
-            "backbone": cfg.get("backbone"), "formulation": cfg.get("formulation"),
-            "img_size": cfg.get("img_size"), "tasks": ",".join(tasks) if isinstance(tasks, list) else str(tasks),
-            "pretrained": _fmt_pretrained(cfg.get("pretrained")), "augment": cfg.get("augment"),
-            "train_fraction": num(cfg.get("train_fraction")), "age_balance": cfg.get("age_balance"),
-            "gender_balance": cfg.get("gender_balance"),
-            "training_data": dataset if source == "real" else f"{dataset}+{source}",
-            "dropout": num(cfg.get("dropout")), "params": run.get("params"), "flops": run.get("flops"),
-            "infer_img_s": run.get("infer_img_s"), "info": json.dumps(run, default=str)}
-
-
 def _runtime(runtime: str, device) -> str | None:
     """The runtime zoo networks run with (recorded in bench_runs.options); None before the device is known."""
     from zoo.export import resolve_runtime
@@ -367,7 +339,7 @@ def load_model(model_id: str, device, runtime: str = "eager") -> LoadedModel:
 
     run = get_run(model_id)
     predictor = load(model_id, runtime=resolve_runtime(runtime, device))
-    return LoadedModel(model_id, on_device(predictor, device), zoo_model_row(run))
+    return LoadedModel(model_id, on_device(predictor, device), run.to_row())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -378,14 +350,14 @@ class _Buffer:
     """Prediction rows collected between flushes, as column arrays (cheap to turn into one Arrow table)."""
 
     COLS = ["model_id", "dataset", "image_id", "perturbation", "severity", "age_pred", "sigma_aleatoric",
-            "sigma_epistemic", "sigma_tta", "gender_prob", "latency_ms", "bench_run"]
+            "sigma_epistemic", "sigma_tta", "gender_prob", "latency_ms", "bench_run", "mode"]
 
     def __init__(self) -> None:
         self.chunks: list[pa.Table] = []
         self.rows = 0
 
     def add(self, model_id: str, dataset: str, image_ids: np.ndarray, cond: tuple[str, int], out: dict,
-            latency_ms: float, run_id: str) -> None:
+            latency_ms: float, run_id: str, mode: str) -> None:
         n = len(image_ids)
         f = lambda a: pa.array(np.asarray(a, np.float64), mask=np.isnan(np.asarray(a, np.float64)))  # noqa: E731
         self.chunks.append(pa.table({
@@ -394,7 +366,8 @@ class _Buffer:
             "severity": pa.array(np.full(n, cond[1], np.int32)), "age_pred": f(out["age"]),
             "sigma_aleatoric": f(out["sigma_aleatoric"]), "sigma_epistemic": f(out["sigma_epistemic"]),
             "sigma_tta": f(out["sigma_tta"]), "gender_prob": f(out["gender_prob"]),
-            "latency_ms": pa.array(np.full(n, latency_ms, np.float64)), "bench_run": pa.array([run_id] * n)}))
+            "latency_ms": pa.array(np.full(n, latency_ms, np.float64)), "bench_run": pa.array([run_id] * n),
+            "mode": pa.array([mode] * n, pa.string())}))
         self.rows += n
 
     def take(self) -> pa.Table | None:
@@ -517,6 +490,11 @@ class Runner:
         self.log = lambda msg: print(msg, file=sys.stderr, flush=True)
         self.dist: torchrun.Torchrun | None = None  # set by `run` under torchrun (bench/dist.py)
 
+    @property
+    def mode(self) -> str:
+        """The inference mode of this run's rows (`zoo.modes.inference_mode`): part of every prediction's key."""
+        return inference_mode(self.o.tta, self.o.mc_dropout)
+
     # -- publishing ------------------------------------------------------------------------------------------
     def merge(self) -> None:
         if self.sharded:
@@ -548,7 +526,8 @@ class Runner:
     def run_record(self, finished: bool) -> dict:
         o = self.o
         options = {"models": o.models, "datasets": o.datasets, "perturbations": o.perturb,
-                   "mc_dropout": o.mc_dropout, "tta": o.tta, "shard": f"{o.shard[0]}/{o.shard[1]}" if o.shard else None,
+                   "mc_dropout": o.mc_dropout, "tta": o.tta, "mode": self.mode,
+                   "shard": f"{o.shard[0]}/{o.shard[1]}" if o.shard else None,
                    "limit": o.limit, "batch_size": o.batch_size, "runtime": _runtime(o.runtime, self.device),
                    "skipped_models": self.skipped,
                    "bad_images": {ds: sorted(p) for ds, p in self.bad_images.items()}}
@@ -557,6 +536,29 @@ class Runner:
         return {"run_id": self.run_id, "started": self.started, "finished": _now() if finished else None,
                 "commit": self.commit, "device": device_label(self.device),
                 "options": json.dumps(options), "n_rows": 0}
+
+    def refresh_models(self) -> int:
+        """Rewrite the `models` row of every registered run the DB (or a pending part) already holds from its
+        run.json, benched in this run or not: a run renamed (or otherwise edited) in the registry shows its new
+        name after the next bench run. A speed measured by the bench (`infer_img_s` missing from run.json) is kept.
+        Returns the rows written."""
+        from zoo.registry import list_runs
+
+        runs = {r.id: r for r in list_runs()}
+        if not runs:
+            return 0
+        known = store.query_known(self.db, "models", ["model_id", "infer_img_s"],
+                                  "SELECT model_id, max(infer_img_s) AS infer_img_s FROM known GROUP BY model_id")
+        rows = []
+        for mid, speed in zip(known["model_id"], known["infer_img_s"]):
+            if mid in runs:
+                row = runs[mid].to_row(runs)
+                if row["infer_img_s"] is None and pd.notna(speed):
+                    row["infer_img_s"] = float(speed)
+                rows.append(row)
+        if rows:
+            store.write_part(self.db, "models", pd.DataFrame(rows), tag=f"{self.run_id}-registry")
+        return len(rows)
 
     def interrupted(self) -> None:
         """After Ctrl-C / SIGTERM: publish the buffered rows and merge them (unless sharded), so a re-run computes
@@ -618,6 +620,7 @@ class Runner:
         rank = 0 if self.dist is None else self.dist.rank
         if rank == 0:  # one bench_runs row per job, written before any rank publishes predictions
             store.write_part(self.db, "bench_runs", pd.DataFrame([self.run_record(False)]), tag=self.run_id)
+            self.refresh_models()
         if self.dist is not None:
             self.run_id = self.dist.share_run_id(self.run_id)
         if models:
@@ -663,7 +666,7 @@ class Runner:
         return {"run_id": self.run_id, "rows": rows, "inserted": inserted,
                 "models": [m.id for m in models],
                 "skipped": dict(self.skipped), "bad_images": {d: dict(b) for d, b in self.bad_images.items()},
-                "images": n_images, "conditions": len(conds),
+                "images": n_images, "conditions": len(conds), "mode": self.mode,
                 "seconds": time.perf_counter() - t0, "predict_seconds": predict_s,
                 "img_s": computed / predict_s if predict_s else float("nan"),
                 "db": str(self.db), "sharded": self.sharded,
@@ -707,21 +710,23 @@ class Runner:
 
     def _missing(self, m: Manifest, idx: np.ndarray, models: list[LoadedModel],
                  conds: list[tuple[str, int]]) -> dict[tuple[int, int], np.ndarray]:
-        """{(model index, condition index): manifest rows still to compute}, by an anti-join in DuckDB."""
+        """{(model index, condition index): manifest rows still to compute in this run's inference mode}, by an
+        anti-join in DuckDB (rows of other modes are other predictions: they never count as done)."""
         frames = {"wm": pd.DataFrame({"m": range(len(models)), "model_id": [x.id for x in models]}),
                   "wi": pd.DataFrame({"i": idx, "image_id": m.frame["image_id"].iloc[idx].to_numpy()}),
                   "wc": pd.DataFrame({"c": range(len(conds)), "perturbation": [c[0] for c in conds],
                                       "severity": np.array([c[1] for c in conds], np.int32)})}
         sql = f"""
             WITH k AS (SELECT model_id, image_id, perturbation, severity FROM known
-                       WHERE dataset = '{_q(m.dataset)}' AND model_id IN (SELECT model_id FROM wm)),
+                       WHERE dataset = '{_q(m.dataset)}' AND mode = '{_q(self.mode)}'
+                             AND model_id IN (SELECT model_id FROM wm)),
                  w AS (SELECT wm.m, wc.c, wi.i, wm.model_id, wi.image_id, wc.perturbation, wc.severity
                        FROM wm, wc, wi)
             SELECT w.m, w.c, list(w.i ORDER BY w.i) AS idx
             FROM w ANTI JOIN k USING (model_id, image_id, perturbation, severity)
             GROUP BY w.m, w.c"""
         got = store.query_known(self.db, "predictions", ["model_id", "dataset", "image_id", "perturbation",
-                                                         "severity"], sql, frames=frames)
+                                                         "severity", "mode"], sql, frames=frames)
         return {(int(r.m), int(r.c)): np.asarray(r.idx, dtype=np.int64) for r in got.itertuples()}
 
     def _predict_dataset(self, m: Manifest, idx: np.ndarray, models: list[LoadedModel],
@@ -730,7 +735,7 @@ class Runner:
         total = int(sum(len(v) for v in todo.values()))
         if not total:
             self.log(f"{m.dataset}: nothing to compute ({len(idx)} images × {len(models)} models × "
-                     f"{len(conds)} conditions already in {self.db}"
+                     f"{len(conds)} conditions in mode {self.mode} already in {self.db}"
                      + (", bad images left out)" if m.dataset in self.bad_rows else ")"))
             return
         image_ids = m.frame["image_id"].to_numpy()
@@ -765,7 +770,8 @@ class Runner:
                     lm.latency_s += dt
                     lm.images += len(sel)
                     self.computed += len(sel)
-                    self.buffer.add(lm.id, m.dataset, image_ids[sel], cond, out, 1000 * dt / len(sel), self.run_id)
+                    self.buffer.add(lm.id, m.dataset, image_ids[sel], cond, out, 1000 * dt / len(sel), self.run_id,
+                                    self.mode)
                     bar.update(len(sel))
                     self.flush()
         bar.close()

@@ -18,6 +18,7 @@ the last QUARANTINE_AFTER_S seconds may still be being copied in: it is only ski
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -33,8 +34,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from zoo.modes import UNKNOWN, mode_of_options
 from zoo.paths import artifacts_dir
 
+# The schema, defined here only: the DDL (`_ddl`), the Parquet parts (`arrow_schema`), the demo database
+# (dashboard/demo.py) and the dashboard's checks (dashboard/queries.py) all derive from TABLES and KEYS;
+# bench/SCHEMA.md documents it and tests/test_bench_schema.py fails when any of them drifts.
 TABLES: dict[str, list[tuple[str, str]]] = {
     "models": [
         ("model_id", "VARCHAR PRIMARY KEY"), ("name", "VARCHAR"), ("kind", "VARCHAR"), ("source", "VARCHAR"),
@@ -57,7 +62,7 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("model_id", "VARCHAR"), ("dataset", "VARCHAR"), ("image_id", "VARCHAR"), ("perturbation", "VARCHAR"),
         ("severity", "INTEGER"), ("age_pred", "DOUBLE"), ("sigma_aleatoric", "DOUBLE"),
         ("sigma_epistemic", "DOUBLE"), ("sigma_tta", "DOUBLE"), ("gender_prob", "DOUBLE"),
-        ("latency_ms", "DOUBLE"), ("bench_run", "VARCHAR"),
+        ("latency_ms", "DOUBLE"), ("bench_run", "VARCHAR"), ("mode", "VARCHAR"),
     ],
     "bench_runs": [
         ("run_id", "VARCHAR PRIMARY KEY"), ("started", "TIMESTAMP"), ("finished", "TIMESTAMP"),
@@ -67,7 +72,7 @@ TABLES: dict[str, list[tuple[str, str]]] = {
 KEYS: dict[str, list[str]] = {
     "models": ["model_id"],
     "images": ["dataset", "image_id"],
-    "predictions": ["model_id", "dataset", "image_id", "perturbation", "severity"],
+    "predictions": ["model_id", "dataset", "image_id", "perturbation", "severity", "mode"],
     "bench_runs": ["run_id"],
 }
 # How a part's row meets an existing row: `keep` the first one written (predictions are pure functions of their
@@ -132,7 +137,7 @@ def check_db_path(db: Path | str, write: bool, must_exist: bool) -> Path:
 def _ddl(table: str) -> str:
     cols = ", ".join(f'"{c}" {t}' for c, t in TABLES[table])
     if table == "images":
-        # predictions has no index on purpose: maintaining one on its 5-column key halves the merge rate
+        # predictions has no index on purpose: maintaining one on its 6-column key halves the merge rate
         # (measured ~300k vs ~540k rows/s); every insert is anti-joined and de-duplicated on the key instead.
         cols += f", PRIMARY KEY ({', '.join(KEYS[table])})"
     return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"
@@ -206,9 +211,7 @@ def connect_write(path: Path | str | None = None, timeout: float = 300.0,
     try:
         con = _connect_retry(path, False, timeout, backoff)
         try:
-            for t in TABLES:
-                con.execute(_ddl(t))
-                _add_missing_columns(con, t)
+            _migrate(con)
             yield con
         finally:
             con.close()
@@ -221,12 +224,71 @@ def _existing_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
                                       [table]).fetchall()}
 
 
-def _add_missing_columns(con: duckdb.DuckDBPyConnection, table: str) -> None:
-    """Migrate a DB written before a column existed: the column is added, NULL in old rows."""
+def _add_missing_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """Migrate a DB written before a column existed: the column is added, NULL in old rows. Returns those added."""
     have = _existing_columns(con, table)
+    added = []
     for c, t in TABLES[table]:
         if c not in have:
             con.execute(f'ALTER TABLE {table} ADD COLUMN "{c}" {t.split()[0]}')
+            added.append(c)
+    return added
+
+
+def _migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """The schema in place (tables created, missing columns added) and, when `predictions.mode` was just added,
+    every old row's mode filled in (`fill_modes`): one transaction, so a kill leaves the old file or the migrated
+    one, never a mode column with rows nobody will fill."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        added = {}
+        for t in TABLES:
+            con.execute(_ddl(t))
+            added[t] = _add_missing_columns(con, t)
+        if "mode" in added["predictions"]:
+            fill_modes(con)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def run_modes(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """(run_id, mode) of every bench run in the DB: the mode its `options` asked for (`zoo.modes.mode_of_options`:
+    `tta` and `mc_dropout`, the bench's defaults for a key missing; `unknown` when options are NULL or unreadable)."""
+    runs = con.execute("SELECT run_id, options FROM bench_runs").fetchall()
+
+    def parse(o):
+        try:
+            return json.loads(o) if isinstance(o, str) else o
+        except ValueError:
+            return None
+
+    return pd.DataFrame({"run_id": [r for r, _ in runs], "mode": [mode_of_options(parse(o)) for _, o in runs]},
+                        columns=["run_id", "mode"]).astype({"run_id": "string", "mode": "string"})
+
+
+def fill_modes(con: duckdb.DuckDBPyConnection) -> int:
+    """The explicit migration step of `predictions.mode` (idempotent): each row whose mode is NULL (written before
+    modes were recorded) gets its bench run's mode (`run_modes`), or `unknown` when its run has no `bench_runs` row
+    or no options. Rows that have a mode are never touched. Returns the rows filled."""
+    con.register("_run_modes", run_modes(con))
+    try:
+        n = con.execute("""UPDATE predictions p SET mode = r.mode FROM _run_modes r
+                           WHERE p.mode IS NULL AND p.bench_run = r.run_id""").fetchone()[0]
+        n += con.execute(f"UPDATE predictions SET mode = '{UNKNOWN}' WHERE mode IS NULL").fetchone()[0]
+    finally:
+        con.unregister("_run_modes")
+    return int(n)
+
+
+def migrate(path: Path | str | None = None) -> dict[str, int]:
+    """Bring a DB to the current schema (what every write connection does) and fill any NULL `mode` left (rows
+    written by an older bench into a DB already migrated); returns the predictions per mode afterwards."""
+    path = Path(path or default_db())
+    with connect_write(path) as con:
+        fill_modes(con)
+        return dict(con.execute("SELECT mode, count(*) FROM predictions GROUP BY mode ORDER BY mode").fetchall())
 
 
 def init_db(path: Path | str | None = None) -> Path:
@@ -248,15 +310,43 @@ def arrow_schema(table: str) -> pa.Schema:
     return pa.schema([(c, _ARROW[t.split()[0]]) for c, t in TABLES[table]])
 
 
+# Columns a writer may leave out of a part: the merge fills them in (`mode`: the mode of the row's bench run).
+FILLED_ON_MERGE = {"predictions": {"mode"}}
+
+
 def to_arrow(table: str, frame: pd.DataFrame | pa.Table) -> pa.Table:
-    """Cast rows to the table's exact column set and types (NaN floats become NULL)."""
+    """Cast rows to the table's exact column set and types (NaN floats become NULL; a FILLED_ON_MERGE column
+    left out is NULL)."""
     schema = arrow_schema(table)
+    optional = FILLED_ON_MERGE.get(table, set())
+    have = frame.columns if isinstance(frame, pd.DataFrame) else frame.column_names
+    missing = [c for c in schema.names if c not in have]
+    if [c for c in missing if c not in optional]:
+        raise ValueError(f"{table} rows lack columns {[c for c in missing if c not in optional]}")
     if isinstance(frame, pd.DataFrame):
-        missing = [c for c in schema.names if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{table} rows lack columns {missing}")
-        frame = pa.Table.from_pandas(frame[schema.names], preserve_index=False)
+        frame = pa.Table.from_pandas(frame.reindex(columns=schema.names), preserve_index=False)
+    for c in missing:
+        if c in frame.column_names:
+            frame = frame.drop_columns([c])  # all-NaN object column from reindex: typed below
+        frame = frame.append_column(c, pa.nulls(frame.num_rows, schema.field(c).type))
     return frame.select(schema.names).cast(schema)
+
+
+def columns(table: str) -> list[str]:
+    """The table's column names, in schema order."""
+    return [c for c, _ in TABLES[table]]
+
+
+def insert(con: duckdb.DuckDBPyConnection, table: str, rows: pd.DataFrame | pa.Table) -> int:
+    """Insert rows (cast by `to_arrow` to the table's exact columns and types) through an open write connection
+    (`connect_write`), as a process that owns the file does: the demo generator. A bench publishes parts instead."""
+    data = to_arrow(table, rows)
+    con.register("_insert_rows", data)
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _insert_rows")
+    finally:
+        con.unregister("_insert_rows")
+    return data.num_rows
 
 
 def write_part(db: Path | str, table: str, rows: pd.DataFrame | pa.Table, tag: str = "") -> Path | None:
@@ -343,6 +433,25 @@ def _sql_list(paths: Iterable[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
+def _missing_values(files: list[Path], column: str) -> bool | None:
+    """None when every part has `column` with no NULL (read from the Parquet statistics, not the data); else
+    whether any part has the column at all."""
+    present, complete = False, True
+    for f in files:
+        meta = pq.read_metadata(f)
+        names = meta.schema.names
+        if column not in names:
+            complete = False
+            continue
+        present = True
+        i = names.index(column)
+        for g in range(meta.num_row_groups):
+            st = meta.row_group(g).column(i).statistics
+            if st is None or not st.has_null_count or st.null_count:
+                complete = False
+    return None if complete else present
+
+
 def _ingest(con: duckdb.DuckDBPyConnection, table: str, files: list[Path], dedupe: bool) -> int:
     """Insert the parts' rows into `table` inside the caller's transaction; returns rows inserted.
 
@@ -353,7 +462,15 @@ def _ingest(con: duckdb.DuckDBPyConnection, table: str, files: list[Path], dedup
     cols = [c for c, _ in TABLES[table]]
     key = KEYS[table]
     col_sql = ", ".join(f'"{c}"' for c in cols)
-    cast_sql = ", ".join(f'CAST("{c}" AS {t.split()[0]}) AS "{c}"' for c, t in TABLES[table])
+    cast = {c: f'CAST("{c}" AS {t.split()[0]}) AS "{c}"' for c, t in TABLES[table]}
+    if table == "predictions":
+        have = _missing_values(files, "mode")
+        if have is not None:  # parts of an older bench (no mode column) or rows left without one: their run's mode
+            con.register("_run_modes", run_modes(con))
+            own = 'CAST("mode" AS VARCHAR), ' if have else ""
+            cast["mode"] = (f"coalesce({own}(SELECT r.mode FROM _run_modes r WHERE r.run_id = "
+                            f"CAST(\"bench_run\" AS VARCHAR)), '{UNKNOWN}') AS \"mode\"")
+    cast_sql = ", ".join(cast.values())
     src = f"read_parquet({_sql_list(files)}, filename=true, union_by_name=true)"
     on = " AND ".join(f"t.{k} = i.{k}" for k in key)
     replace = CONFLICT[table] == "replace"

@@ -36,15 +36,14 @@ def build_db(path: Path, rows: float, seed: int = 0) -> dict:
 
     n_models = 48
     n_images = 24_000
-    sevs = 4
-    perts = {p: sevs for p in list(demo.PERTURBATIONS)[:5]}
+    perts = demo.default_perturbations()  # every registered perturbation at all its severities, as `--perturb default`
     shares = {"utkface": 0.8, "appa": 0.2}
     # per model: clean rows on val + test (~40 % of the images) + each perturbation x severity on the first
     # `pert_images` test images of each dataset; pick pert_images so the total comes out at `rows`
     tests = {ds: 0.2 * n_images * sh for ds, sh in shares.items()}
     need = rows / n_models - 0.4 * n_images
     pert_images = 10
-    while sum(min(pert_images, t) for t in tests.values()) * len(perts) * sevs < need and \
+    while sum(min(pert_images, t) for t in tests.values()) * sum(perts.values()) < need and \
             pert_images < max(tests.values()):
         pert_images += 10
     images = demo.make_images(n_images, shares, seed=seed)

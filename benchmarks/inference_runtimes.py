@@ -35,14 +35,14 @@ def headline_models() -> list[str]:
     from zoo.registry import list_runs, missing_weights
 
     runs = list_runs()
-    by_id = {r["id"]: r for r in runs}
+    by_id = {r.id: r for r in runs}
     seen, out = set(), []
-    for r in sorted(runs, key=lambda r: (r.get("config", {}).get("img_size", 0), r["id"])):
-        key = (r.get("config", {}).get("backbone"), r.get("config", {}).get("img_size"))
-        if (r["kind"] == "single" and str(r.get("name", "")).startswith("headline") and key not in seen
+    for r in sorted(runs, key=lambda r: (r.img_size or 0, r.id)):
+        key = (r.config.get("backbone"), r.img_size)
+        if (r.kind == "single" and r.name.startswith("headline") and key not in seen
                 and missing_weights(r, by_id) is None):
             seen.add(key)
-            out.append(r["id"])
+            out.append(r.id)
     return out
 
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for mid in ids:
         run = get_run(mid)
         model = build_network(run)
-        size = (run if run["kind"] == "single" else get_run(run["parent"]))["config"]["img_size"]
+        size = run.preprocessing(get_run).img_size
         images, source = faces(args.batch, size)
         x = to_batch(images, size)
         fns, notes = build_runtimes(model, mid, wanted)

@@ -20,6 +20,24 @@ def _layout(fig: go.Figure, height: int = 420, legend: str = "bottom", **kw) -> 
     return fig
 
 
+def _facets(titles: list[str], max_cols: int = 3, **kw) -> tuple[go.Figure, int, int]:
+    """Panels in rows of at most `max_cols`, spaced so that neither the panel titles nor the tick labels at the
+    panels' edges run into the neighbouring panel's (five panels in one row read "100%40%")."""
+    ncol = min(max_cols, max(1, len(titles)))
+    nrow = max(1, -(-len(titles) // ncol))
+    fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=titles or None, horizontal_spacing=0.07,
+                        vertical_spacing=0.22 if nrow > 1 else 0.1, **kw)
+    return fig, nrow, ncol
+
+
+def _int_ticks(values) -> dict:
+    """x-axis settings for whole numbers (epochs): integer steps, never "1.5" or a "0.1" from a neighbour."""
+    v = pd.to_numeric(pd.Series(values), errors="coerce").dropna()
+    span = float(v.max() - v.min()) if len(v) else 1.0
+    return dict(tickmode="linear", tick0=float(v.min()) if len(v) else 0.0, dtick=max(1, int(np.ceil(span / 10))),
+                tickformat="d")
+
+
 def colors_for(ids) -> dict[str, str]:
     return {m: PALETTE[k % len(PALETTE)] for k, m in enumerate(ids)}
 
@@ -159,21 +177,22 @@ def _ordered_sources(col) -> list[str]:
 def reliability(cov: pd.DataFrame, names: dict[str, str]) -> go.Figure:
     """Observed vs nominal coverage of Gaussian central intervals, one panel per uncertainty source."""
     sources = _ordered_sources(cov["source"])
-    fig = make_subplots(rows=1, cols=max(1, len(sources)), subplot_titles=sources, shared_yaxes=True)
+    fig, nrow, ncol = _facets(sources, shared_yaxes=True)
     cmap = colors_for(list(dict.fromkeys(cov["model_id"])))
     seen = set()
-    for k, src in enumerate(sources, start=1):
+    for k, src in enumerate(sources):
+        r, c = k // ncol + 1, k % ncol + 1
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="gray", dash="dash"),
-                                 showlegend=False, hoverinfo="skip"), row=1, col=k)
+                                 showlegend=False, hoverinfo="skip"), row=r, col=c)
         for mid, g in cov[cov["source"] == src].groupby("model_id", sort=False):
             fig.add_trace(go.Scatter(x=g["nominal"], y=g["observed"], mode="lines+markers", name=names.get(mid, mid),
                                      line=dict(color=cmap[mid]), legendgroup=mid, showlegend=mid not in seen,
-                                     hovertemplate="nominal %{x:.0%} → observed %{y:.1%}"), row=1, col=k)
+                                     hovertemplate="nominal %{x:.0%} → observed %{y:.1%}"), row=r, col=c)
             seen.add(mid)
-    fig.update_xaxes(range=[0.4, 1.0], tickformat=".0%", title="nominal")
+    fig.update_xaxes(range=[0.4, 1.0], tickformat=".0%", tickvals=[0.5, 0.6, 0.7, 0.8, 0.9], title="nominal")
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     fig.update_yaxes(title="observed coverage", col=1)
-    return _layout(fig, height=400, legend="right",
+    return _layout(fig, height=330 * nrow + 70, legend="right",
                    title="Coverage of μ ± zσ intervals (on the diagonal = calibrated; below = over-confident)")
 
 
@@ -181,26 +200,27 @@ def risk_coverage(curves: pd.DataFrame, names: dict[str, str], oracle_for: str |
     """MAE of the retained images vs the fraction retained (most certain first), one panel per source."""
     real = curves[curves["source"] != "oracle (true error)"]
     sources = _ordered_sources(real["source"])
-    fig = make_subplots(rows=1, cols=max(1, len(sources)), subplot_titles=sources, shared_yaxes=True)
+    fig, nrow, ncol = _facets(sources, shared_yaxes=True)
     cmap = colors_for(list(dict.fromkeys(curves["model_id"])))
     seen = set()
-    for k, src in enumerate(sources, start=1):
+    for k, src in enumerate(sources):
+        r, c = k // ncol + 1, k % ncol + 1
         for mid, g in real[real["source"] == src].groupby("model_id", sort=False):
             fig.add_trace(go.Scatter(x=g["coverage"], y=g["mae"], mode="lines", name=names.get(mid, mid),
                                      line=dict(color=cmap[mid]), legendgroup=mid, showlegend=mid not in seen,
-                                     hovertemplate="keep %{x:.0%} → MAE %{y:.2f}"), row=1, col=k)
+                                     hovertemplate="keep %{x:.0%} → MAE %{y:.2f}"), row=r, col=c)
             seen.add(mid)
         o = curves[(curves["source"] == "oracle (true error)") & (curves["model_id"] == oracle_for)]
         if len(o):
             fig.add_trace(go.Scatter(x=o["coverage"], y=o["mae"], mode="lines", name="oracle (focus model)",
                                      line=dict(color="gray", dash="dot"), legendgroup="oracle",
-                                     showlegend=k == 1, hoverinfo="skip"), row=1, col=k)
-    fig.update_xaxes(range=[0, 1], tickformat=".0%", title="coverage (kept)")
+                                     showlegend=k == 0, hoverinfo="skip"), row=r, col=c)
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", tickvals=[0.2, 0.4, 0.6, 0.8], title="coverage (kept)")
     steady = curves[curves["coverage"] >= 0.1]["mae"]
     if len(steady):
         fig.update_yaxes(range=[0, 1.25 * float(steady.max())])
     fig.update_yaxes(title="MAE of kept", col=1)
-    return _layout(fig, height=400, legend="right",
+    return _layout(fig, height=330 * nrow + 70, legend="right",
                    title="Risk–coverage (lower curve = uncertainty ranks errors better)")
 
 
@@ -311,27 +331,29 @@ def training_curves(hist: pd.DataFrame) -> go.Figure:
     cols = [c for c in ("train_loss", "val_mae", "val_gender_acc", "lr") if c in hist]
     titles = {"train_loss": "train loss", "val_mae": "val MAE", "val_gender_acc": "val gender acc",
               "lr": "learning rate"}
-    fig = make_subplots(rows=1, cols=max(1, len(cols)), subplot_titles=[titles[c] for c in cols])
+    fig, _, _ = _facets([titles[c] for c in cols], max_cols=4)
     for k, c in enumerate(cols, start=1):
         fig.add_trace(go.Scatter(x=hist["epoch"], y=hist[c], mode="lines+markers", name=titles[c]), row=1, col=k)
         if c == "val_mae" and hist[c].notna().any():
             best = hist.loc[hist[c].idxmin()]
             fig.add_trace(go.Scatter(x=[best["epoch"]], y=[best[c]], mode="markers", name="best epoch",
                                      marker=dict(size=12, symbol="star", color="gold")), row=1, col=k)
-    fig.update_xaxes(title="epoch")
+    fig.update_xaxes(title="epoch", **_int_ticks(hist["epoch"]))
     return _layout(fig, height=320, showlegend=False)
 
 
-def photo_predictions(df: pd.DataFrame) -> go.Figure:
-    """Every model's age (± MC-Dropout / aleatoric σ) and P(female) for one face, in one figure."""
+def photo_predictions(df: pd.DataFrame, on_face: bool = True) -> go.Figure:
+    """Every model's age (± MC-Dropout / aleatoric σ) and P(female) for one face, in one figure; `on_face=False`
+    (the whole image, no face found) greys it out and says so in the title, as the numbers look just as sure."""
     d = df.sort_values("age", na_position="last")
+    blue, red = ("#636EFA", "#EF553B") if on_face else ("#B0B0B0", "#C8C8C8")
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, column_widths=[0.68, 0.32], horizontal_spacing=0.03,
                         subplot_titles=("Age (bars: ±1σ total; thick: MC-Dropout/ensemble)", "P(female)"))
     y = d["label"].tolist()
     total = d["sigma_total"].to_numpy(float)
     epi = d["sigma_epistemic"].to_numpy(float)
     fig.add_trace(go.Scatter(x=d["age"], y=y, mode="markers", name="age ± total σ",
-                             marker=dict(size=11, color="#636EFA"),
+                             marker=dict(size=11, color=blue),
                              error_x=dict(type="data", array=np.nan_to_num(total), thickness=1.5, width=6),
                              customdata=np.stack([np.nan_to_num(d["sigma_aleatoric"].to_numpy(float), nan=-1),
                                                   np.nan_to_num(epi, nan=-1)], axis=1),
@@ -339,10 +361,13 @@ def photo_predictions(df: pd.DataFrame) -> go.Figure:
                                            "<br>σ MC/ensemble %{customdata[1]:.2f}<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Scatter(x=d["age"], y=y, mode="markers", name="± MC-Dropout σ", marker=dict(size=1, opacity=0),
                              error_x=dict(type="data", array=np.nan_to_num(epi), thickness=5, width=0,
-                                          color="#EF553B"), hoverinfo="skip"), row=1, col=1)
-    fig.add_trace(go.Bar(x=d["gender_prob"], y=y, orientation="h", name="P(female)", marker_color="#EF553B",
+                                          color=red), hoverinfo="skip"), row=1, col=1)
+    fig.add_trace(go.Bar(x=d["gender_prob"], y=y, orientation="h", name="P(female)", marker_color=red,
                          hovertemplate="%{y}<br>P(female) %{x:.2f}<extra></extra>"), row=1, col=2)
     fig.add_vline(x=0.5, line_dash="dash", line_color="gray", row=1, col=2)
     fig.update_xaxes(title="years", row=1, col=1)
     fig.update_xaxes(range=[0, 1], title="probability", row=1, col=2)
+    if not on_face:
+        return _layout(fig, height=190 + 42 * len(d), showlegend=False,
+                       title="NO FACE FOUND: the models' answers for the whole image, not anyone's age or gender")
     return _layout(fig, height=160 + 42 * len(d), showlegend=False)

@@ -30,6 +30,8 @@ class Ctx:
     models: pd.DataFrame  # DB models (empty when no DB)
     dataset: str = "*"
     split: str = "test"
+    mode: str = "plain"  # the inference mode every query of the page reads (zoo.modes): one, never a mix
+    modes: pd.DataFrame = field(default_factory=pd.DataFrame)  # Q.modes: the DB's modes, most rows first
     focus: str | None = None
     compare: tuple = ()
     names: dict = field(default_factory=dict)
@@ -59,26 +61,42 @@ def context() -> Ctx:
     ver = Q.db_version(db)
     status = _status(db, ver)
     reg_ver = Q.registry_version()
+    models, modes = pd.DataFrame(), pd.DataFrame()
+    if status.get("state") == "ok":
+        try:
+            models, modes = Q.models(db, ver), Q.modes(db, ver)
+        except Q.DBBusy:
+            status = {"state": "busy", "message": "The predictions database is being written by a bench run."}
+    ss = st.session_state
+    options = mode_options(modes)
+    mode = ss.get("inference_mode") if ss.get("inference_mode") in options else options[0]
     try:
-        registry = Q.registry_table(reg_ver)
+        registry = Q.registry_table(reg_ver, mode)
     except Exception as e:  # a broken registry must not take the app down
         st.sidebar.error(f"Cannot read the model registry: {type(e).__name__}: {e}")
         registry = pd.DataFrame()
-    models = pd.DataFrame()
-    if status.get("state") == "ok":
-        try:
-            models = Q.models(db, ver)
-        except Q.DBBusy:
-            status = {"state": "busy", "message": "The predictions database is being written by a bench run."}
     names = {}
     if len(registry):
         names.update({m: n for m, n in zip(registry["model_id"], registry["name"])})
     if len(models):
         names.update({m: lbl for m, lbl in zip(models["model_id"], models["label"])})
-    ss = st.session_state
     return Ctx(db=db, ver=ver, status=status, reg_ver=reg_ver, registry=registry, models=models,
-               dataset=ss.get("eval_dataset", "*"), split=ss.get("eval_split", "test"), focus=ss.get("model"),
-               compare=tuple(ss.get("models", ())), names=names)
+               dataset=ss.get("eval_dataset", "*"), split=ss.get("eval_split", "test"), mode=mode, modes=modes,
+               focus=ss.get("model"), compare=tuple(ss.get("models", ())), names=names)
+
+
+def mode_options(modes: pd.DataFrame) -> list[str]:
+    """The inference modes to pick from: the DB's (most rows first: the default), then those run.json has test
+    metrics for (plain, flip, flip+crop) that the DB has no rows of."""
+    have = list(modes["mode"]) if len(modes) else []
+    return have + [m for m in Q.REGISTRY_MODES if m not in have]
+
+
+def mode_label(c: Ctx, mode: str) -> str:
+    row = c.modes[c.modes["mode"] == mode] if len(c.modes) else c.modes
+    if len(row):
+        return f"{mode} · {int(row['rows'].iloc[0]):,} predictions"
+    return f"{mode} · registry run.json only"
 
 
 def _eval_options(c: Ctx) -> tuple[list[str], list[str]]:
@@ -96,7 +114,7 @@ def _ranked_models(c: Ctx) -> list[str]:
     ranked: list[str] = []
     if c.has_db:
         try:
-            lb = Q.leaderboard(c.db, c.ver, c.dataset, c.split)
+            lb = Q.leaderboard(c.db, c.ver, c.dataset, c.split, mode=c.mode)
             ranked = list(lb["model_id"]) if len(lb) else []
         except Q.DBBusy:
             ranked = []
@@ -136,6 +154,13 @@ def sidebar() -> Ctx:
         sb.warning(c.status["message"])
     else:
         sb.info("No benchmark results yet.")
+    opts = mode_options(c.modes)
+    if ss.get("inference_mode") not in opts:
+        ss["inference_mode"] = opts[0]
+    sb.selectbox("Inference mode", opts, key="inference_mode", format_func=lambda m: mode_label(c, m),
+                 help="How the predictions were made: TTA views and MC-Dropout passes (`bench run --tta ... "
+                      "--mc-dropout N`). Every page compares models in this one mode only. The registry's run.json "
+                      "holds test metrics of plain, flip and flip+crop: the README's table shows those.")
     c = context()
     ranked = _ranked_models(c)
     if ranked:
@@ -192,10 +217,17 @@ def selected(c: Ctx, min_models: int = 1) -> tuple:
     return ms
 
 
+def mode_caption(c: Ctx) -> str:
+    """The inference mode a page shows, as every page states it."""
+    from zoo.modes import describe
+
+    return f"Inference mode **{c.mode}** ({describe(c.mode)})"
+
+
 def eval_caption(c: Ctx) -> str:
     ds = "all datasets" if c.dataset == "*" else c.dataset
     sp = "all splits" if c.split == "*" else f"{c.split} split"
-    return f"Evaluated on **{ds}**, **{sp}**, clean images unless stated."
+    return f"Evaluated on **{ds}**, **{sp}**, clean images unless stated. {mode_caption(c)}."
 
 
 def run_query(fn, *args, **kw):

@@ -1,8 +1,10 @@
 """Synthetic artifacts for the dashboard's tests, its query benchmark and a quick look without a bench run.
 
-* `write_predictions_db(path, ...)` writes a predictions database exactly as `bench/SCHEMA.md` describes it (models,
-  images, predictions, bench_runs) with plausible, structured errors: regression to the mean, worse on dark / blurry
-  / low-quality images, worse with perturbation severity, per-model calibrated-ish sigmas, gender probabilities.
+* `write_predictions_db(path, ...)` writes a predictions database through the bench's own schema (bench.store:
+  models, images, predictions, bench_runs; documented in `bench/SCHEMA.md`) with the readers' race labels, the
+  manifest's age groups and bench.perturb's perturbations, and plausible, structured errors: regression to the mean,
+  worse on dark / blurry / low-quality images, worse with perturbation severity, per-model calibrated-ish sigmas,
+  gender probabilities. tests/test_bench_schema.py fails when it drifts from the schema.
 * `make_tiny_registry(runs_root, n)` registers `n` tiny *untrained* networks (seed_cnn, 32 px) plus an ensemble of
   them in the registry's on-disk format, so the photo page has real models to run (in about a second).
 * `write_face_images(root, images)` writes small JPEG stand-ins for the images table's `path`s (for the Browser).
@@ -22,35 +24,59 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RACES = ["white", "black", "asian", "indian", "others"]
-PERTURBATIONS = {"gaussian_blur": 3, "jpeg": 3, "gaussian_noise": 3, "darken": 3, "occlusion": 3}
+from zoo.modes import inference_mode
+from zoo.runs import RunRecord
 
-DDL = """
-CREATE TABLE IF NOT EXISTS models (
-    model_id VARCHAR PRIMARY KEY, name VARCHAR, kind VARCHAR, source VARCHAR, backbone VARCHAR,
-    formulation VARCHAR, img_size INTEGER, tasks VARCHAR, pretrained VARCHAR, augment VARCHAR,
-    train_fraction DOUBLE, age_balance VARCHAR, gender_balance VARCHAR, training_data VARCHAR, dropout DOUBLE,
-    params BIGINT, flops BIGINT, infer_img_s DOUBLE, info JSON);
-CREATE TABLE IF NOT EXISTS images (
-    dataset VARCHAR, image_id VARCHAR, split VARCHAR, path VARCHAR, age DOUBLE, age_min DOUBLE, age_max DOUBLE,
-    gender TINYINT, race VARCHAR, extras JSON, brightness DOUBLE, contrast DOUBLE, blur DOUBLE,
-    jpeg_quality DOUBLE, resolution INTEGER, face_size DOUBLE, background DOUBLE, is_synthetic BOOLEAN,
-    PRIMARY KEY (dataset, image_id));
-CREATE TABLE IF NOT EXISTS predictions (
-    model_id VARCHAR, dataset VARCHAR, image_id VARCHAR, perturbation VARCHAR, severity INTEGER,
-    age_pred DOUBLE, sigma_aleatoric DOUBLE, sigma_epistemic DOUBLE, sigma_tta DOUBLE, gender_prob DOUBLE,
-    latency_ms DOUBLE, bench_run VARCHAR {pk});
-CREATE TABLE IF NOT EXISTS bench_runs (
-    run_id VARCHAR PRIMARY KEY, started TIMESTAMP, finished TIMESTAMP, "commit" VARCHAR, device VARCHAR,
-    options JSON, n_rows BIGINT);
-"""
-PRED_PK = ", PRIMARY KEY (model_id, dataset, image_id, perturbation, severity)"
+# Shares of the readers' race vocabulary (zoo.data.readers.RACES) in the demo images: UTKFace-like, a little of each
+# other label; a label missing here (added to RACES later) gets RACE_SHARE_OTHER.
+RACE_SHARES = {"white": 0.42, "black": 0.19, "asian": 0.15, "indian": 0.15, "other": 0.05}
+RACE_SHARE_OTHER = 0.02
+# Shares of the images per age group (zoo.data.manifest.AGE_GROUPS, in order); ages drawn uniformly inside a group.
+AGE_GROUP_SHARES = (0.12, 0.08, 0.45, 0.2, 0.15)
+
+
+def races() -> tuple[str, ...]:
+    """The race labels images carry: the readers' vocabulary."""
+    from zoo.data.readers import RACES
+
+    return tuple(RACES)
+
+
+def age_groups() -> list[tuple[int, int, str]]:
+    """(lo, hi, label) age groups, as the manifest and bench.metrics slice them."""
+    from zoo.data.manifest import AGE_GROUPS
+
+    return list(AGE_GROUPS)
+
+
+def default_perturbations() -> dict[str, int]:
+    """Every registered perturbation (bench.perturb) -> its number of severities: what `--perturb default` benches."""
+    from bench.perturb import get_perturbation, list_perturbations
+
+    return {name: len(get_perturbation(name).severities) for name in list_perturbations()}
+
+
+def check_perturbations(perturbations: dict[str, int]) -> None:
+    """ValueError for a name bench.perturb does not register or more severities than it has."""
+    known = default_perturbations()
+    for name, k in perturbations.items():
+        if name not in known:
+            raise ValueError(f"unknown perturbation {name!r}; registered: {', '.join(known)}")
+        if not 0 <= int(k) <= known[name]:
+            raise ValueError(f"perturbation {name!r} has severities 1..{known[name]}, not {k}")
 
 
 # ------------------------------------------------------------------------------------------------------- models
 def model_row(model_id: str, **kw) -> dict:
-    """A `models` row with sensible defaults (a zoo single model on UTKFace)."""
-    row = dict(model_id=model_id, name=kw.pop("name", model_id), kind="single", source="zoo", backbone="seed_cnn",
+    """A `models` row (the schema's columns: bench.store.TABLES) with sensible defaults (a zoo single model on
+    UTKFace); a keyword that is not a column raises."""
+    from bench.store import columns
+
+    row = dict.fromkeys(columns("models"))
+    unknown = set(kw) - set(row)
+    if unknown:
+        raise ValueError(f"models has no column(s) {sorted(unknown)}")
+    row.update(model_id=model_id, name=model_id, kind="single", source="zoo", backbone="seed_cnn",
                formulation="dldl", img_size=64, tasks="age,gender", pretrained=None, augment="light",
                train_fraction=1.0, age_balance="none", gender_balance="none", training_data="utkface", dropout=0.2,
                params=1_000_000, flops=50_000_000, infer_img_s=500.0, info=None)
@@ -98,23 +124,33 @@ def demo_models(n: int = 15) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------------- images
 def make_images(n: int, datasets: dict[str, float] | None = None, seed: int = 0) -> pd.DataFrame:
-    """An `images` table with UTKFace-like labels and attributes. `datasets`: name -> share of the n images."""
+    """An `images` table (every column of bench.store.TABLES) with UTKFace-like labels and attributes: ages over the
+    manifest's age groups, races from the readers' vocabulary. `datasets`: name -> share of the n images."""
+    from bench.store import columns
+
     datasets = datasets or {"utkface": 0.8, "appa": 0.2}
     rng = np.random.default_rng(seed)
+    groups = age_groups()
+    shares = np.array(AGE_GROUP_SHARES if len(AGE_GROUP_SHARES) == len(groups) else [1.0] * len(groups))
+    labels = races()
+    race_p = np.array([RACE_SHARES.get(r, RACE_SHARE_OTHER) for r in labels])
     parts = []
     for k, (ds, share) in enumerate(datasets.items()):
         m = max(1, int(round(n * share)))
-        age = np.concatenate([rng.uniform(1, 12, m // 8 + 1), rng.uniform(13, 19, m // 12 + 1),
-                              rng.normal(32, 9, m // 2 + 1), rng.uniform(40, 59, m // 5 + 1),
-                              rng.uniform(60, 95, m // 8 + 1)])
+        age = np.concatenate([rng.uniform(max(lo, 1), min(hi, 95), int(m * sh / shares.sum()) + 1)
+                              for (lo, hi, _), sh in zip(groups, shares)])
         age = np.clip(np.round(rng.permutation(age)[:m]), 1, 100)
         split = rng.choice(["train", "val", "test"], m, p=[0.6, 0.2, 0.2])
         ids = [f"{ds[:2]}{seed:02d}{k}{i:09d}" for i in range(m)]
         gender = rng.integers(0, 2, m).astype(float)
         gender[rng.random(m) < 0.01] = np.nan
-        race = rng.choice(RACES, m, p=[0.42, 0.19, 0.15, 0.17, 0.07]).astype(object)
+        race = rng.choice(np.array(labels, dtype=object), m, p=race_p / race_p.sum())
         race[rng.random(m) < 0.01] = None
         synthetic = ds.startswith("synth")
+        resolution = np.where(rng.random(m) < 0.8, 200, rng.integers(60, 800, m)).astype(np.int32)
+        face_size = np.where(rng.random(m) < 0.03, np.nan, np.clip(rng.normal(0.75, 0.1, m), 0.2, 1.0))
+        found = ~np.isnan(face_size)
+        side = face_size * resolution
         parts.append(pd.DataFrame({
             "dataset": ds, "image_id": ids, "split": split,
             "path": [f"{int(a)}_{'x' if np.isnan(g) else int(g)}_{i}.jpg" for i, (a, g) in enumerate(zip(age, gender))],
@@ -122,14 +158,20 @@ def make_images(n: int, datasets: dict[str, float] | None = None, seed: int = 0)
             "extras": "{}", "brightness": np.clip(rng.normal(120, 35, m), 5, 250),
             "contrast": np.clip(rng.normal(55, 12, m), 5, 120), "blur": np.exp(rng.normal(5.5, 1.0, m)),
             "jpeg_quality": np.where(rng.random(m) < 0.1, np.nan, np.clip(rng.normal(88, 8, m), 20, 100).round()),
-            "resolution": np.where(rng.random(m) < 0.8, 200, rng.integers(60, 800, m)).astype(np.int32),
-            "face_size": np.where(rng.random(m) < 0.03, np.nan, np.clip(rng.normal(0.75, 0.1, m), 0.2, 1.0)),
-            "background": np.clip(rng.normal(40, 15, m), 0, 120), "is_synthetic": synthetic,
+            "resolution": resolution, "face_size": face_size,
+            "background": np.clip(rng.normal(40, 15, m), 0, 120), "is_synthetic": synthetic, "framing": "aligned",
+            "face_found": found, "n_faces": np.where(found, 1 + (rng.random(m) < 0.05), 0).astype(np.int32),
+            "face_score": np.where(found, rng.uniform(0.2, 2.5, m), np.nan),
+            "face_x": (resolution - side) / 2, "face_y": (resolution - side) / 2, "face_w": side, "face_h": side,
         }))
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True).reindex(columns=columns("images"))
 
 
 # -------------------------------------------------------------------------------------------------- predictions
+# The inference mode of every demo row (as `bench run --tta flip --mc-dropout 10`: the sigmas below exist).
+DEMO_TTA, DEMO_MC = "flip", 10
+DEMO_MODE = inference_mode(DEMO_TTA, DEMO_MC)
+
 def _model_quality(row: dict, i: int) -> dict:
     """Per-model error behaviour derived deterministically from its config."""
     rng = np.random.default_rng(1000 + i)
@@ -157,7 +199,7 @@ def _predict(q: dict, img: pd.DataFrame, pert: str, sev: int, rng: np.random.Gen
         ds_shift = np.where(img["dataset"].to_numpy() == q["adapted_to"], 1.12, ds_shift)
     sd = q["noise"] * hard * ds_shift * (1 + 0.3 * sev)
     err = rng.standard_t(5, n) * sd * 0.78
-    pred = age + q["shrink"] * (35 - age) * (1 + 0.2 * sev) + err + (1.5 * sev if pert == "darken" else 0)
+    pred = age + q["shrink"] * (35 - age) * (1 + 0.2 * sev) + err + (1.5 * sev if pert == "brightness" else 0)
     pred = np.clip(pred, 0, 100)
     g = img["gender"].to_numpy(dtype=float, na_value=np.nan)
     sign = np.where(np.isnan(g), rng.choice([-1.0, 1.0], n), 2 * g - 1)
@@ -170,6 +212,7 @@ def _predict(q: dict, img: pd.DataFrame, pert: str, sev: int, rng: np.random.Gen
         "sigma_epistemic": np.abs(sd * 0.35 * q["calib"] * np.exp(rng.normal(0, 0.4, n))) if not q["peer"] else np.nan,
         "sigma_tta": np.abs(sd * 0.2 * np.exp(rng.normal(0, 0.5, n))) if not q["peer"] else np.nan,
         "gender_prob": 1 / (1 + np.exp(-logit)), "latency_ms": np.abs(rng.normal(2.0, 0.3, n)), "bench_run": run_id,
+        "mode": DEMO_MODE,
     })
     return out
 
@@ -177,10 +220,12 @@ def _predict(q: dict, img: pd.DataFrame, pert: str, sev: int, rng: np.random.Gen
 def write_predictions_db(path: str | Path, models: list[dict] | None = None, images: pd.DataFrame | None = None,
                          n_images: int = 400, perturbations: dict[str, int] | None = None,
                          pert_images: int | None = None, splits: tuple[str, ...] = ("val", "test"), seed: int = 0,
-                         primary_keys: bool = True, progress: bool = False) -> dict:
-    """Write a complete predictions DB at `path` (replacing it). Clean predictions for every image of `splits`;
-    each perturbation x severity on the first `pert_images` test images of each dataset. Returns counts."""
-    import duckdb
+                         progress: bool = False) -> dict:
+    """Write a complete predictions DB at `path` (replacing it), created and filled through the bench's own schema
+    (bench.store: `init_db`, `insert`). Clean predictions for every image of `splits`; each perturbation x
+    severity (default: every registered one at all its severities; names must be registered in bench.perturb) on
+    the first `pert_images` test images of each dataset. A column the rows lack is NULL. Returns counts."""
+    from bench import store
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,23 +233,18 @@ def write_predictions_db(path: str | Path, models: list[dict] | None = None, ima
         p.unlink(missing_ok=True)
     models = models if models is not None else demo_models()
     images = images if images is not None else make_images(n_images, seed=seed)
-    perturbations = PERTURBATIONS if perturbations is None else perturbations
+    perturbations = default_perturbations() if perturbations is None else dict(perturbations)
+    check_perturbations(perturbations)
     rng = np.random.default_rng(seed)
     run_id = f"demo-{seed}"
-    con = duckdb.connect(str(path))
-    try:
-        con.execute(DDL.format(pk=PRED_PK if primary_keys else ""))
+
+    def rows(table: str, frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.reindex(columns=store.columns(table))
+
+    with store.connect_write(path) as con:  # the schema's DDL (bench.store.TABLES)
         if models:
-            mdf = pd.DataFrame(models)
-            con.register("mdf", mdf)
-            cols = ", ".join(mdf.columns)
-            con.execute(f"INSERT INTO models ({cols}) SELECT {cols} FROM mdf")
-            con.unregister("mdf")
-        con.register("idf", images)
-        con.execute("INSERT INTO images SELECT dataset, image_id, split, path, age, age_min, age_max, gender, race, "
-                    "extras, brightness, contrast, blur, jpeg_quality, resolution, face_size, background, "
-                    "is_synthetic FROM idf")
-        con.unregister("idf")
+            store.insert(con, "models", rows("models", pd.DataFrame(models)))
+        store.insert(con, "images", rows("images", images))
         ev = images[images["split"].isin(splits)].reset_index(drop=True)
         test = images[images["split"] == "test"]
         pimg = test.groupby("dataset", group_keys=False).head(pert_images) if pert_images else test
@@ -215,23 +255,17 @@ def write_predictions_db(path: str | Path, models: list[dict] | None = None, ima
             for pert, k in perturbations.items():
                 for sev in range(1, k + 1):
                     chunks.append(_predict(q, pimg, pert, sev, rng, row["model_id"], run_id))
-            chunk = pd.concat(chunks, ignore_index=True)
-            con.register("chunk", chunk)
-            con.execute("INSERT INTO predictions SELECT * FROM chunk")
-            con.unregister("chunk")
-            n_rows += len(chunk)
+            n_rows += store.insert(con, "predictions", rows("predictions", pd.concat(chunks, ignore_index=True)))
             if progress:
                 print(f"\r{i + 1}/{len(models)} models, {n_rows:,} rows", end="", flush=True)
         if progress:
             print()
         now = pd.Timestamp.now().floor("s")
-        con.execute("INSERT INTO bench_runs VALUES (?, ?, ?, 'demo', 'cpu', ?, ?)",
-                    [run_id, now.to_pydatetime(), now.to_pydatetime(),
-                     json.dumps({"models": [m["model_id"] for m in models], "perturbations": perturbations,
-                                 "demo": True}), n_rows])
+        store.insert(con, "bench_runs", rows("bench_runs", pd.DataFrame([{
+            "run_id": run_id, "started": now, "finished": now, "commit": "demo", "device": "cpu",
+            "options": json.dumps({"models": [m["model_id"] for m in models], "perturbations": perturbations,
+                                   "tta": DEMO_TTA, "mc_dropout": DEMO_MC, "demo": True}), "n_rows": n_rows}])))
         con.execute("CHECKPOINT")
-    finally:
-        con.close()
     return {"models": len(models), "images": len(images), "predictions": n_rows}
 
 
@@ -275,15 +309,15 @@ def make_tiny_registry(runs_root: str | Path, n: int = 2, ensemble: bool = True,
         (out / "run.json").write_text(json.dumps(record, indent=1))
         ids.append(rid)
     if ensemble and n >= 2:
-        runs = [json.loads((runs_root / i / "run.json").read_text()) for i in ids]
+        runs = [RunRecord.load(runs_root / i) for i in ids]
         eid = "ensemble-demo" + str(seed)
         out = runs_root / eid
         out.mkdir(parents=True, exist_ok=True)
         record = {"id": eid, "kind": "ensemble", "name": f"ensemble of {n}", "members": sorted(ids),
-                  "data": runs[0]["data"], "config": {"backbone": "seed_cnn", "formulation": "dldl+gaussian_nll",
+                  "data": runs[0].data, "config": {"backbone": "seed_cnn", "formulation": "dldl+gaussian_nll",
                                                       "img_size": 32},
-                  "params": sum(r["params"] for r in runs), "flops": sum(r["flops"] for r in runs),
-                  "infer_img_s": 1 / sum(1 / r["infer_img_s"] for r in runs), "commit": "demo",
+                  "params": sum(r.params for r in runs), "flops": sum(r.flops for r in runs),
+                  "infer_img_s": 1 / sum(1 / r.infer_img_s for r in runs), "commit": "demo",
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "metrics": {"test": {"mae": 10.5, "gender_acc": 0.62, "n": 80}}}
         (out / "run.json").write_text(json.dumps(record, indent=1))
@@ -293,19 +327,9 @@ def make_tiny_registry(runs_root: str | Path, n: int = 2, ensemble: bool = True,
 
 def registry_model_rows(runs_root: str | Path) -> list[dict]:
     """`models` rows for the runs registered under runs_root (as the bench would write them)."""
-    rows = []
-    for p in sorted(Path(runs_root).glob("*/run.json")):
-        r = json.loads(p.read_text())
-        c = r.get("config", {})
-        rows.append(model_row(
-            r["id"], name=r.get("name") or r["id"], kind=r["kind"], backbone=c.get("backbone"),
-            formulation=c.get("formulation"), img_size=c.get("img_size"),
-            tasks=",".join(c.get("tasks", ["age", "gender"])),
-            pretrained=c.get("pretrained"), augment=c.get("augment"), train_fraction=c.get("train_fraction"),
-            age_balance=c.get("age_balance"), gender_balance=c.get("gender_balance"),
-            training_data=r.get("data", {}).get("dataset", "utkface"), dropout=c.get("dropout"),
-            params=r.get("params"), flops=r.get("flops"), infer_img_s=r.get("infer_img_s"), info=json.dumps(r)))
-    return rows
+    runs = RunRecord.load_all(Path(runs_root))
+    by_id = {r.id: r for r in runs}
+    return [r.to_row(by_id) for r in runs]
 
 
 def write_face_images(root: str | Path, images: pd.DataFrame, size: int = 48) -> int:

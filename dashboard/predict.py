@@ -30,11 +30,11 @@ def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[s
 
     root = root or runs_dir()
     runs = read_runs(root)
-    by_id = {r["id"]: r for r in runs}
+    by_id = {r.id: r for r in runs}
     ok, skipped = [], []
     for r in runs:
         why = missing_weights(r, by_id, root)
-        (skipped.append((r["id"], why)) if why else ok.append(r))
+        (skipped.append((r.id, why)) if why else ok.append(r))
     from bench.peers import list_peers
 
     # External peers carry their own weights (inside their package); one that fails to load shows its error.
@@ -87,8 +87,8 @@ class ModelPool:
 
         if not is_peer(model_id):
             run = get_run(model_id, self.root)
-            if run["kind"] == "ensemble":
-                return EnsemblePredictor([self.get(m) for m in run["members"]], model_id, run)
+            if run.kind == "ensemble":
+                return EnsemblePredictor([self.get(m) for m in run.members], model_id, run)
         return load_predictor(model_id, self.root)
 
     def loaded(self) -> int:

@@ -34,6 +34,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import store
+from zoo.modes import PLAIN, REGISTRY_MODES, metrics_key
+from zoo.runs import RunRecord
+
 try:
     import streamlit as st
 except ImportError:  # pragma: no cover - the benchmark can run without streamlit installed
@@ -41,12 +45,8 @@ except ImportError:  # pragma: no cover - the benchmark can run without streamli
 
 Z95 = 1.959963984540054
 AGE_GROUPS = ["0-12", "13-19", "20-39", "40-59", "60+"]
-TABLES = {
-    "models": {"model_id", "name", "kind", "source", "params", "infer_img_s"},
-    "images": {"dataset", "image_id", "split", "path", "age", "gender", "race"},
-    "predictions": {"model_id", "dataset", "image_id", "perturbation", "severity", "age_pred", "gender_prob"},
-    "bench_runs": {"run_id"},
-}
+# Tables and columns a readable DB has: the bench's schema (bench.store.TABLES), never a copy of it.
+TABLES = {t: set(store.columns(t)) for t in store.TABLES}
 # Coverage levels for the Gaussian reliability diagram: nominal p -> z with P(|N(0,1)| <= z) = p.
 COVERAGE_LEVELS = {0.5: 0.6744897501960817, 0.68: 0.994457883209753, 0.8: 1.2815515655446004,
                    0.9: 1.6448536269514722, 0.95: 1.959963984540054, 0.99: 2.5758293035489004}
@@ -108,36 +108,20 @@ def _lock_timeout() -> float:
 
 
 def _open_read(path: str):
-    """Read-only connection; bench.store.connect_read (which retries on the writer's lock) when available.
+    """Read-only connection through bench.store.connect_read, which retries while a writer holds the lock.
 
     A bench merge holds the file well under a second, so DASHBOARD_DB_LOCK_TIMEOUT (default 2 s) of retries is
     plenty; after that the query raises DBBusy (the caller serves the last good result) and, for the next few
     seconds, other queries fail fast instead of each waiting again."""
     import duckdb
 
+    from bench.store import connect_read
+
     timeout = _lock_timeout()
     if time.monotonic() < _BUSY_UNTIL.get(path, 0.0):
         raise DBBusy(f"{path} is locked by a writer (a bench run?)")
-    try:  # the bench's own helper knows its writer's habits
-        from bench.store import connect_read
-    except Exception:
-        connect_read = None
     try:
-        if connect_read is not None:
-            try:
-                return connect_read(path, timeout=timeout)
-            except TypeError:  # an older signature without timeout: our own loop below
-                pass
-        deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
-            try:
-                return duckdb.connect(path, read_only=True)
-            except duckdb.Error as e:
-                if not _is_lock_error(e) or time.monotonic() + delay > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 1.6, 0.25)
+        return connect_read(path, timeout=timeout)
     except duckdb.Error as e:
         if _is_lock_error(e):
             _BUSY_UNTIL[path] = time.monotonic() + max(1.0, 1.5 * timeout)
@@ -146,11 +130,10 @@ def _open_read(path: str):
 
 
 def pending_rows(db: str) -> int:
-    """Prediction rows a bench run has published as Parquet parts but not merged into the DB yet."""
-    try:
-        from bench.store import pending_rows as _pending
-    except Exception:
-        return 0
+    """Prediction rows a bench run has published as Parquet parts but not merged into the DB yet (0 when the parts
+    folder cannot be read: the count is informational)."""
+    from bench.store import pending_rows as _pending
+
     try:
         return int(_pending(db, "predictions"))
     except Exception:
@@ -315,8 +298,22 @@ def _models_clause(models, alias: str = "p") -> tuple[str, list]:
     return f" AND {alias}.model_id IN ({', '.join('?' * len(models))})", models
 
 
-def _eval_where(dataset: str, split: str, clean: bool = True) -> tuple[str, list]:
+# The mode a query reads when none is given: the one most rows were made in (one mode, never a mix of them).
+DEFAULT_MODE_SQL = "SELECT mode FROM predictions GROUP BY mode ORDER BY count(*) DESC, mode LIMIT 1"
+
+
+def _mode_where(mode: str | None, alias: str = "p") -> tuple[str, list]:
+    """Every prediction query reads one inference mode (`zoo.modes`): `mode`, or the DB's most common one."""
+    if mode:
+        return f"{alias}.mode = ?", [mode]
+    return f"{alias}.mode = ({DEFAULT_MODE_SQL})", []
+
+
+def _eval_where(dataset: str, split: str, clean: bool = True, mode: str | None = None) -> tuple[str, list]:
     w, prm = [], []
+    mw, mp = _mode_where(mode)
+    w.append(mw)
+    prm += mp
     if clean:
         w.append("p.perturbation = 'none'")
     if dataset and dataset != "*":
@@ -450,7 +447,10 @@ def db_status(db: str, ver: str) -> dict:
                 if cols - have:
                     bad.append(f"{t} lacks {', '.join(sorted(cols - have))}")
             if bad:
-                return {"state": "invalid", "message": f"`{db}` does not follow bench/SCHEMA.md: {'; '.join(bad)}."}
+                return {"state": "invalid", "message": f"`{db}` does not follow bench/SCHEMA.md: {'; '.join(bad)} "
+                                                       f"(written by an older bench? `python -m bench migrate --db "
+                                                       f"{db}`, or the next `python -m bench run` on it, adds the "
+                                                       "missing columns)."}
             n_pred, n_models, n_images = con.execute(
                 "SELECT (SELECT count(*) FROM predictions), (SELECT count(*) FROM models), "
                 "(SELECT count(*) FROM images)").fetchone()
@@ -492,9 +492,10 @@ def eval_sets(db: str, ver: str) -> pd.DataFrame:
 
 
 @query
-def leaderboard(db: str, ver: str, dataset: str, split: str) -> pd.DataFrame:
-    """One row per model with clean predictions on (dataset, split): accuracy with 95 % CIs, cost, latency."""
-    where, prm = _eval_where(dataset, split)
+def leaderboard(db: str, ver: str, dataset: str, split: str, mode: str | None = None) -> pd.DataFrame:
+    """One row per model with clean predictions on (dataset, split) in one inference mode: accuracy with 95 % CIs,
+    cost, latency."""
+    where, prm = _eval_where(dataset, split, mode=mode)
     base = f"FROM predictions p JOIN images i USING (dataset, image_id) WHERE {where}"
     with connect(db) as con:
         agg = con.execute(f"""
@@ -533,11 +534,11 @@ def leaderboard(db: str, ver: str, dataset: str, split: str) -> pd.DataFrame:
 
 @query
 def slice_metrics(db: str, ver: str, models: tuple, dataset: str, split: str, slice_name: str,
-                  perturbation: str = "none") -> pd.DataFrame:
+                  perturbation: str = "none", mode: str | None = None) -> pd.DataFrame:
     """MAE / bias / gender accuracy with CIs per (model, slice value). `perturbation` applies to non-perturbation
     slices ('none' = clean images)."""
     expr, uses_pert, order = SLICES[slice_name]
-    where, prm = _eval_where(dataset, split, clean=False)
+    where, prm = _eval_where(dataset, split, clean=False, mode=mode)
     if not uses_pert:
         if perturbation == "none":
             where += " AND p.perturbation = 'none'"
@@ -560,15 +561,25 @@ def slice_metrics(db: str, ver: str, models: tuple, dataset: str, split: str, sl
 
 
 @query
-def perturbations(db: str, ver: str) -> pd.DataFrame:
-    return sql(db, "SELECT perturbation, max(severity) AS max_severity, count(*) AS rows FROM predictions "
-                   "GROUP BY perturbation ORDER BY perturbation = 'none' DESC, perturbation")
+def perturbations(db: str, ver: str, mode: str | None = None) -> pd.DataFrame:
+    mw, mp = _mode_where(mode)
+    return sql(db, f"SELECT perturbation, max(severity) AS max_severity, count(*) AS rows FROM predictions p "
+                   f"WHERE {mw} GROUP BY perturbation ORDER BY perturbation = 'none' DESC, perturbation", mp)
 
 
 @query
-def mae_by_age(db: str, ver: str, models: tuple, dataset: str, split: str, width: int = 1) -> pd.DataFrame:
+def modes(db: str, ver: str) -> pd.DataFrame:
+    """The inference modes of the DB's predictions (`zoo.modes`): rows, models, clean rows; most rows first."""
+    return sql(db, "SELECT mode, count(*) AS rows, count(DISTINCT model_id) AS models, "
+                   "count(*) FILTER (WHERE perturbation = 'none') AS clean_rows FROM predictions "
+                   "GROUP BY mode ORDER BY rows DESC, mode")
+
+
+@query
+def mae_by_age(db: str, ver: str, models: tuple, dataset: str, split: str, width: int = 1,
+               mode: str | None = None) -> pd.DataFrame:
     """MAE and signed bias per true age bin (`width` years, labelled by the bin's lower edge) and model."""
-    where, prm = _eval_where(dataset, split)
+    where, prm = _eval_where(dataset, split, mode=mode)
     mc, mp = _models_clause(models)
     df = sql(db, f"""
         SELECT p.model_id, (floor(round(i.age) / {int(width)}) * {int(width)})::INT AS age, count(*) AS n,
@@ -582,9 +593,9 @@ def mae_by_age(db: str, ver: str, models: tuple, dataset: str, split: str, width
 
 @query
 def error_hist(db: str, ver: str, models: tuple, dataset: str, split: str, slice_name: str | None = None,
-               slice_value: str | None = None, width: float = 2.0) -> pd.DataFrame:
+               slice_value: str | None = None, width: float = 2.0, mode: str | None = None) -> pd.DataFrame:
     """Counts of signed error (pred - true) in `width`-year bins, clipped to ±40, per model (optionally one slice)."""
-    where, prm = _eval_where(dataset, split, clean=slice_name != "perturbation")
+    where, prm = _eval_where(dataset, split, clean=slice_name != "perturbation", mode=mode)
     expr = ""
     if slice_name and slice_value is not None:
         expr = SLICES[slice_name][0]
@@ -601,9 +612,9 @@ def error_hist(db: str, ver: str, models: tuple, dataset: str, split: str, slice
 
 @query
 def scatter_sample(db: str, ver: str, model: str, dataset: str, split: str, n: int = 4000,
-                   perturbation: str = "none") -> pd.DataFrame:
+                   perturbation: str = "none", mode: str | None = None) -> pd.DataFrame:
     """Up to n (true, predicted) points of one model, a deterministic sample (by image id hash)."""
-    where, prm = _eval_where(dataset, split, clean=False)
+    where, prm = _eval_where(dataset, split, clean=False, mode=mode)
     return sql(db, f"""
         SELECT p.dataset, p.image_id, i.age, p.age_pred, p.age_pred - i.age AS err, {GENDER_SQL} AS gender,
                {RACE_SQL} AS race, p.sigma_aleatoric, p.sigma_epistemic, p.gender_prob
@@ -615,10 +626,11 @@ def scatter_sample(db: str, ver: str, model: str, dataset: str, split: str, n: i
 
 
 @query
-def group_metrics(db: str, ver: str, models: tuple, dataset: str, split: str, by: str) -> pd.DataFrame:
+def group_metrics(db: str, ver: str, models: tuple, dataset: str, split: str, by: str,
+                  mode: str | None = None) -> pd.DataFrame:
     """Per (model, group) for by in {gender, race, age group}: MAE, bias, gender acc, TPR / FPR for 'female'."""
     expr = {"gender": GENDER_SQL, "race": RACE_SQL, "age group": AGE_GROUP_SQL}[by]
-    where, prm = _eval_where(dataset, split)
+    where, prm = _eval_where(dataset, split, mode=mode)
     mc, mp = _models_clause(models)
     df = sql(db, f"""
         SELECT p.model_id, {expr} AS grp, {BASE_AGG}
@@ -658,10 +670,11 @@ def fairness_gaps(groups: pd.DataFrame, min_n: int = 30) -> pd.DataFrame:
 
 
 @query
-def uncertainty_summary(db: str, ver: str, models: tuple, dataset: str, split: str) -> pd.DataFrame:
+def uncertainty_summary(db: str, ver: str, models: tuple, dataset: str, split: str,
+                        mode: str | None = None) -> pd.DataFrame:
     """Per (model, uncertainty source): rows with a sigma, mean sigma, RMSE, observed coverage of the Gaussian
     central interval at each nominal level (columns cov_50 ... cov_99)."""
-    where, prm = _eval_where(dataset, split)
+    where, prm = _eval_where(dataset, split, mode=mode)
     mc, mp = _models_clause(models)
     sel = []
     for k, (label, expr) in enumerate(SIGMA_SOURCES.items()):
@@ -703,11 +716,11 @@ def coverage_long(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 @query
-def risk_coverage(db: str, ver: str, models: tuple, dataset: str, split: str) -> pd.DataFrame:
+def risk_coverage(db: str, ver: str, models: tuple, dataset: str, split: str, mode: str | None = None) -> pd.DataFrame:
     """Risk–coverage curves: keep the most confident fraction (smallest sigma) -> MAE of what is kept. One curve per
     (model, source) from a 1 %-resolution log-histogram of sigma, plus the 'oracle' (ranked by the true error).
     Columns: model_id, source, coverage, mae, sigma (the cut), rmse_bin (RMSE of that bin), sigma_bin."""
-    where, prm = _eval_where(dataset, split)
+    where, prm = _eval_where(dataset, split, mode=mode)
     mc, mp = _models_clause(models)
     unions = [f"SELECT model_id, '{label}' AS source, {expr} AS s, err FROM e" for label, expr in
               SIGMA_SOURCES.items()] + ["SELECT model_id, 'oracle (true error)' AS source, abs(err) AS s, err FROM e"]
@@ -744,9 +757,10 @@ def aurc(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 @query
-def gender_calibration(db: str, ver: str, models: tuple, dataset: str, split: str, bins: int = 10) -> pd.DataFrame:
+def gender_calibration(db: str, ver: str, models: tuple, dataset: str, split: str, bins: int = 10,
+                       mode: str | None = None) -> pd.DataFrame:
     """Reliability of P(female): per (model, bin) mean predicted probability, observed female fraction, n."""
-    where, prm = _eval_where(dataset, split)
+    where, prm = _eval_where(dataset, split, mode=mode)
     mc, mp = _models_clause(models)
     return sql(db, f"""
         SELECT p.model_id, least(floor(p.gender_prob * {bins}), {bins - 1})::INT AS bin, count(*) AS n,
@@ -757,10 +771,10 @@ def gender_calibration(db: str, ver: str, models: tuple, dataset: str, split: st
 
 
 @query
-def robustness(db: str, ver: str, models: tuple, dataset: str, split: str) -> pd.DataFrame:
+def robustness(db: str, ver: str, models: tuple, dataset: str, split: str, mode: str | None = None) -> pd.DataFrame:
     """MAE and gender accuracy per (model, perturbation, severity); severity 0 of each perturbation is the clean
-    prediction on the same images (so the curve starts at a like-for-like baseline)."""
-    where, prm = _eval_where(dataset, split, clean=False)
+    prediction on the same images (so the curve starts at a like-for-like baseline), all in one inference mode."""
+    where, prm = _eval_where(dataset, split, clean=False, mode=mode)
     mc, mp = _models_clause(models)
     df = sql(db, f"""
         WITH r AS (SELECT p.model_id, p.dataset, p.image_id, p.perturbation, p.severity, p.age_pred, p.gender_prob,
@@ -790,10 +804,10 @@ BROWSER_FILTERS = ("age group", "gender", "race", "lighting quartile (per datase
 @query
 def browser_rows(db: str, ver: str, model: str, dataset: str, split: str, filters: tuple = (),
                  image_keys: tuple = (), perturbation: str = "none", severity: int = 0, order: str = "worst",
-                 limit: int = 48) -> pd.DataFrame:
+                 limit: int = 48, mode: str | None = None) -> pd.DataFrame:
     """Images of one model's predictions: filters = ((slice name, value), ...); image_keys = ((dataset, image_id),
     ...) restricts to a selection; order = worst | best | most uncertain | random."""
-    where, prm = _eval_where(dataset, split, clean=False)
+    where, prm = _eval_where(dataset, split, clean=False, mode=mode)
     where += " AND p.model_id = ? AND p.perturbation = ? AND p.severity = ?"
     prm += [model, perturbation, int(severity)]
     exprs = []
@@ -825,23 +839,22 @@ def browser_rows(db: str, ver: str, model: str, dataset: str, split: str, filter
 
 
 @query
-def clean_scores(db: str, ver: str, split: str = "test") -> pd.DataFrame:
+def clean_scores(db: str, ver: str, split: str = "test", mode: str | None = None) -> pd.DataFrame:
     """Per (model, eval dataset): clean MAE with CI and gender accuracy, for the data studies and cross-dataset."""
+    where, prm = _eval_where("*", split, mode=mode)
     df = sql(db, f"""
         SELECT p.model_id, p.dataset AS eval_dataset, {BASE_AGG}
         FROM predictions p JOIN images i USING (dataset, image_id)
-        WHERE p.perturbation = 'none' {"AND i.split = ?" if split != "*" else ""} GROUP BY ALL""",
-             [split] if split != "*" else [])
+        WHERE {where} GROUP BY ALL""", prm)
     return _finish(df)
 
 
 @query
-def generalization(db: str, ver: str, split: str = "test") -> pd.DataFrame:
+def generalization(db: str, ver: str, split: str = "test", mode: str | None = None) -> pd.DataFrame:
     """Per (model, eval dataset), clean predictions: MAE (where ages exist), gender accuracy, and for sets without
     ages but with a `Young` label the AUC of predicted age for it, all with 95 % CIs; plus how many images the face
     pipeline found a face in (the others were predicted on the fallback crop)."""
-    where = "p.perturbation = 'none'" + (" AND i.split = ?" if split != "*" else "")
-    prm = [split] if split != "*" else []
+    where, prm = _eval_where("*", split, mode=mode)
     with connect(db) as con:
         have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
                                           "WHERE table_name = 'images'").fetchall()}
@@ -896,21 +909,13 @@ def registry_version() -> str:
     return f"{root}|" + "|".join(f"{p.parent.name}:{p.stat().st_mtime_ns}" for p in sorted(root.glob("*/run.json")))
 
 
-def _registry_runs_impl(ver: str) -> list[dict]:
+def _registry_runs_impl(ver: str) -> list[RunRecord]:
     return read_runs(runs_root())
 
 
-def read_runs(root: Path) -> list[dict]:
-    """Every <root>/<id>/run.json (as zoo.registry.list_runs, without importing torch for pages that only read)."""
-    runs = []
-    for p in sorted(root.glob("*/run.json")) if root.is_dir() else []:
-        try:
-            r = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue  # a hand-edited or unreadable file: skipped, like zoo.registry.list_runs
-        if isinstance(r, dict) and r.get("id"):
-            runs.append(r)
-    return runs
+def read_runs(root: Path) -> list[RunRecord]:
+    """Every <root>/<id>/run.json (zoo.runs.RunRecord.load_all: light, no torch, for pages that only read)."""
+    return RunRecord.load_all(root)
 
 
 registry_runs = st.cache_data(show_spinner=False)(_registry_runs_impl) if st is not None else _registry_runs_impl
@@ -920,25 +925,47 @@ def relations(ver: str) -> pd.DataFrame:
     return model_relations(registry_runs(ver))
 
 
-def registry_table(ver: str) -> pd.DataFrame:
-    """Registered runs as leaderboard-like rows (test metrics from run.json; no CIs: no per-image predictions)."""
+def registry_table(ver: str, mode: str = PLAIN) -> pd.DataFrame:
+    """Registered runs as leaderboard-like rows (test metrics from run.json in inference mode `mode`: plain, flip or
+    flip+crop, `zoo.modes.metrics_key`; NaN in modes run.json has no metrics for; no CIs: no per-image
+    predictions)."""
+    key = metrics_key(mode, "test")
+    runs = registry_runs(ver)
+    by_id = {r.id: r for r in runs}
     rows = []
-    for r in registry_runs(ver):
-        cfg = r.get("config", {}) or {}
-        t = (r.get("metrics") or {}).get("test", {}) or {}
-        rows.append({"model_id": r["id"], "name": r.get("name") or r["id"], "kind": r.get("kind"), "source": "zoo",
-                     "backbone": cfg.get("backbone"), "formulation": cfg.get("formulation"),
-                     "img_size": cfg.get("img_size"), "params": r.get("params"), "flops": r.get("flops"),
-                     "infer_img_s": r.get("infer_img_s"), "mae": t.get("mae"), "rmse": t.get("rmse"),
-                     "cs5": t.get("cs5"), "acc10": t.get("acc10"), "gender_acc": t.get("gender_acc"),
-                     "f1": t.get("gender_f1"), "gender_auc": t.get("gender_auc"), "n": t.get("n"),
-                     "augment": cfg.get("augment"), "train_fraction": cfg.get("train_fraction"),
-                     "age_balance": cfg.get("age_balance"), "gender_balance": cfg.get("gender_balance"),
-                     "pretrained": cfg.get("pretrained"), "tasks": ",".join(cfg.get("tasks", []) or []),
-                     "training_data": _training_data(r), "dropout": cfg.get("dropout"),
-                     "parent": r.get("parent"), "adapted_to": (r.get("data") or {}).get("adapted_to"),
-                     "members": ",".join(r.get("members", []) or []), "budget": _budget(cfg)})
+    for r in runs:
+        t = (r.metrics.get(key) or {}) if key else {}
+        row = r.to_row(by_id)  # the bench's own run -> `models` row (light: no torch)
+        del row["info"]
+        rows.append({**row, "mae": t.get("mae"), "rmse": t.get("rmse"), "cs5": t.get("cs5"),
+                     "acc10": t.get("acc10"), "gender_acc": t.get("gender_acc"), "f1": t.get("gender_f1"),
+                     "gender_auc": t.get("gender_auc"), "n": t.get("n"),
+                     "parent": r.parent, "adapted_to": r.adapted_to,
+                     "members": ",".join(r.members), "budget": _budget(r.config)})
     return pd.DataFrame(rows)
+
+
+def leaderboard_board(lb: pd.DataFrame, registry: pd.DataFrame) -> pd.DataFrame:
+    """The Leaderboard page's rows for one inference mode: the bench DB's rows (`leaderboard(..., mode)`, origin
+    `bench DB`), then every registered run the DB has no rows of in that mode, with its run.json metrics of the same
+    mode (`registry_table(ver, mode)`; origin `registry run.json (not benchmarked)`), or, in a mode run.json has no
+    metrics for (MC-Dropout passes), listed without numbers (origin NO_NUMBERS): a board never mixes modes."""
+    rows = []
+    if len(lb):
+        d = lb.copy()
+        d["origin"] = "bench DB"
+        rows.append(d)
+    if len(registry):
+        reg = registry[~registry["model_id"].isin(lb["model_id"] if len(lb) else [])].copy()
+        if len(reg):
+            cols = [c for c in ("mae", "gender_acc") if c in reg]
+            has = reg[cols].notna().any(axis=1) if cols else pd.Series(False, index=reg.index)
+            reg["origin"] = np.where(has, "registry run.json (not benchmarked)", NO_NUMBERS)
+            rows.append(reg)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+NO_NUMBERS = "registry (no numbers in this mode)"
 
 
 def _budget(cfg: dict) -> str | None:
@@ -947,14 +974,6 @@ def _budget(cfg: dict) -> str | None:
         return None
     length = f"{cfg['max_steps']} steps" if cfg.get("max_steps") else f"{cfg.get('epochs')} epochs"
     return f"{length} x {cfg.get('batch_size')} @ lr {cfg.get('lr')}"
-
-
-def _training_data(run: dict) -> str | None:
-    data = run.get("data") or {}
-    ds, src = data.get("dataset"), data.get("source") or (run.get("config") or {}).get("source")
-    if not ds:
-        return None
-    return ds if src in (None, "real") else f"{ds}+{src}"
 
 
 def history(model_id: str) -> pd.DataFrame | None:
@@ -1068,8 +1087,8 @@ def study_frame(db_models: pd.DataFrame, scores: pd.DataFrame | None, registry: 
             ["model_id", "train_dataset", "mae", "mae_lo", "mae_hi", "gender_acc", "n"]]
         f = f.merge(s, on=["model_id", "train_dataset"], how="left", suffixes=("_reg", ""))
         if "mae_reg" in f:
-            f["mae"] = f["mae"].fillna(f.pop("mae_reg"))
-            f["gender_acc"] = f["gender_acc"].fillna(f.pop("gender_acc_reg"))
+            f["mae"] = f["mae"].fillna(pd.to_numeric(f.pop("mae_reg"), errors="coerce"))
+            f["gender_acc"] = f["gender_acc"].fillna(pd.to_numeric(f.pop("gender_acc_reg"), errors="coerce"))
     for col in ("mae", "mae_lo", "mae_hi", "gender_acc", "n"):
         if col not in f:
             f[col] = np.nan

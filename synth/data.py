@@ -110,7 +110,7 @@ def csv_reader() -> Iterator[str]:
     try:
         yield FALLBACK_READER
     finally:
-        READERS.pop(FALLBACK_READER, None)
+        READERS.unregister(FALLBACK_READER)
 
 
 def write_labels_csv(root: Path, frame: pd.DataFrame) -> Path:

@@ -147,9 +147,9 @@ def fidelity(name: str, model_id: str, real: str | None = None, max_images: int 
     predictor = load(model_id)
     size = predictor.img_size
     run = get_run(model_id)
-    feat_run = get_run(run["members"][0]) if run["kind"] == "ensemble" else run  # features: first member
+    feat_run = get_run(run.members[0]) if run.kind == "ensemble" else run  # features: first member
     net = build_network(feat_run)
-    feat_size = (feat_run if feat_run["kind"] == "single" else get_run(feat_run["parent"]))["config"]["img_size"]
+    feat_size = feat_run.preprocessing(get_run).img_size
 
     # Synthetic images at their native size (grid) and the judging model's size (via its own resize).
     s_idx = _subset(len(syn.frame), max_images, seed)

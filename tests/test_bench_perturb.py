@@ -7,6 +7,7 @@ import pytest
 
 from bench import perturb as P
 from bench.attributes import image_attributes, jpeg_quality_from_table, pixel_stats
+from zoo.plugins import UnknownName
 
 
 def _image(size: int = 96) -> np.ndarray:
@@ -81,7 +82,7 @@ def test_suites_and_registry():
     assert {"brightness", "gamma", "blur", "jpeg", "downscale", "background"} <= set(P.list_perturbations())
     assert P.resolve_suite("blur,jpeg") == [("none", 0)] + [("blur", s) for s in (1, 2, 3)] + \
         [("jpeg", s) for s in (1, 2, 3)]
-    with pytest.raises(KeyError):
+    with pytest.raises(UnknownName, match="unknown perturbation 'sepia'; known: .*blur"):
         P.resolve_suite("sepia")
     with pytest.raises(ValueError):
         P.register_perturbation("tiny", severities=(1, 2))

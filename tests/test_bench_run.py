@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -421,6 +422,34 @@ def test_ensembles_are_benched_and_a_model_failing_mid_run_is_dropped(zoo_env, t
     assert (kind, backbone, training_data) == ("ensemble", "seed_cnn", "utkface")
 
 
+def test_a_renamed_run_shows_its_new_name_after_the_next_bench_run(zoo_env, tmp_path):
+    """A run renamed in the registry (its run.json `name`) has its new name in the DB after the next bench run,
+    whether that run benches it or not, and even when the run has nothing to compute."""
+    from bench.run import run
+    from zoo.paths import runs_dir
+    from zoo.registry import get_run, write_run
+
+    rid, other = f"{zoo_env['ids'][0]}-renamed", zoo_env["ids"][1]
+    shutil.copytree(runs_dir() / zoo_env["ids"][0], runs_dir() / rid)
+    try:
+        write_run({**get_run(rid), "id": rid, "name": "first-name"})
+        db = tmp_path / "b.duckdb"
+        run(_opts(db, [rid, other], limit=4))
+
+        def name() -> str:
+            return _q(db, f"SELECT name FROM models WHERE model_id = '{rid}'")[0][0]
+
+        assert name() == "first-name"
+        write_run({**get_run(rid), "name": "second-name"})
+        s = run(_opts(db, [other], limit=4))  # not benched, and nothing left to compute
+        assert s["rows"] == 0 and name() == "second-name"
+        write_run({**get_run(rid), "name": "third-name"})
+        assert run(_opts(db, [rid], limit=4))["rows"] == 0 and name() == "third-name"
+        assert store.table_counts(db)["models"] == 2
+    finally:
+        shutil.rmtree(runs_dir() / rid)
+
+
 def _keys(db: Path) -> list[tuple]:
     return _q(db, f"SELECT {KEY} FROM predictions ORDER BY ALL")
 
@@ -620,3 +649,48 @@ def test_device_path_on_cuda_matches_the_cpu(zoo_env):
     n = torch.cuda.device_count()
     assert [Torchrun(r, 3, r).device("auto") for r in range(3)] == [f"cuda:{r % n}" for r in range(3)]
     assert Torchrun(1, 2, 1).device("cuda") == f"cuda:{1 % n}" and Torchrun(1, 2, 1).device("cpu") == "cpu"
+
+
+def test_each_inference_mode_is_its_own_set_of_rows(zoo_env, tmp_path, capsys):
+    """Issue 19: `--tta flip`, then a plain run, then `--mc-dropout 5` on the same model and images give three sets
+    of rows, each computed once; re-running any mode computes nothing; `bench report` and the dashboard keep the modes
+    apart; and on the full test split the dashboard's leaderboard in a mode agrees with the README table's column for
+    it (the registry's run.json metrics of that mode)."""
+    from bench.__main__ import main
+    from bench.run import run
+    from dashboard import queries as Q
+    from zoo.report import MODE_COLUMNS, results_frame
+
+    db = tmp_path / "b.duckdb"
+    mid = zoo_env["ids"][0]
+    modes = (({"tta": "flip"}, "flip"), ({}, "plain"), ({"mc_dropout": 5}, "mc5"))
+    rows = [run(_opts(db, [mid], datasets=["utkface:test"], **kw))["rows"] for kw, _ in modes]
+    n = _q(db, "SELECT count(*) FROM images WHERE split = 'test'")[0][0]
+    assert n > 0 and rows == [n, n, n]
+    assert _q(db, "SELECT mode, count(*), count(DISTINCT image_id), count(sigma_tta), count(sigma_epistemic) "
+                  "FROM predictions GROUP BY mode ORDER BY mode") == \
+        [("flip", n, n, n, 0), ("mc5", n, n, 0, n), ("plain", n, n, 0, 0)]
+    assert _q(db, f"SELECT count(*) FROM (SELECT {KEY}, mode FROM predictions GROUP BY ALL HAVING count(*) > 1)") \
+        == [(0,)]
+    assert [json.loads(o)["mode"] for (o,) in _q(db, "SELECT options FROM bench_runs ORDER BY started")] == \
+        [m for _, m in modes]
+    for kw, _ in modes:  # every mode is complete now
+        assert run(_opts(db, [mid], datasets=["utkface:test"], **kw))["rows"] == 0
+    flip, plain = (dict(_q(db, f"SELECT image_id, age_pred FROM predictions WHERE mode = '{m}'"))
+                   for m in ("flip", "plain"))
+    assert any(abs(flip[i] - plain[i]) > 1e-6 for i in plain)  # really another way of predicting
+
+    capsys.readouterr()
+    assert main(["report", "--db", str(db), "--n-boot", "20"]) == 0
+    assert re.findall(r"mode (\S+);", capsys.readouterr().out) == ["flip", "mc5", "plain"]
+
+    ver = Q.db_version(str(db))
+    readme = results_frame("test").set_index("id")
+    column = {mode: col for col, mode in MODE_COLUMNS.items()}
+    assert pd.notna(readme.loc[mid, "MAE"]) and pd.notna(readme.loc[mid, "MAE (flip TTA)"])
+    for _, mode in modes:
+        lb = Q.leaderboard.raw(str(db), ver, "utkface", "test", mode=mode)
+        assert list(lb["model_id"]) == [mid] and lb["n"].iloc[0] == n
+        col = column.get(mode)
+        if col and pd.notna(readme.loc[mid, col]):
+            assert abs(lb["mae"].iloc[0] - readme.loc[mid, col]) < 1e-3, (mode, lb["mae"].iloc[0], readme.loc[mid])

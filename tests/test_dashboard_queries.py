@@ -20,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def db(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("qdb") / "bench.duckdb"
     demo.write_predictions_db(path, demo.demo_models(6), demo.make_images(1500, seed=1), seed=1, pert_images=40,
-                              perturbations={"gaussian_blur": 2, "jpeg": 2})
+                              perturbations={"blur": 2, "jpeg": 2})
     return str(path)
 
 
@@ -96,7 +96,7 @@ def test_every_query_runs_and_slices_cover_all_rows(db):
     q = Q.slice_metrics.raw(db, ver, models, "utkface", "test", "lighting quartile (per dataset)")
     assert set(q["slice"]) <= {"Q1 darkest", "Q2", "Q3", "Q4 brightest", "unknown"}
     rob = Q.robustness.raw(db, ver, models, "utkface", "test")
-    assert set(rob["severity"]) == {0, 1, 2} and set(rob["perturbation"]) == {"gaussian_blur", "jpeg"}
+    assert set(rob["severity"]) == {0, 1, 2} and set(rob["perturbation"]) == {"blur", "jpeg"}
     assert (rob.groupby(["model_id", "perturbation"])["mae"].apply(lambda s: s.iloc[-1] > s.iloc[0])).all()
     assert len(Q.mae_by_age.raw(db, ver, models, "utkface", "test"))
     assert Q.error_hist.raw(db, ver, models, "utkface", "test")["n"].sum() == n_clean

@@ -13,7 +13,7 @@ from __future__ import annotations
 def list_models() -> list[str]:
     from zoo.registry import list_runs
 
-    return [r["id"] for r in list_runs()]
+    return [r.id for r in list_runs()]
 
 
 def load(model_id: str, runtime: str = "eager"):

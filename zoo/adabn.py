@@ -7,7 +7,6 @@ augmented images (and, with weight EMA, an average of buffers along the trajecto
 at test time. Measured on UTKFace val (EMA Lite0, 128 px): MAE 5.04 -> 4.95, gender 92.6 -> 92.8 %."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from zoo.inference import Predictor, to_batch
 from zoo.paths import runs_dir
 from zoo.provenance import git_commit
 from zoo.registry import build_network, get_run, input_framing, write_run
+from zoo.runs import RunRecord
 
 
 CHECKPOINT = "bn_stats.safetensors"
@@ -56,23 +56,24 @@ def adapt(model_id: str, dataset: str, split: str = "train", root: Path | None =
     """Register `<model_id>-adabn-<dataset>`: the parent with BN statistics from the target's `split` images."""
     root = root or runs_dir()
     parent = get_run(model_id, root)
-    if parent["kind"] != "single":
-        raise ValueError(f"AdaBN adapts single networks, {model_id} is {parent['kind']!r}")
+    if parent.kind != "single":
+        raise ValueError(f"AdaBN adapts single networks, {model_id} is {parent.kind!r}")
     new_id = f"{model_id}-adabn-{dataset}"
     out = root / new_id
     if (out / "run.json").exists():
-        return json.loads((out / "run.json").read_text())
-    size = parent["config"]["img_size"]
+        return RunRecord.load(out).to_dict()
+    size = parent.preprocessing(lambda m: get_run(m, root)).img_size
     m = load_manifest(dataset)
     images = load_images(m, size, framing=input_framing(parent, dataset, root))
     idx = np.flatnonzero(m.frame["split"].to_numpy() == split)
     model = reestimate_bn(build_network(parent, root), images[idx], size)
     out.mkdir(parents=True, exist_ok=True)
     save_file(bn_statistics(model), str(out / CHECKPOINT))
-    how = "BN recalibrated" if dataset == parent["data"]["dataset"] else f"AdaBN({dataset})"
-    record = {**{k: parent[k] for k in ("params", "flops", "infer_img_s", "config")}, "id": new_id,
-              "kind": "adapted", "parent": model_id, "name": f"{parent.get('name') or model_id} + {how}",
-              "data": {**parent["data"], "adapted_to": dataset, "adapt_split": split},
+    how = "BN recalibrated" if dataset == parent.data["dataset"] else f"AdaBN({dataset})"
+    record = {"params": parent.params, "flops": parent.flops, "infer_img_s": parent.infer_img_s,
+              "config": parent.config, "id": new_id,
+              "kind": "adapted", "parent": model_id, "name": f"{parent.display_name} + {how}",
+              "data": {**parent.data, "adapted_to": dataset, "adapt_split": split},
               "checkpoint": CHECKPOINT, "commit": git_commit(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     record["metrics"] = registry_metrics(Predictor(model, size, new_id, record), dataset)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from zoo.plugins import Registry
+
 
 @dataclass(frozen=True)
 class AugmentPreset:
@@ -25,24 +27,23 @@ class AugmentPreset:
     grayscale: float = 0.0  # probability
 
 
-AUGMENTS: dict[str, AugmentPreset] = {
-    "none": AugmentPreset(),
-    "light": AugmentPreset(flip=0.5, zoom=(0.9, 1.0), shift=0.05, brightness=0.1, contrast=0.1),
-    "strong": AugmentPreset(flip=0.5, zoom=(0.8, 1.0), shift=0.1, rotate=10.0, brightness=0.3, contrast=0.3,
-                            saturation=0.3, grayscale=0.1),
-}
+AUGMENTS = Registry("augment preset")  # name -> AugmentPreset
 
 
-def register_augment(name: str, preset: AugmentPreset) -> None:
-    if name in AUGMENTS:
-        raise ValueError(f"augment preset {name!r} is already registered")
-    AUGMENTS[name] = preset
+def register_augment(name: str, preset: AugmentPreset) -> AugmentPreset:
+    return AUGMENTS.register(name, preset)
+
+
+register_augment("none", AugmentPreset())
+register_augment("light", AugmentPreset(flip=0.5, zoom=(0.9, 1.0), shift=0.05, brightness=0.1, contrast=0.1))
+register_augment("strong", AugmentPreset(flip=0.5, zoom=(0.8, 1.0), shift=0.1, rotate=10.0, brightness=0.3,
+                                         contrast=0.3, saturation=0.3, grayscale=0.1))
 
 
 def augment_batch(x: torch.Tensor, preset: AugmentPreset | str, generator: torch.Generator | None = None
                   ) -> torch.Tensor:
     """x: float [B, 3, H, W] in [0, 1] -> augmented batch of the same shape."""
-    p = AUGMENTS[preset] if isinstance(preset, str) else preset
+    p = AUGMENTS.get(preset) if isinstance(preset, str) else preset
     if p == AUGMENTS["none"]:
         return x
     b, dev = x.shape[0], x.device

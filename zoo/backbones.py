@@ -12,23 +12,15 @@ import timm
 import torch
 from torch import nn
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+from zoo.plugins import Registry
+
+BACKBONES = Registry("backbone")  # name -> factory(**kwargs) -> nn.Module with .num_features
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def register_backbone(name: str) -> Callable:
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} is already registered")
-        BACKBONES[name] = fn
-        return fn
-
-    return wrap
-
-
-def list_backbones() -> list[str]:
-    return sorted(BACKBONES)
+register_backbone = BACKBONES.register
+list_backbones = BACKBONES.names
 
 
 class SeedCNN(nn.Module):
@@ -100,9 +92,7 @@ def load_local_weights(model: nn.Module, path: str | Path) -> list[str]:
 
 def create_backbone(name: str, pretrained: str | None = None, **kwargs) -> tuple[nn.Module, int, tuple, tuple]:
     """Build a backbone; returns (module, feature dim, input mean, input std)."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
-    model = BACKBONES[name](**kwargs)
+    model = BACKBONES.get(name)(**kwargs)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if pretrained == "imagenet":
         from zoo.pretrained import load_packaged_imagenet

@@ -10,6 +10,8 @@ from typing import Callable
 
 import numpy as np
 
+from zoo.plugins import Registry
+
 
 @dataclass
 class Balance:
@@ -22,16 +24,13 @@ class Balance:
     keep: np.ndarray
 
 
-AgeStrategy = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
-AGE_BALANCE: dict[str, AgeStrategy] = {}
-
-
-def register_age_balance(name: str) -> Callable[[AgeStrategy], AgeStrategy]:
-    def wrap(fn: AgeStrategy) -> AgeStrategy:
-        AGE_BALANCE[name] = fn
-        return fn
-
-    return wrap
+AgeStrategy = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]  # age -> (loss weights, probs | None)
+AGE_BALANCE = Registry("age balance")
+register_age_balance = AGE_BALANCE.register
+# (gender with NaN for unknown, seed) -> (indices to keep, gender-loss weights of the kept samples)
+GenderStrategy = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+GENDER_BALANCE = Registry("gender balance")
+register_gender_balance = GENDER_BALANCE.register
 
 
 def _age_density(age: np.ndarray, smooth_sigma: float = 0.0) -> np.ndarray:
@@ -79,27 +78,39 @@ def _balanced_sampler(age: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ones(len(age)), p / p.sum()
 
 
+@register_gender_balance("none")
+def _gender_none(gender: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(len(gender)), np.ones(len(gender))
+
+
+@register_gender_balance("undersample")
+def _undersample(gender: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    # As many of the majority gender as there are of the minority (drawn with `seed`); unknown genders all stay.
+    known = ~np.isnan(gender)
+    rng = np.random.default_rng(seed)
+    male, female = np.flatnonzero(known & (gender == 0)), np.flatnonzero(known & (gender == 1))
+    n = min(len(male), len(female))
+    keep = np.sort(np.concatenate([rng.choice(male, n, replace=False), rng.choice(female, n, replace=False),
+                                   np.flatnonzero(~known)]))
+    return keep, np.ones(len(keep))
+
+
+@register_gender_balance("reweight")
+def _reweight(gender: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    # Each gender contributes half of the gender loss.
+    weights = np.ones(len(gender))
+    n_known = (~np.isnan(gender)).sum()
+    for v in (0, 1):
+        m = gender == v
+        if m.any():
+            weights[m] = n_known / (2 * m.sum())
+    return np.arange(len(gender)), weights
+
+
 def balance(age: np.ndarray, gender: np.ndarray, age_strategy: str = "none", gender_strategy: str = "none",
             seed: int = 0) -> Balance:
-    """Combine an age strategy with a gender strategy (`none | undersample | reweight`)."""
-    if age_strategy not in AGE_BALANCE:
-        raise ValueError(f"unknown age_balance {age_strategy!r}; known: {sorted(AGE_BALANCE)}")
-    keep = np.arange(len(age))
-    known = ~np.isnan(gender)
-    if gender_strategy == "undersample":
-        rng = np.random.default_rng(seed)
-        male, female = np.flatnonzero(known & (gender == 0)), np.flatnonzero(known & (gender == 1))
-        n = min(len(male), len(female))
-        keep = np.sort(np.concatenate([rng.choice(male, n, replace=False), rng.choice(female, n, replace=False),
-                                       np.flatnonzero(~known)]))
-    elif gender_strategy not in ("none", "reweight"):
-        raise ValueError(f"unknown gender_balance {gender_strategy!r}; known: none, undersample, reweight")
-    weights, probs = AGE_BALANCE[age_strategy](age[keep])
-    gender_weights = np.ones(len(keep))
-    if gender_strategy == "reweight":  # each gender contributes half of the gender loss
-        g = gender[keep]
-        for v in (0, 1):
-            m = g == v
-            if m.any():
-                gender_weights[m] = known[keep].sum() / (2 * m.sum())
+    """Combine an age strategy (`AGE_BALANCE`) with a gender strategy (`GENDER_BALANCE`)."""
+    age_fn, gender_fn = AGE_BALANCE.get(age_strategy), GENDER_BALANCE.get(gender_strategy)
+    keep, gender_weights = gender_fn(gender, seed)
+    weights, probs = age_fn(age[keep])
     return Balance(weights, gender_weights, probs, keep)

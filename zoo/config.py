@@ -8,6 +8,7 @@ together in one `ConfigError`.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import re
@@ -19,10 +20,6 @@ import yaml
 
 TASKS = ("age", "gender", "race")
 MIN_IMG_SIZE = 16  # smaller inputs collapse to nothing in the backbones' strided stages
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "plateau")
-GENDER_BALANCES = ("none", "undersample", "reweight")
-FREEZE_SYNTAX = "none | linear_probe | stages:K"
 SOURCE_SYNTAX = "real | synth:<id> | mixed:<fraction>:<id>"
 
 
@@ -300,34 +297,13 @@ def _one_of(choices):
     return check
 
 
-def _backbones() -> list[str]:
-    from zoo.backbones import list_backbones
+def _registered(module: str, table: str):
+    """The names in the zoo.plugins Registry `module.table`, imported when a config is first checked."""
 
-    return list_backbones()
+    def names() -> list[str]:
+        return getattr(importlib.import_module(module), table).names()
 
-
-def _formulations() -> list[str]:
-    from zoo.formulations import list_formulations
-
-    return list_formulations()
-
-
-def _gender_losses() -> list[str]:
-    from zoo.gender import list_gender_losses
-
-    return list_gender_losses()
-
-
-def _augments() -> list[str]:
-    from zoo.augment import AUGMENTS
-
-    return sorted(AUGMENTS)
-
-
-def _age_balances() -> list[str]:
-    from zoo.balance import AGE_BALANCE
-
-    return sorted(AGE_BALANCE)
+    return names
 
 
 def _pretrained(v, cfg) -> str | None:
@@ -355,9 +331,13 @@ def _loss_weights(v, cfg) -> str | None:
 
 
 def _freeze(v, cfg) -> str | None:
-    if v in ("none", "linear_probe") or re.fullmatch(r"stages:\d+", v):
-        return None
-    return f"must be {FREEZE_SYNTAX} (got {v!r})"
+    from zoo.optim import parse_freeze
+
+    try:
+        parse_freeze(v)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _source(v, cfg) -> str | None:
@@ -381,25 +361,25 @@ _CHECKS = [
     ("dataset", _range(bool, "a dataset name")),
     ("datasets", _datasets),
     ("source", _source),
-    ("backbone", _one_of(_backbones)),
+    ("backbone", _one_of(_registered("zoo.backbones", "BACKBONES"))),
     ("pretrained", _pretrained),
-    ("formulation", _one_of(_formulations)),
+    ("formulation", _one_of(_registered("zoo.formulations", "FORMULATIONS"))),
     ("age_max", _range(lambda v: v >= 1, ">= 1")),
     ("tasks", _tasks),
     ("loss_weights", _loss_weights),
-    ("gender_loss", _one_of(_gender_losses)),
+    ("gender_loss", _one_of(_registered("zoo.gender", "GENDER_LOSSES"))),
     ("dropout", _range(lambda v: 0 <= v < 1, "in [0, 1)")),
     ("img_size", _range(lambda v: v >= MIN_IMG_SIZE, f">= {MIN_IMG_SIZE}")),
-    ("augment", _one_of(_augments)),
+    ("augment", _one_of(_registered("zoo.augment", "AUGMENTS"))),
     ("train_fraction", _range(lambda v: 0 < v <= 1, "in (0, 1]")),
-    ("age_balance", _one_of(_age_balances)),
-    ("gender_balance", _one_of(lambda: GENDER_BALANCES)),
-    ("optimizer", _one_of(lambda: OPTIMIZERS)),
+    ("age_balance", _one_of(_registered("zoo.balance", "AGE_BALANCE"))),
+    ("gender_balance", _one_of(_registered("zoo.balance", "GENDER_BALANCE"))),
+    ("optimizer", _one_of(_registered("zoo.optim", "OPTIMIZERS"))),
     ("lr", _range(lambda v: 0 < v < math.inf, "> 0")),
     ("weight_decay", _range(lambda v: 0 <= v < math.inf, ">= 0")),
     ("backbone_lr_mult", _range(lambda v: 0 < v < math.inf, "> 0")),
     ("freeze", _freeze),
-    ("schedule", _one_of(lambda: SCHEDULES)),
+    ("schedule", _one_of(_registered("zoo.optim", "SCHEDULES"))),
     ("warmup_epochs", _range(lambda v: 0 <= v < math.inf, ">= 0")),
     ("epochs", _range(lambda v: v >= 1, ">= 1")),
     ("max_steps", _range(lambda v: v is None or v >= 1, "null or >= 1")),

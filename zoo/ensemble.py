@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from zoo.evaluate import registry_metrics, split_predictions
 from zoo.paths import runs_dir
 from zoo.provenance import git_commit
 from zoo.registry import get_run, load, write_run
+from zoo.runs import RunRecord
 
 
 def make_ensemble(members: list[str], name: str = "", root: Path | None = None, progress: bool = True) -> dict:
@@ -19,22 +19,22 @@ def make_ensemble(members: list[str], name: str = "", root: Path | None = None, 
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two members")
     runs = [get_run(m, root) for m in members]
-    datasets = {r["data"]["dataset"] for r in runs}
+    datasets = {r.data["dataset"] for r in runs}
     if len(datasets) != 1:
         raise ValueError(f"ensemble members were trained on different datasets: {sorted(datasets)}")
     mid = "ensemble-" + hashlib.sha1(",".join(sorted(members)).encode()).hexdigest()[:8]
     out = root / mid / "run.json"
     if out.exists():
-        return json.loads(out.read_text())
+        return RunRecord.load(out).to_dict()
     record = {"id": mid, "kind": "ensemble", "name": name or f"ensemble of {len(members)}",
-              "members": sorted(members), "data": runs[0]["data"],
-              "config": {"backbone": "+".join(sorted({r["config"]["backbone"] for r in runs})),
-                         "formulation": "+".join(sorted({r["config"]["formulation"] for r in runs})),
-                         "img_size": max(r["config"]["img_size"] for r in runs)},
-              "params": sum(r["params"] for r in runs), "flops": sum(r["flops"] for r in runs),
-              "infer_img_s": 1 / sum(1 / r["infer_img_s"] for r in runs),
+              "members": sorted(members), "data": runs[0].data,
+              "config": {"backbone": "+".join(sorted({r.config["backbone"] for r in runs})),
+                         "formulation": "+".join(sorted({r.config["formulation"] for r in runs})),
+                         "img_size": max(r.img_size for r in runs)},
+              "params": sum(r.params for r in runs), "flops": sum(r.flops for r in runs),
+              "infer_img_s": 1 / sum(1 / r.infer_img_s for r in runs),
               "commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    predictor, dataset = load_members(record, root), runs[0]["data"]["dataset"]
+    predictor, dataset = load_members(record, root), runs[0].data["dataset"]
     record["metrics"] = registry_metrics(predictor, dataset, progress)
     write_run(record, root)  # only now: a killed evaluation leaves no empty run folder
     return record
@@ -63,7 +63,7 @@ def select_members(candidates: list[str], root: Path | None = None, progress: bo
     from tqdm import tqdm
 
     root = root or runs_dir()
-    dataset = get_run(candidates[0], root)["data"]["dataset"]
+    dataset = get_run(candidates[0], root).data["dataset"]
     preds = {}
     for c in tqdm(candidates, desc="val predictions", disable=not progress):
         pred, age, _, _ = split_predictions(load(c, root), dataset, split="val")

@@ -60,7 +60,7 @@ def add_tta_metrics(run_id: str, root: Path | None = None) -> dict:
     from zoo.registry import get_run, load, write_run
 
     root = root or runs_dir()
-    record = get_run(run_id, root)
+    record = get_run(run_id, root).to_dict()  # a copy to fill in and rewrite
     missing = [mode for mode, key in TTA_KEYS.items() if key not in record.get("metrics", {})]
     if missing:
         record["metrics"].update(tta_metrics(load(run_id, root), record["data"]["dataset"], missing))

@@ -33,8 +33,11 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
+
+from zoo.runs import RunRecord
 
 if TYPE_CHECKING:  # torch is imported on use: `zoo.cli` imports this module for its constants and stays light
     import torch
@@ -75,25 +78,26 @@ def _with_features(model: nn.Module, as_tuple: bool = False) -> nn.Module:
 # What a run is: its network config, checkpoint files and preprocessing
 # ---------------------------------------------------------------------------------------------------------------
 
-def _network_run(model_id: str, root: Path | None = None) -> dict:
+def _network_run(model_id: str, root: Path | None = None) -> RunRecord:
     from zoo.registry import get_run
 
     run = get_run(model_id, root)
-    if run["kind"] == "ensemble":
-        raise ValueError(f"{model_id} is an ensemble (the mean of {', '.join(run.get('members', []))}): export its "
+    if run.kind == "ensemble":
+        raise ValueError(f"{model_id} is an ensemble (the mean of {', '.join(run.members)}): export its "
                          f"members; its runtime is theirs")
     return run
 
 
-def _checkpoints(run: dict, root: Path | None = None) -> list[Path]:
+def _checkpoints(run: Mapping, root: Path | None = None) -> list[Path]:
     """The files the network's weights come from (an adapted run: its parent's, then its own BN statistics)."""
     from zoo.paths import runs_dir
     from zoo.registry import get_run
 
+    run = RunRecord.from_dict(run)
     root = root or runs_dir()
-    own = root / run["id"] / run.get("checkpoint", "best.safetensors")
-    if run["kind"] == "adapted":
-        return _checkpoints(get_run(run["parent"], root), root) + [own]
+    own = root / run.id / run.checkpoint_file
+    if run.kind == "adapted":
+        return _checkpoints(get_run(run.parent, root), root) + [own]
     return [own]
 
 
@@ -102,7 +106,7 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def checkpoint_key(run: dict, root: Path | None = None) -> str:
+def checkpoint_key(run: Mapping, root: Path | None = None) -> str:
     """A hash of the run's checkpoint bytes and of the export recipe: the cache key of its exported file."""
     h = hashlib.sha256(EXPORT_RECIPE.encode())
     for p in _checkpoints(run, root):
@@ -112,37 +116,36 @@ def checkpoint_key(run: dict, root: Path | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def preprocessing(run: dict, model: nn.Module, root: Path | None = None) -> dict[str, str]:
-    """How to feed the exported network, as string metadata."""
+def preprocessing(run: Mapping, model: nn.Module, root: Path | None = None) -> dict[str, str]:
+    """How to feed the exported network, as string metadata (RunRecord.preprocessing, plus the network's own
+    normalisation constants)."""
     import torch
 
-    from zoo.faces import CROP_SIZE, pipeline_version
-    from zoo.registry import get_run, input_framing
+    from zoo.registry import get_run
 
-    cfg_run = run if run["kind"] == "single" else get_run(run["parent"], root)
-    cfg = cfg_run["config"]
-    datasets = [e["name"] if isinstance(e, dict) else str(e) for e in cfg.get("datasets") or []] \
-        or [cfg.get("dataset") or "utkface"]
-    framing = {d: input_framing(run, d, root) or "dataset default" for d in datasets}
+    run = RunRecord.from_dict(run)
+    get = lambda m: get_run(m, root)  # noqa: E731
+    cfg = run.network_run(get).config
+    prep = run.preprocessing(get)
+    framing = {d: f or "dataset default" for d, f in prep.framing}
     heads = [k for k in OUTPUT_ORDER if getattr(model, k, None) is not None]
     return {
-        "zoo.model_id": run["id"], "zoo.kind": run["kind"], "zoo.name": run.get("name", ""),
+        "zoo.model_id": run.id, "zoo.kind": run.kind, "zoo.name": run.name,
         "zoo.backbone": str(cfg.get("backbone")), "zoo.formulation": str(cfg.get("formulation")),
         "zoo.formulation_kwargs": json.dumps(cfg.get("formulation_kwargs") or {}, sort_keys=True),
         "zoo.age_max": str(cfg.get("age_max", 100)), "zoo.outputs": ",".join(heads),
         "zoo.output_meaning": "age: raw formulation outputs (decode with zoo.formulations); gender: logit of "
                               "P(female); race: logits over zoo.data.readers.RACES; features: the backbone "
                               "features the heads read (a last output)",
-        "preprocess.img_size": str(cfg["img_size"]),
-        "preprocess.input": "float32 [batch, 3, img_size, img_size], RGB, values in [0, 1] (pixel / 255)",
+        "preprocess.img_size": str(prep.img_size),
+        "preprocess.input": prep.input,
         "preprocess.normalise": "inside the graph: (x - mean) / std",
         "preprocess.mean": json.dumps([round(float(v), 6) for v in model.mean.flatten()]),
         "preprocess.std": json.dumps([round(float(v), 6) for v in model.std.flatten()]),
-        "preprocess.resize": "canonical face crop -> centre square -> img_size x img_size (cv2 INTER_AREA when "
-                             "shrinking, INTER_LINEAR when enlarging: zoo.data.cache.square_resize)",
+        "preprocess.resize": prep.resize,
         "preprocess.framing": json.dumps(framing, sort_keys=True),
-        "preprocess.face_pipeline": f"{pipeline_version()} (5-point similarity alignment onto zoo.faces.TEMPLATE, "
-                                    f"{CROP_SIZE} px canonical crop)",
+        "preprocess.face_pipeline": f"{prep.face_pipeline} (5-point similarity alignment onto zoo.faces.TEMPLATE, "
+                                    f"{prep.face_crop_size} px canonical crop)",
         "zoo.checkpoint_key": checkpoint_key(run, root), "zoo.export_recipe": EXPORT_RECIPE,
         "zoo.torch": torch.__version__,
     }

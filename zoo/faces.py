@@ -30,6 +30,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from zoo.plugins import Registry
+
 CROP_SIZE = 200  # UTKFace's aligned crops are 200 x 200: the canonical crop is the same size
 # Five landmarks on UTKFace's aligned crops, in px of a 200 px crop: the mean over 1,473 train images
 # (benchmarks/face_template.py). Order as dlib's 5-point model: the subject's left eye outer / inner corner (image
@@ -84,33 +86,20 @@ class FaceReport:
 
 # ------------------------------------------------------------------------------------------------------ detectors
 Detector = Callable[[np.ndarray], list[tuple[tuple[float, float, float, float], float]]]
-DETECTORS: dict[str, Callable[[], Detector]] = {}
-
-
-def register_detector(name: str) -> Callable:
-    """Register a factory returning `detect(gray_or_rgb uint8) -> [((x, y, w, h), score)]`."""
-    def wrap(factory: Callable[[], Detector]) -> Callable[[], Detector]:
-        if name in DETECTORS:
-            raise ValueError(f"face detector {name!r} is already registered")
-        DETECTORS[name] = factory
-        return factory
-
-    return wrap
-
-
-def list_detectors() -> list[str]:
-    return sorted(DETECTORS)
+# name -> factory returning `detect(gray_or_rgb uint8) -> [((x, y, w, h), score)]`
+DETECTORS = Registry("face detector")
+register_detector = DETECTORS.register
+list_detectors = DETECTORS.names
 
 
 _local = threading.local()  # detectors are not documented as thread-safe: one instance per thread
 
 
 def get_detector(name: str) -> Detector:
-    if name not in DETECTORS:
-        raise ValueError(f"unknown face detector {name!r}; known: {', '.join(list_detectors())}")
+    factory = DETECTORS.get(name)
     cache = _local.__dict__.setdefault("detectors", {})
     if name not in cache:
-        cache[name] = DETECTORS[name]()
+        cache[name] = factory()
     return cache[name]
 
 
@@ -237,8 +226,7 @@ class FacePipeline:
 
     def __init__(self, detector: str = "dlib_hog", size: int = CROP_SIZE, min_score: float | None = None,
                  min_face: float = PHOTO_MIN_FACE):
-        if detector not in DETECTORS:
-            raise ValueError(f"unknown face detector {detector!r}; known: {', '.join(list_detectors())}")
+        DETECTORS.get(detector)  # an unknown name fails here, listing the known ones
         self.detector, self.size, self.min_score, self.min_face = detector, size, min_score, min_face
         self.version = pipeline_version(detector, min_face)
 

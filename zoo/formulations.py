@@ -17,30 +17,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FORMULATIONS: dict[str, type["Formulation"]] = {}
+from zoo.plugins import Registry
+
+FORMULATIONS = Registry("formulation")  # name -> Formulation subclass
+list_formulations = FORMULATIONS.names
 
 
 def register_formulation(name: str) -> Callable[[type], type]:
-    """Class decorator: add a Formulation subclass to the registry under `name`."""
+    """Class decorator: add a Formulation subclass to the registry under `name` (its `.name`)."""
+    add = FORMULATIONS.register(name)
 
     def deco(cls: type[Formulation]) -> type[Formulation]:
-        if name in FORMULATIONS:
-            raise ValueError(f"formulation {name!r} is already registered ({FORMULATIONS[name].__name__})")
+        add(cls)
         cls.name = name
-        FORMULATIONS[name] = cls
         return cls
 
     return deco
 
 
 def create_formulation(name: str, in_features: int, **kwargs) -> "Formulation":
-    if name not in FORMULATIONS:
-        raise ValueError(f"unknown formulation {name!r}; known: {', '.join(list_formulations())}")
-    return FORMULATIONS[name](in_features, **kwargs)
-
-
-def list_formulations() -> list[str]:
-    return sorted(FORMULATIONS)
+    return FORMULATIONS.get(name)(in_features, **kwargs)
 
 
 def _reduce(per_sample: Tensor, weight: Tensor | None) -> Tensor:

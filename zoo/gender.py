@@ -12,30 +12,26 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-GENDER_LOSSES: dict[str, type[nn.Module]] = {}
+from zoo.plugins import Registry
+
+GENDER_LOSSES = Registry("gender loss")  # name -> nn.Module class
+list_gender_losses = GENDER_LOSSES.names
 
 
 def register_gender_loss(name: str) -> Callable[[type], type]:
-    """Class decorator: add a gender loss module to the registry under `name`."""
+    """Class decorator: add a gender loss module to the registry under `name` (its `.name`)."""
+    add = GENDER_LOSSES.register(name)
 
     def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in GENDER_LOSSES:
-            raise ValueError(f"gender loss {name!r} is already registered ({GENDER_LOSSES[name].__name__})")
+        add(cls)
         cls.name = name
-        GENDER_LOSSES[name] = cls
         return cls
 
     return deco
 
 
 def create_gender_loss(name: str, **kwargs) -> nn.Module:
-    if name not in GENDER_LOSSES:
-        raise ValueError(f"unknown gender loss {name!r}; known: {', '.join(list_gender_losses())}")
-    return GENDER_LOSSES[name](**kwargs)
-
-
-def list_gender_losses() -> list[str]:
-    return sorted(GENDER_LOSSES)
+    return GENDER_LOSSES.get(name)(**kwargs)
 
 
 def _reduce(per_sample: Tensor, weight: Tensor | None) -> Tensor:

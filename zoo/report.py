@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from zoo.modes import REGISTRY_MODES, metrics_key
 from zoo.paths import REPO
 from zoo.registry import list_runs
 
@@ -28,14 +29,22 @@ def _section(record: dict) -> str:
     return "headline" if name.startswith("headline") else name.split("/")[0]
 
 
+# The inference mode of each column that depends on one (zoo.modes): the dashboard's leaderboard in that mode shows
+# the same numbers (tests/test_bench_modes.py). The other metric columns are those of `plain`.
+MODE_COLUMNS = {"MAE": "plain", "MAE (flip TTA)": "flip", "MAE (flip+crop TTA)": "flip+crop"}
+
+
 def results_frame(split: str = "test", peers: list[dict] | None = None) -> pd.DataFrame:
     """One row per registered model (plus peers given as {name, metrics}) on `split` (UTKFace committed split),
-    grouped by section (headline models, ensembles, peers, then each sweep section), by MAE within a section."""
+    grouped by section (headline models, ensembles, peers, then each sweep section), by MAE within a section.
+    Each mode's columns come from that mode's metrics only (`zoo.modes.metrics_key`): a model without metrics in
+    a mode shows none there, never another mode's."""
     rows = []
     for r in list_runs() + (peers or []):
-        m = r.get("metrics", {}).get(split, {})
+        by_mode = {md: r.get("metrics", {}).get(metrics_key(md, split)) or {} for md in REGISTRY_MODES}
+        m, flip, crop = (by_mode[md] for md in REGISTRY_MODES)
         data = r.get("data") or {}
-        if not m or (data.get("adapted_to") or data.get("dataset") or "utkface") != "utkface":
+        if not any(by_mode.values()) or (data.get("adapted_to") or data.get("dataset") or "utkface") != "utkface":
             continue  # evaluated on another dataset (AdaBN to it): the Generalization page shows those
         cfg = r.get("config", {})
         sec = _section(r)
@@ -43,11 +52,9 @@ def results_frame(split: str = "test", peers: list[dict] | None = None) -> pd.Da
             "order": SECTIONS.index(sec) if sec in SECTIONS else len(SECTIONS),
             "model": r.get("name") or r["id"], "id": r.get("id", ""), "backbone": cfg.get("backbone", ""),
             "formulation": cfg.get("formulation", ""), "px": cfg.get("img_size"),
-            "MAE": m.get("mae"), "MAE (flip TTA)": r.get("metrics", {}).get(f"{split}_tta", {}).get("mae"),
-            "MAE (flip+crop TTA)": r.get("metrics", {}).get(f"{split}_tta_crop", {}).get("mae"),
+            "MAE": m.get("mae"), "MAE (flip TTA)": flip.get("mae"), "MAE (flip+crop TTA)": crop.get("mae"),
             "RMSE": m.get("rmse"), "CS@5": m.get("cs5"), "±10y": m.get("acc10"),
-            "gender acc": m.get("gender_acc"),
-            "gender acc (flip+crop TTA)": r.get("metrics", {}).get(f"{split}_tta_crop", {}).get("gender_acc"),
+            "gender acc": m.get("gender_acc"), "gender acc (flip+crop TTA)": crop.get("gender_acc"),
             "gender F1": m.get("gender_f1"), "gender AUC": m.get("gender_auc"),
             "params (M)": r.get("params", float("nan")) / 1e6 if r.get("params") else None,
             "img/s": r.get("infer_img_s"),

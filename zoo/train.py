@@ -48,11 +48,13 @@ from zoo.config import TrainConfig, parse_source
 from zoo.data.cache import load_images, to_tensor
 from zoo.data.manifest import Manifest, extras_label, load_manifest
 from zoo.data.readers import RACES
+from zoo.runs import RunRecord
 from zoo.evaluate import TTA_KEYS, by_record_key
 from zoo.gender import create_gender_loss
 from zoo.inference import Predictor, predict_by_mode, to_batch
 from zoo.metrics import all_metrics
 from zoo.model import AgeGenderModel, count_flops
+from zoo.optim import OPTIMIZERS, SCHEDULES, frozen_param_names
 from zoo.paths import runs_dir
 from zoo.provenance import git_commit
 from zoo.registry import write_run
@@ -309,29 +311,9 @@ class BatchFeeder:
             t.join()
 
 
-def _frozen_param_names(model: AgeGenderModel, freeze: str) -> set[str]:
-    """`linear_probe`: the whole backbone; `stages:K`: the stem and the first K stages (timm's feature_info)."""
-    names = [n for n, _ in model.backbone.named_parameters()]
-    if freeze == "none":
-        return set()
-    if freeze == "linear_probe":
-        return set(names)
-    if freeze.startswith("stages:"):
-        k = int(freeze.split(":")[1])
-        info = getattr(model.backbone, "feature_info", None)
-        if info is None:
-            raise ValueError(f"freeze=stages:K needs a timm backbone with feature_info, not {type(model.backbone)}")
-        modules = [i["module"] for i in info]
-        if k + 1 >= len(modules):
-            return set(names)
-        first = next(i for i, n in enumerate(names) if n.startswith(modules[k + 1] + "."))
-        return set(names[:first])
-    raise ValueError(f"unknown freeze {freeze!r}; use none | linear_probe | stages:K")
-
-
 def _freeze(model: AgeGenderModel, freeze: str) -> list[nn.Module]:
     """Freeze parameters; returns the BatchNorm layers to keep in eval mode (their statistics frozen too)."""
-    frozen = _frozen_param_names(model, freeze)
+    frozen = frozen_param_names(model.backbone, freeze)  # zoo.optim.FREEZES
     for n, p in model.backbone.named_parameters():
         p.requires_grad_(n not in frozen)
     bns = []
@@ -340,13 +322,6 @@ def _freeze(model: AgeGenderModel, freeze: str) -> list[nn.Module]:
                 f"{name}.{p}" in frozen for p, _ in m.named_parameters()):
             bns.append(m)
     return bns
-
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class Trainer:
@@ -388,12 +363,7 @@ class Trainer:
             groups.append({"params": back, "lr": cfg.lr * cfg.backbone_lr_mult})
         for g in groups:
             g["base_lr"] = g["lr"]
-        if cfg.optimizer == "adamw":
-            self.opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "sgd":
-            self.opt = torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-        else:
-            raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adamw | sgd")
+        self.opt = OPTIMIZERS.get(cfg.optimizer)(groups, cfg.weight_decay)
         if self.data.probs is not None and cfg.age_balance != "none":
             raise ValueError("age_balance is not supported with several datasets yet (their ages are partly unknown)")
         bal = balance(self.data.age[self.data.train], self.data.gender[self.data.train], cfg.age_balance,
@@ -496,9 +466,7 @@ class Trainer:
         return loss
 
     def _set_lr(self) -> None:
-        f = _lr_factor(self.step, self.total_steps, self.warmup)
-        if self.cfg.schedule == "plateau":
-            f = min(1.0, (self.step + 1) / max(1, self.warmup)) * self.plateau[0]
+        f = SCHEDULES.get(self.cfg.schedule)(self.step, self.total_steps, self.warmup, self.plateau[0])
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * f
 
@@ -586,7 +554,7 @@ class Trainer:
     def run(self) -> dict:
         """Train to the end (or resume), then evaluate and register. Returns run.json's content."""
         if (self.dir / "run.json").exists():
-            return json.loads((self.dir / "run.json").read_text())
+            return RunRecord.load(self.dir).to_dict()
         fresh = False
         if self.rank == 0:  # rank 0 alone writes the run's folder
             fresh = not self.dir.exists()
@@ -646,7 +614,7 @@ class Trainer:
             self._barrier()
             if not (self.dir / "run.json").exists():
                 raise RuntimeError(f"{self.id}: rank 0 did not register the run (its error says why)")
-            return json.loads((self.dir / "run.json").read_text())
+            return RunRecord.load(self.dir).to_dict()
         try:
             return self._register()
         finally:
@@ -697,5 +665,5 @@ def train(cfg: TrainConfig, progress: bool = True, root: Path | None = None) -> 
     cfg.validate(data=True)
     done = (root or runs_dir()) / cfg.run_id(data_hash(cfg)) / "run.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return RunRecord.load(done).to_dict()
     return Trainer(cfg, progress=progress, root=root).run()

@@ -23,8 +23,10 @@ def run_model(model_id: str, reg_ver: str, digest: str, _crop, mc: int, tta: str
 
 
 reg_ver = common.Q.registry_version()
-upload = st.file_uploader("Upload a photo (JPEG, PNG, WebP, BMP, TIFF)", key="photo_upload",
-                          help="Photos up to 50 megapixels. A face that fills a good part of the frame works best.")
+MAX_MB = photos.MAX_BYTES // 2**20  # the uploader's own limit (else Streamlit's 200 MB) is the decoder's
+upload = st.file_uploader("Upload a photo (JPEG, PNG, WebP, BMP, TIFF)", key="photo_upload", max_upload_size=MAX_MB,
+                          help=f"Photos up to {MAX_MB} MB and {photos.MAX_PIXELS / 1e6:.0f} megapixels. A face "
+                               "that fills a good part of the frame works best.")
 use_cam = st.toggle("Use the camera instead", key="photo_use_camera")
 shot = st.camera_input("Take a photo", key="photo_camera") if use_cam else None
 src = shot if shot is not None else upload
@@ -74,8 +76,6 @@ if crop is None:
     st.stop()
 right.image(crop, caption="what the models see (then resized to each model's input)"
             + (": the whole image, NO FACE FOUND" if fallback else ": the aligned face"), width=200)
-if fallback:
-    st.warning("These answers are for the whole image, not a face: treat them with caution.")
 
 ss = st.session_state
 mc = int(ss.get("mc_passes", 10))
@@ -104,8 +104,13 @@ if bar:
     bar.empty()
 res = predict.results_frame(rows)
 ok = res[res["error"].isna()]
+if fallback:  # next to the numbers, which look as confident as on a face: the models cannot tell
+    st.warning("**No face: these are not anyone's age or gender.** The models were run on the whole image and "
+               "answer as if it were a face; their σ and P(female) do not know it is not one, so they can look "
+               "confident. The chart is greyed out and every row marked for that reason.", icon=":material/warning:")
+    res.insert(1, "input", "whole image, NO FACE")
 if len(ok):
-    st.plotly_chart(charts.photo_predictions(ok), width="stretch", key="photo_chart")
+    st.plotly_chart(charts.photo_predictions(ok, on_face=not fallback), width="stretch", key="photo_chart")
 st.dataframe(res.drop(columns=["model_id"]), hide_index=True, width="stretch", key="photo_table", column_config={
     "age": st.column_config.NumberColumn(format="%.1f"),
     "sigma_aleatoric": st.column_config.NumberColumn("σ aleatoric", format="%.2f"),

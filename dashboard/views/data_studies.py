@@ -8,11 +8,12 @@ st.title("Data studies")
 c = common.context()
 st.caption("Each section compares runs that differ only in that one decision (every other config field equal). "
            "Scores: clean MAE on the test split of the dataset each model trained on — from the bench DB (with "
-           "95 % CI) or, for runs not benchmarked yet, from their run.json.")
+           "95 % CI) or, for runs not benchmarked yet, from their run.json, both in the one inference mode picked in "
+           f"the sidebar. {common.mode_caption(c)}.")
 
 scores = None
 if c.has_db:
-    scores = common.run_query(Q.clean_scores, c.db, c.ver, "test")
+    scores = common.run_query(Q.clean_scores, c.db, c.ver, "test", mode=c.mode)
 frame = Q.study_frame(c.models, scores, c.registry)
 if frame.empty:
     st.info("**No trained models yet**, so there is nothing to compare. " + common.TRAIN_HINT + " The default zoo "

@@ -13,7 +13,7 @@ if not models:
     st.stop()
 st.caption(common.eval_caption(c))
 
-perts = common.run_query(Q.perturbations, c.db, c.ver)
+perts = common.run_query(Q.perturbations, c.db, c.ver, mode=c.mode)
 pert_names = [p for p in (perts["perturbation"] if perts is not None else []) if p != "none"]
 
 st.subheader("By slice")
@@ -25,7 +25,7 @@ pert = "none"
 if not Q.SLICES[slice_name][1] and pert_names:
     pert = d.selectbox("Images", ["none"] + pert_names, key="err_pert",
                        format_func=lambda p: "clean" if p == "none" else f"perturbed: {p} (all severities)")
-sl = common.run_query(Q.slice_metrics, c.db, c.ver, models, c.dataset, c.split, slice_name, pert)
+sl = common.run_query(Q.slice_metrics, c.db, c.ver, models, c.dataset, c.split, slice_name, pert, mode=c.mode)
 if sl is not None and len(sl):
     st.plotly_chart(charts.slice_bars(sl, metric, c.names, f"{metric} by {slice_name} (95 % CI)"),
                     width="stretch", key="err_slice_chart")
@@ -39,7 +39,7 @@ else:
 st.subheader("Error by true age")
 w1, _ = st.columns([1, 3])
 width = w1.select_slider("Age bin (years)", [1, 2, 5, 10], value=2, key="err_age_bin")
-ages = common.run_query(Q.mae_by_age, c.db, c.ver, models, c.dataset, c.split, int(width))
+ages = common.run_query(Q.mae_by_age, c.db, c.ver, models, c.dataset, c.split, int(width), mode=c.mode)
 if ages is not None and len(ages):
     st.plotly_chart(charts.mae_by_age(ages, c.names), width="stretch", key="err_age_chart")
     st.caption("Regression to the mean shows as positive bias for the young and negative bias for the old.")
@@ -49,7 +49,8 @@ slice_vals = list(dict.fromkeys(sl["slice"])) if sl is not None and len(sl) else
 h1, _ = st.columns([2, 3])
 only = h1.selectbox(f"Restrict to {slice_name}", ["(all images)"] + slice_vals, key="err_hist_slice")
 hist = common.run_query(Q.error_hist, c.db, c.ver, models, c.dataset, c.split,
-                        None if only == "(all images)" else slice_name, None if only == "(all images)" else only)
+                        None if only == "(all images)" else slice_name, None if only == "(all images)" else only,
+                        mode=c.mode)
 if hist is not None and len(hist):
     st.plotly_chart(charts.error_hist(hist, c.names), width="stretch", key="err_hist_chart")
 
@@ -58,7 +59,7 @@ focus = c.focus if c.focus in set(c.db_models) else models[0]
 s1, s2 = st.columns([3, 1])
 s1.markdown(f"Model: **{c.label(focus)}** (change the focus model in the sidebar)")
 n_points = s2.select_slider("Points", [1000, 2000, 4000, 8000], value=4000, key="err_points")
-pts = common.run_query(Q.scatter_sample, c.db, c.ver, focus, c.dataset, c.split, n_points)
+pts = common.run_query(Q.scatter_sample, c.db, c.ver, focus, c.dataset, c.split, n_points, mode=c.mode)
 if pts is None or not len(pts):
     st.info("No clean predictions of this model on the evaluation set.")
     st.stop()

@@ -11,12 +11,13 @@ st.title("Generalization")
 c = common.context()
 if not common.need_db(c, "cross-dataset results"):
     st.stop()
-g = common.run_query(Q.generalization, c.db, c.ver, c.split)
+g = common.run_query(Q.generalization, c.db, c.ver, c.split, mode=c.mode)
 if g is None or not len(g):
     st.info("No clean predictions on this split yet.")
     st.stop()
 datasets = sorted(g["eval_dataset"].unique())
 st.caption(f"Clean images, **{'all splits' if c.split == '*' else c.split + ' split'}**, every benched dataset. "
+           f"{common.mode_caption(c)}. "
            "Faces are aligned by the face pipeline (zoo/faces.py) for datasets framed `detect`; images where no face "
            "was found are predicted on the whole image (the fallback crop) and counted below. Datasets without "
            "ages (CelebA-HQ) score age by how well it ranks the `Young` label (AUC; 0.5 = chance).")

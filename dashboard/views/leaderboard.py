@@ -13,29 +13,27 @@ lb = pd.DataFrame()
 if c.has_db:
     st.caption(common.eval_caption(c) + " Brackets are 95 % confidence intervals. Click a row to make it the focus "
                "model of the other pages.")
-    lb = common.run_query(Q.leaderboard, c.db, c.ver, c.dataset, c.split)
+    lb = common.run_query(Q.leaderboard, c.db, c.ver, c.dataset, c.split, mode=c.mode)
     lb = pd.DataFrame() if lb is None else lb
 else:
     common.need_db(c, "the leaderboard")
+    st.caption(common.mode_caption(c) + ".")
 
-# Registered runs without benchmark rows still belong on the board (metrics from their run.json, no CIs).
-rows = []
-if len(lb):
-    lb = lb.copy()
-    lb["label"] = [c.label(m) for m in lb["model_id"]]
-    lb["origin"] = "bench DB"
-    rows.append(lb)
-if len(c.registry):
-    reg = c.registry[~c.registry["model_id"].isin(lb["model_id"] if len(lb) else [])].copy()
-    if len(reg):
-        reg["label"] = reg["name"]
-        reg["origin"] = "registry run.json (not benchmarked)"
-        rows.append(reg)
-if not rows:
+# Registered runs without benchmark rows in this mode still belong on the board (their run.json metrics of the same
+# mode, no CIs); in a mode run.json has no metrics for (MC-Dropout passes) they are listed without numbers, never
+# with another mode's.
+board = Q.leaderboard_board(lb, c.registry)
+if len(board):
+    board["label"] = [c.label(m) for m in board["model_id"]]
+no_numbers = int((board["origin"] == Q.NO_NUMBERS).sum()) if len(board) else 0
+if no_numbers:
+    st.caption(f"{no_numbers} registered model(s) have no numbers in mode **{c.mode}**: not benchmarked in it, and "
+               "run.json holds test metrics of plain, flip and flip+crop only. Pick one of those inference modes in "
+               "the sidebar to see theirs.")
+if not len(board):
     if not len(c.registry):
         st.info("**No models yet.** The registry is empty and there are no benchmark results. " + common.TRAIN_HINT)
     st.stop()
-board = pd.concat(rows, ignore_index=True)
 
 
 def _fmt(v, lo=None, hi=None, pct=False, digits=2):
@@ -99,10 +97,10 @@ st.dataframe(
         "MFLOPs": st.column_config.NumberColumn(format="%.0f"),
         "img/s": st.column_config.NumberColumn(format="%.0f", help="inference throughput measured at training"),
     })
-if (board["origin"] != "bench DB").any():
-    st.caption("Rows marked *registry run.json* are not in the bench DB yet: their numbers come from the evaluation "
-               "at registration (full committed test split, no CIs) and are comparable to the others only when the "
-               "bench also ran on that full split.")
+if (board["origin"] == "registry run.json (not benchmarked)").any():
+    st.caption(f"Rows marked *registry run.json* are not in the bench DB in mode {c.mode}: their numbers come from "
+               "the evaluation at registration in the same mode (full committed test split, no CIs) and are "
+               "comparable to the others only when the bench also ran on that full split.")
 if c.focus:
     st.caption(f"Focus model: **{c.label(c.focus)}** (`{c.focus}`)")
 st.download_button("Download CSV", show.to_csv(index=False).encode(), "leaderboard.csv", "text/csv")

@@ -22,25 +22,27 @@ if run is None and db_row is not None and isinstance(db_row.get("info"), str):
     except ValueError:
         run = None
 st.subheader(c.label(mid))
-st.caption(f"`{mid}` · pick another model in the sidebar (Focus model) or on the Leaderboard")
+st.caption(f"`{mid}` · pick another model in the sidebar (Focus model) or on the Leaderboard · "
+           + common.mode_caption(c))
 
 kind = (run or {}).get("kind") or (db_row["kind"] if db_row is not None else "?")
 cfg = (run or {}).get("config", {}) or {}
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("kind", kind)
 params = (run or {}).get("params") or (db_row["params"] if db_row is not None else None)
-m2.metric("parameters", f"{params / 1e6:.2f} M" if params and params == params else "—")
+m2.metric("parameters", f"{params / 1e6:.2f} M" if pd.notna(params) and params else "—")  # NA: peers
 ips = (run or {}).get("infer_img_s") or (db_row["infer_img_s"] if db_row is not None else None)
-m3.metric("images / s", f"{ips:.0f}" if ips and ips == ips else "—")
-test = ((run or {}).get("metrics") or {}).get("test", {}) or {}
+m3.metric("images / s", f"{ips:.0f}" if pd.notna(ips) and ips else "—")
+key = Q.metrics_key(c.mode, "test")  # run.json's test metrics of the sidebar's inference mode, if it has them
+test = (((run or {}).get("metrics") or {}).get(key) or {}) if key else {}
 if test.get("mae") is not None:
-    m4.metric("test MAE (run.json)", f"{test['mae']:.2f}")
+    m4.metric(f"test MAE (run.json, {c.mode})", f"{test['mae']:.2f}")
 elif c.has_db and mid in set(c.db_models):
-    lb = common.run_query(Q.leaderboard, c.db, c.ver, c.dataset, c.split)
+    lb = common.run_query(Q.leaderboard, c.db, c.ver, c.dataset, c.split, mode=c.mode)
     row = lb[lb["model_id"] == mid] if lb is not None and len(lb) else []
-    m4.metric("MAE (bench, eval set)", f"{row['mae'].iloc[0]:.2f}" if len(row) else "—")
+    m4.metric(f"MAE (bench, eval set, {c.mode})", f"{row['mae'].iloc[0]:.2f}" if len(row) else "—")
 else:
-    m4.metric("test MAE", "—")
+    m4.metric(f"test MAE ({c.mode})", "—")
 
 if kind == "ensemble":
     st.markdown("**Members:** " + ", ".join(f"`{m}`" for m in (run or {}).get("members", [])))
@@ -91,14 +93,21 @@ with right:
         st.markdown("**Metrics at registration** (run.json, committed split)")
         st.dataframe(pd.DataFrame(mets).T, width="stretch")
 
+NO_RUN = {  # why a kind of model has no history.csv, pointing only at what that kind has
+    "ensemble": "An ensemble has no training run of its own: it averages its members (listed above); each "
+                "member's card shows its training curves.",
+    "adapted": "An adapted model has no training run of its own: it is its parent (named above) with re-estimated "
+               "BatchNorm statistics; the parent's card shows the training curves.",
+    "peer": "An external peer was trained outside the zoo, so there are no training curves to show.",
+}
 st.subheader("Training curves")
 hist = Q.history(mid)
 if hist is not None and len(hist):
     st.plotly_chart(charts.training_curves(hist), width="stretch", key="card_curves")
     with st.expander("history.csv"):
         st.dataframe(hist, hide_index=True, width="stretch")
-elif kind in ("ensemble", "adapted", "peer"):
-    st.info(f"A {kind} model has no training run of its own (see its members / parent).")
+elif kind in NO_RUN:
+    st.info(NO_RUN[kind])
 else:
     st.info("No `history.csv` in this run's folder (not trained here, or not shipped).")
 
@@ -109,7 +118,7 @@ else:
     st.caption(common.eval_caption(c))
     parts = []
     for by in ("age group", "gender", "race"):
-        g = common.run_query(Q.group_metrics, c.db, c.ver, (mid,), c.dataset, c.split, by)
+        g = common.run_query(Q.group_metrics, c.db, c.ver, (mid,), c.dataset, c.split, by, mode=c.mode)
         if g is not None and len(g):
             parts.append(g.assign(by=by))
     if parts:

@@ -11,12 +11,12 @@ if not common.need_db(c, "robustness"):
 models = common.selected(c)
 if not models:
     st.stop()
-df = common.run_query(Q.robustness, c.db, c.ver, models, c.dataset, c.split)
+df = common.run_query(Q.robustness, c.db, c.ver, models, c.dataset, c.split, mode=c.mode)
 if df is None or not len(df):
     st.info("No perturbed predictions for the selected models on this evaluation set. Benchmark with perturbations "
             "enabled (each perturbation x severity is one more row per image).")
     st.stop()
-st.caption(common.eval_caption(c).replace(", clean images unless stated", "")
+st.caption(common.eval_caption(c).replace(", clean images unless stated.", ".")
            + " Severity 0 is the clean prediction on the same images as the perturbed ones.")
 metric = st.radio("Metric", ["mae", "gender_acc"], horizontal=True, key="rob_metric",
                   format_func={"mae": "age MAE", "gender_acc": "gender accuracy"}.get)

@@ -14,12 +14,12 @@ if not models:
 st.caption(common.eval_caption(c) + " Sources: the formulation's own σ (aleatoric), MC-Dropout spread, TTA spread, "
            "ensemble member spread, and aleatoric ⊕ epistemic. Intervals assume a Gaussian μ ± zσ.")
 
-summary = common.run_query(Q.uncertainty_summary, c.db, c.ver, models, c.dataset, c.split)
+summary = common.run_query(Q.uncertainty_summary, c.db, c.ver, models, c.dataset, c.split, mode=c.mode)
 if summary is None or not len(summary):
     st.info("None of the selected models has uncertainty estimates in the database (all σ columns are NULL). "
             "Benchmark with MC-Dropout / TTA enabled, or pick models with a distribution head (dldl, *_nll).")
     st.stop()
-curves = common.run_query(Q.risk_coverage, c.db, c.ver, models, c.dataset, c.split)
+curves = common.run_query(Q.risk_coverage, c.db, c.ver, models, c.dataset, c.split, mode=c.mode)
 area = Q.aurc(curves) if curves is not None and len(curves) else None
 
 have = sorted(summary["source"].unique(), key=list(Q.SIGMA_SOURCES).index)
@@ -60,7 +60,7 @@ if curves is not None and len(curves):
     st.subheader("σ vs observed error")
     st.plotly_chart(charts.sigma_vs_error(rc, c.names, focus), width="stretch", key="unc_sig")
 
-gc = common.run_query(Q.gender_calibration, c.db, c.ver, models, c.dataset, c.split)
+gc = common.run_query(Q.gender_calibration, c.db, c.ver, models, c.dataset, c.split, mode=c.mode)
 if gc is not None and len(gc):
     st.subheader("Gender probability calibration")
     ece = (gc.assign(w=gc["n"] * (gc["prob"] - gc["observed"]).abs()).groupby("model_id")

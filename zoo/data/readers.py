@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from zoo.plugins import Registry
+
 GENDERS = {0: "male", 1: "female"}
 # One race vocabulary across datasets; each adapter maps its own codes onto it.
 RACES = ("white", "black", "asian", "indian", "latino_hispanic", "middle_eastern", "other")
@@ -126,8 +128,16 @@ def walk_images(folder: Path, issues: list[ScanIssue], root: Path | None = None)
 
 
 Reader = Callable[[Path], ReadResult]
-READERS: dict[str, Reader] = {}
-FRAMING: dict[str, str] = {}  # reader -> how its images are framed (zoo.faces.FRAMINGS)
+
+
+def _builtin_readers() -> None:
+    from zoo.data import adapters  # noqa: F401  (importing registers the built-in readers)
+
+
+# name -> Reader, with meta `framing`: how its images are framed (zoo.faces.FRAMINGS)
+READERS = Registry("dataset", populate=_builtin_readers)
+get_reader = READERS.get
+list_readers = READERS.names
 
 
 def register_reader(name: str, framing: str = "aligned") -> Callable[[Reader], Reader]:
@@ -137,31 +147,8 @@ def register_reader(name: str, framing: str = "aligned") -> Callable[[Reader], R
 
     if framing not in FRAMINGS:
         raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
-
-    def wrap(fn: Reader) -> Reader:
-        if name in READERS:
-            raise ValueError(f"reader {name!r} is already registered")
-        READERS[name] = fn
-        FRAMING[name] = framing
-        return fn
-
-    return wrap
-
-
-def get_reader(name: str) -> Reader:
-    from zoo.data import adapters  # noqa: F401  (importing registers the built-in readers)
-
-    if name not in READERS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(READERS))}")
-    return READERS[name]
+    return READERS.register(name, framing=framing)
 
 
 def reader_framing(name: str) -> str:
-    get_reader(name)
-    return FRAMING[name]
-
-
-def list_readers() -> list[str]:
-    from zoo.data import adapters  # noqa: F401
-
-    return sorted(READERS)
+    return READERS.meta(name)["framing"]
