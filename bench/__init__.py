@@ -4,6 +4,10 @@
     python -m bench report
 
 Modules: `store` (DuckDB file + atomic Parquet parts), `run` (the runner), `perturb` (perturbation registry),
-`attributes` (per-image measurements), `peers` (external models), `metrics` (accuracy, groups with bootstrap CIs,
-fairness, uncertainty), `report` (leaderboard), `device` (CUDA / CPU placement). Schema: `bench/SCHEMA.md`.
+`attributes` (per-image measurements), `metrics` (accuracy, groups with bootstrap CIs, fairness, uncertainty),
+`report` (leaderboard), `readme` (the README's results table). External peers and device placement are the zoo's
+(`zoo.peers`, `zoo.device`). Schema: `bench/SCHEMA.md`.
 """
+
+# The bench's plugin registries, for `zoo.plugins.registries(*bench.PLUGIN_MODULES)`.
+PLUGIN_MODULES = ("bench.perturb",)

@@ -1,5 +1,5 @@
 """`python -m bench …`: fill the predictions DB (run), ingest shard outputs (merge), print the leaderboard (report),
-show row counts and pending parts (status).
+print or rewrite the README's results table (readme), show row counts and pending parts (status).
 
 Exit codes: 0 done; 1 a run that left something out (bad images, models that failed; under torchrun also a rank
 that stopped responding) without --keep-going; 2 bad input (one line on stderr, nothing created); 130 / 143
@@ -126,6 +126,13 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--mode", default=None,
                      help="only this inference mode, e.g. plain, flip, flip+mc10 (default: one table per mode)")
 
+    rd = sub.add_parser("readme", help="the README's results table (markdown): the registry's models plus the peers "
+                                       "benched in the DB")
+    rd.add_argument("--db", type=Path, default=None, help="where peers' predictions are read (optional: without it "
+                                                          "the table has the registry's models only)")
+    rd.add_argument("--split", default="test", help="UTKFace split of the metrics (default test)")
+    rd.add_argument("--update", action="store_true", help="rewrite the README's results block")
+
     mg = sub.add_parser("migrate", help="bring a DB to the current schema (e.g. record the inference mode of rows "
                                         "written before modes were: from their bench run's options)")
     mg.add_argument("--db", type=Path, default=None)
@@ -171,6 +178,17 @@ def _main(argv: list[str] | None) -> int:
             return _fail("report", f"--n-boot must be >= 1, got {args.n_boot}")
         return _on_db("report", db, False, lambda: report(db, dataset=args.dataset, split=args.split,
                                                             n_boot=args.n_boot, mode=args.mode))
+    if args.cmd == "readme":
+        from bench.readme import readme_table, update_readme
+
+        try:
+            table = readme_table(db, split=args.split)
+            if args.update:
+                update_readme(table)
+        except (OSError, ValueError, duckdb.Error) as e:
+            return _fail("readme", e)
+        print(table)
+        return 0
     if args.cmd == "migrate":
         return _on_db("migrate", db, True,
                       lambda: json.dumps({"db": str(db), "predictions_per_mode": store.migrate(db)}))

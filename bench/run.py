@@ -54,13 +54,14 @@ from tqdm import tqdm
 
 from bench import dist as torchrun, store
 from bench.attributes import images_rows
-from bench.device import device_label, on_device, pick_device
-from bench.peers import is_peer, list_peers, load_peer
 from bench.perturb import apply, list_perturbations, resolve_suite
 from zoo.data.cache import cache_path, image_loader, load_images, square_resize
 from zoo.data.manifest import DEFAULT_ROOTS, Manifest, load_manifest, manifest_path
+from zoo.device import device_label, on_device, pick_device
 from zoo.modes import inference_mode
 from zoo.paths import cache_dir, shared_data_dir
+from zoo.peers import is_peer, list_peers, load_peer
+from zoo.predictor import Predictor
 
 PERTURB_SIZE = 128
 ATTR_CHUNK = 2000  # images per `images` part: attribute work survives a kill in chunks
@@ -98,7 +99,7 @@ class RunOptions:
 @dataclass
 class LoadedModel:
     id: str
-    predictor: object
+    predictor: Predictor
     row: dict
     latency_s: float = 0.0
     images: int = 0

@@ -88,7 +88,7 @@ def make_template(db: Path, size: int) -> Path:
 def raw_rate(model_id: str, batch: int, size: int, steps: int, device) -> float:
     import torch
 
-    from bench.device import on_device
+    from zoo.device import on_device
     from zoo.registry import load
 
     p = on_device(load(model_id), device)
@@ -172,7 +172,7 @@ def main() -> None:
 
     import torch
 
-    from bench.device import device_label, pick_device
+    from zoo.device import device_label, pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -56,9 +56,9 @@ def build_db(path: Path, rows: float, seed: int = 0) -> dict:
 
 def page_queries(db: str, ver: str) -> dict[str, list[tuple[str, callable]]]:
     """What each page asks the DB on its first view (default widgets), as (label, thunk) pairs."""
-    from dashboard import queries as Q
+    from dashboard.data import queries as Q, studies
 
-    lb = Q.leaderboard.raw(db, ver, "utkface", "test")
+    lb = Q.model_scores.raw(db, ver, "utkface", "test")
     models = tuple(lb["model_id"][:6])
     focus = models[0]
     pts = Q.scatter_sample.raw(db, ver, focus, "utkface", "test", 4000)
@@ -72,9 +72,9 @@ def page_queries(db: str, ver: str) -> dict[str, list[tuple[str, callable]]]:
             ("db_status", lambda: Q.db_status.raw(db, ver)),
             ("models", lambda: Q.models.raw(db, ver)),
             ("eval_sets", lambda: Q.eval_sets.raw(db, ver)),
-            ("leaderboard (ranking)", lambda: Q.leaderboard.raw(db, ver, "utkface", "test")),
+            ("leaderboard (ranking)", lambda: Q.model_scores.raw(db, ver, "utkface", "test")),
         ],
-        "Leaderboard": [("leaderboard", lambda: Q.leaderboard.raw(db, ver, "utkface", "test"))],
+        "Leaderboard": [("leaderboard", lambda: Q.model_scores.raw(db, ver, "utkface", "test"))],
         "Errors": [
             ("perturbations", lambda: Q.perturbations.raw(db, ver)),
             ("slice_metrics(age group)", lambda: Q.slice_metrics.raw(db, ver, models, "utkface", "test", "age group")),
@@ -87,22 +87,23 @@ def page_queries(db: str, ver: str) -> dict[str, list[tuple[str, callable]]]:
             ("scatter_sample(4000)", lambda: Q.scatter_sample.raw(db, ver, focus, "utkface", "test", 4000)),
         ],
         "Fairness": [
-            ("group_metrics(gender)", lambda: Q.group_metrics.raw(db, ver, models, "utkface", "test", "gender")),
-            ("group_metrics(race)", lambda: Q.group_metrics.raw(db, ver, models, "utkface", "test", "race")),
-            ("group_metrics(all singles, balancing)", lambda: Q.group_metrics.raw(
+            ("group_metrics(gender)", lambda: Q.group_scores.raw(db, ver, models, "utkface", "test", "gender")),
+            ("group_metrics(race)", lambda: Q.group_scores.raw(db, ver, models, "utkface", "test", "race")),
+            ("group_metrics(all singles, balancing)", lambda: Q.group_scores.raw(
                 db, ver, tuple(mdl.loc[mdl["kind"] == "single", "model_id"]), "utkface", "test", "gender")),
         ],
         "Uncertainty": [
             ("uncertainty_summary", lambda: Q.uncertainty_summary.raw(db, ver, models, "utkface", "test")),
-            ("risk_coverage", lambda: Q.risk_coverage.raw(db, ver, models, "utkface", "test")),
+            ("risk_coverage", lambda: Q.risk_coverage_curves.raw(db, ver, models, "utkface", "test")),
             ("gender_calibration", lambda: Q.gender_calibration.raw(db, ver, models, "utkface", "test")),
         ],
         "Robustness": [("robustness", lambda: Q.robustness.raw(db, ver, models, "utkface", "test"))],
         "Data studies": [
             ("clean_scores", lambda: Q.clean_scores.raw(db, ver, "test")),
             ("study_frame + 6 studies + cross_dataset (pandas)", lambda: [
-                Q.study(f, k) for f in [Q.study_frame(mdl, scores, pd.DataFrame())] for k in Q.STUDY_FACTORS]
-             + [Q.cross_dataset(Q.study_frame(mdl, scores, pd.DataFrame()), scores)]),
+                studies.study(f, k) for f in [studies.study_frame(mdl, scores, pd.DataFrame())]
+                for k in studies.STUDY_FACTORS]
+             + [studies.cross_dataset(studies.study_frame(mdl, scores, pd.DataFrame()), scores)]),
         ],
         "Browser": [
             ("browser_rows(worst 48)", lambda: Q.browser_rows.raw(db, ver, focus, "utkface", "test")),
@@ -112,16 +113,16 @@ def page_queries(db: str, ver: str) -> dict[str, list[tuple[str, callable]]]:
             ("browser_rows(300 selected)", lambda: Q.browser_rows.raw(db, ver, focus, "*", "*", (), keys)),
         ],
         "Model card": [
-            ("group_metrics x3 (one model)", lambda: [Q.group_metrics.raw(db, ver, (focus,), "utkface", "test", b)
+            ("group_metrics x3 (one model)", lambda: [Q.group_scores.raw(db, ver, (focus,), "utkface", "test", b)
                                                        for b in ("age group", "gender", "race")]),
         ],
     }
 
 
 def time_queries(db: str, repeats: int) -> list[dict]:
-    from dashboard import queries as Q
+    from dashboard.data import db as DB
 
-    ver = Q.db_version(db)
+    ver = DB.db_version(db)
     out = []
     for page, qs in page_queries(db, ver).items():
         for label, fn in qs:

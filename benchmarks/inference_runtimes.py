@@ -3,7 +3,7 @@ shipped headline networks at each headline input size, in one run, as img/s and 
 
 Each runtime computes the network's raw outputs (every head) of the same batch (`--batch`, 64 by default) of real
 UTKFace test faces when the dataset is there (random pixels otherwise: speed does not depend on content), prepared
-exactly as `zoo.inference.Predictor` prepares it (`to_batch`: float, channels_last). Rounds are interleaved (every
+exactly as `zoo.inference.NetworkPredictor` prepares it (`to_batch`: float, channels_last). Rounds are interleaved (every
 runtime once per round, the order rotated each round) so a loaded machine's noise hits all alike; the table gives the
 median img/s over rounds, the ratio to eager, and the largest absolute difference of any output from eager's.
 `torch.compile`'s first call (the compilation) is timed apart and left out; if it fails the row says why. Threads:

@@ -1,8 +1,8 @@
 """agezoo analysis dashboard: `streamlit run dashboard/app.py`.
 
 Reads the model registry (`artifacts/runs`) and the predictions database (`artifacts/bench.duckdb`, see
-bench/SCHEMA.md); both move with ZOO_ARTIFACTS. Pages are thin scripts in dashboard/views/; every database query is in
-dashboard/queries.py, every figure in dashboard/charts.py, the photo pipeline in zoo/photos.py and zoo/faces.py.
+bench/SCHEMA.md); both move with ZOO_ARTIFACTS. Pages are thin scripts in dashboard/views/ with no SQL; the data layer
+is dashboard/data/ (connections, statistics, queries, registry, images, studies), every figure in dashboard/charts.py, the photo pipeline in zoo/photos.py and zoo/faces.py.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts dashboard
 import streamlit as st  # noqa: E402
 
 from dashboard import common  # noqa: E402
-from dashboard import queries as Q  # noqa: E402
+from dashboard.data import db as DB, registry  # noqa: E402
 
 st.set_page_config(page_title="agezoo — age & gender model zoo", page_icon="🧭", layout="wide")
 
@@ -41,16 +41,16 @@ PAGES = {
 }
 
 nav = st.navigation(PAGES)
-common.model_pool(Q.registry_version())  # starts loading the zoo for "Compare a photo" in the background
-Q.reset_stale()
-with Q.batch():  # one read-only connection for this run's uncached queries, closed when the run ends
+common.model_pool(registry.registry_version())  # starts loading the zoo for "Compare a photo" in the background
+DB.reset_stale()
+with DB.batch():  # one read-only connection for this run's uncached queries, closed when the run ends
     try:
         common.sidebar()
         nav.run()
-    except Q.DBUnavailable as e:  # the file vanished between the status check and a query
-        st.info(f"The predictions database is not available: {e}. " + common.BENCH_HINT.format(db=Q.db_path()))
-    except Q.DBBusy:
+    except DB.DBUnavailable as e:  # the file vanished between the status check and a query
+        st.info(f"The predictions database is not available: {e}. " + common.BENCH_HINT.format(db=DB.db_path()))
+    except DB.DBBusy:
         st.warning("A bench run is writing the predictions database right now; this view has no earlier result "
                    "cached. Reload in a moment.")
-if Q.stale():
+if DB.stale():
     st.sidebar.warning("A bench run holds the database: some views show the last results read before it started.")

@@ -1,4 +1,4 @@
-"""Plotly figures built from the frames `dashboard.queries` returns (pure functions: frame in, figure out)."""
+"""Plotly figures built from the frames `dashboard.data` returns (pure functions: frame in, figure out)."""
 from __future__ import annotations
 
 import numpy as np

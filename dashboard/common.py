@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
-from dashboard import queries as Q
+from dashboard.data import db as DB
+from dashboard.data import queries as Q
+from dashboard.data import registry as reg
+from zoo.modes import REGISTRY_MODES
 
 # "off" plus zoo.inference.TTA_MODES, spelled out: importing zoo.inference would load torch on every page.
 PHOTO_TTA = ("off", "flip", "flip+crop")
@@ -51,27 +54,27 @@ class Ctx:
 def _status(db: str, ver: str) -> dict:
     try:
         return Q.db_status(db, ver)
-    except Q.DBBusy as e:
+    except DB.DBBusy as e:
         return {"state": "busy", "message": f"The predictions database is being written by a bench run ({e})."}
 
 
 def context() -> Ctx:
     """Everything a page needs, from cached queries and the sidebar's session state."""
-    db = str(Q.db_path())
-    ver = Q.db_version(db)
+    db = str(DB.db_path())
+    ver = DB.db_version(db)
     status = _status(db, ver)
-    reg_ver = Q.registry_version()
+    reg_ver = reg.registry_version()
     models, modes = pd.DataFrame(), pd.DataFrame()
     if status.get("state") == "ok":
         try:
             models, modes = Q.models(db, ver), Q.modes(db, ver)
-        except Q.DBBusy:
+        except DB.DBBusy:
             status = {"state": "busy", "message": "The predictions database is being written by a bench run."}
     ss = st.session_state
     options = mode_options(modes)
     mode = ss.get("inference_mode") if ss.get("inference_mode") in options else options[0]
     try:
-        registry = Q.registry_table(reg_ver, mode)
+        registry = reg.registry_table(reg_ver, mode)
     except Exception as e:  # a broken registry must not take the app down
         st.sidebar.error(f"Cannot read the model registry: {type(e).__name__}: {e}")
         registry = pd.DataFrame()
@@ -89,7 +92,7 @@ def mode_options(modes: pd.DataFrame) -> list[str]:
     """The inference modes to pick from: the DB's (most rows first: the default), then those run.json has test
     metrics for (plain, flip, flip+crop) that the DB has no rows of."""
     have = list(modes["mode"]) if len(modes) else []
-    return have + [m for m in Q.REGISTRY_MODES if m not in have]
+    return have + [m for m in REGISTRY_MODES if m not in have]
 
 
 def mode_label(c: Ctx, mode: str) -> str:
@@ -102,7 +105,7 @@ def mode_label(c: Ctx, mode: str) -> str:
 def _eval_options(c: Ctx) -> tuple[list[str], list[str]]:
     try:
         sets = Q.eval_sets(c.db, c.ver)
-    except Q.DBBusy:
+    except DB.DBBusy:
         sets = pd.DataFrame(columns=["dataset", "split", "images"])
     datasets = list(dict.fromkeys(sets["dataset"])) if len(sets) else []
     splits = [s for s in ("test", "val", "train") if len(sets) and s in set(sets["split"])]
@@ -114,9 +117,9 @@ def _ranked_models(c: Ctx) -> list[str]:
     ranked: list[str] = []
     if c.has_db:
         try:
-            lb = Q.leaderboard(c.db, c.ver, c.dataset, c.split, mode=c.mode)
+            lb = Q.model_scores(c.db, c.ver, c.dataset, c.split, mode=c.mode)
             ranked = list(lb["model_id"]) if len(lb) else []
-        except Q.DBBusy:
+        except DB.DBBusy:
             ranked = []
         ranked += [m for m in c.db_models if m not in ranked]
     if len(c.registry):
@@ -135,7 +138,7 @@ def sidebar() -> Ctx:
         s = c.status
         sb.caption(f"**{s['predictions']:,}** predictions · {s['models']} models · {s['images']:,} images"
                    + (f" · last bench run {s['last_run'][:16]}" if s.get("last_run") else ""))
-        pending = Q.pending_rows(c.db)
+        pending = DB.pending_rows(c.db)
         if pending:
             sb.caption(f"{pending:,} more predictions written by a running bench, merged into the DB shortly.")
         datasets, splits = _eval_options(c)
@@ -183,7 +186,7 @@ def sidebar() -> Ctx:
         st.selectbox("Test-time augmentation (photo)", PHOTO_TTA, key="photo_tta",
                      help="flip: the photo and its mirror image; flip+crop: also a 90 % centre crop of both. "
                           "The shipped Lite0 gains 0.1 years of test MAE from each.")
-        st.caption(f"Database: `{c.db}`  \nRegistry: `{Q.runs_root()}`")
+        st.caption(f"Database: `{c.db}`  \nRegistry: `{reg.runs_root()}`")
     return context()
 
 
@@ -234,7 +237,7 @@ def run_query(fn, *args, **kw):
     """Call a query; on a locked DB without a cached result, show a warning and return None."""
     try:
         return fn(*args, **kw)
-    except Q.DBBusy:
+    except DB.DBBusy:
         st.warning("The database is locked by a running bench write and this view has no earlier result cached. "
                    "Reload in a moment.")
         return None

@@ -24,7 +24,7 @@ def set_torch_threads() -> None:
 def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
     """(runnable model records, [(id, why not runnable)]): a run is runnable when its weights (or, for an ensemble,
     every member's, for an adapted run its own and its parent's) are present; external peers are always listed."""
-    from dashboard.queries import read_runs
+    from dashboard.data.registry import read_runs
     from zoo.paths import runs_dir
     from zoo.registry import missing_weights
 
@@ -35,7 +35,7 @@ def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[s
     for r in runs:
         why = missing_weights(r, by_id, root)
         (skipped.append((r.id, why)) if why else ok.append(r))
-    from bench.peers import list_peers
+    from zoo.peers import list_peers
 
     # External peers carry their own weights (inside their package); one that fails to load shows its error.
     ok += [{"id": p, "name": p, "kind": "peer"} for p in list_peers()]
@@ -49,7 +49,7 @@ def runtime() -> str:
 
 
 def load_predictor(model_id: str, root: Path | None = None):
-    from bench.peers import is_peer, load_peer
+    from zoo.peers import is_peer, load_peer
     from zoo.registry import load
 
     set_torch_threads()  # before loading: an ONNX Runtime session takes torch's thread count
@@ -81,7 +81,7 @@ class ModelPool:
             return self._loaded[model_id]
 
     def _load(self, model_id: str):
-        from bench.peers import is_peer
+        from zoo.peers import is_peer
         from zoo.inference import EnsemblePredictor
         from zoo.registry import get_run
 

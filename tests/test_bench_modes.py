@@ -175,22 +175,22 @@ def _two_mode_db(path: Path) -> tuple[list[str], float]:
 
 
 def test_dashboard_queries_read_one_mode(tmp_path):
-    from dashboard import queries as Q
+    from dashboard.data import db as DB, queries as Q
 
     db = str(tmp_path / "bench.duckdb")
     picked, _ = _two_mode_db(Path(db))
-    ver = Q.db_version(db)
+    ver = DB.db_version(db)
     modes = Q.modes.raw(db, ver)
     assert list(modes["mode"]) == ["flip+mc10", "plain"] and list(modes["models"]) == [5, 2]
-    default = Q.leaderboard.raw(db, ver, "utkface", "test")
-    flip = Q.leaderboard.raw(db, ver, "utkface", "test", mode="flip+mc10")
-    plain = Q.leaderboard.raw(db, ver, "utkface", "test", mode="plain")
+    default = Q.model_scores.raw(db, ver, "utkface", "test")
+    flip = Q.model_scores.raw(db, ver, "utkface", "test", mode="flip+mc10")
+    plain = Q.model_scores.raw(db, ver, "utkface", "test", mode="plain")
     assert default.equals(flip) and len(flip) == 5 and sorted(plain["model_id"]) == sorted(picked)
     f, p = flip.set_index("model_id").loc[picked], plain.set_index("model_id").loc[picked]
     assert (p["n"] == f["n"]).all()  # not twice the rows: never pooled
     assert np.allclose(p["bias"] - f["bias"], 3)  # each mode's own predictions
     for fn, args in ((Q.robustness, (tuple(picked), "utkface", "test")), (Q.clean_scores, ("test",)),
-                     (Q.generalization, ("test",)), (Q.group_metrics, (tuple(picked), "utkface", "test", "gender")),
+                     (Q.generalization, ("test",)), (Q.group_scores, (tuple(picked), "utkface", "test", "gender")),
                      (Q.mae_by_age, (tuple(picked), "utkface", "test", 10))):
         a, b = fn.raw(db, ver, *args, mode="flip+mc10"), fn.raw(db, ver, *args, mode="plain")
         a = a[a["model_id"].isin(picked)]
@@ -204,7 +204,7 @@ def test_dashboard_shows_the_mode_in_use_and_switches_it(tmp_path, monkeypatch):
     pytest.importorskip("streamlit.testing.v1")
     from streamlit.testing.v1 import AppTest
 
-    from dashboard import queries as Q
+    from dashboard.data import db as DB, queries as Q
 
     art = tmp_path / "artifacts"
     picked, _ = _two_mode_db(art / "bench.duckdb")
@@ -227,7 +227,7 @@ def test_dashboard_shows_the_mode_in_use_and_switches_it(tmp_path, monkeypatch):
     assert "Inference mode **plain** (no TTA, deterministic)" in captions()
     board = next(d.value for d in at.dataframe if "id" in d.value.columns)
     db = str(art / "bench.duckdb")
-    want = Q.leaderboard.raw(db, Q.db_version(db), "utkface", "test", mode="plain").set_index("model_id")["mae"]
+    want = Q.model_scores.raw(db, DB.db_version(db), "utkface", "test", mode="plain").set_index("model_id")["mae"]
     assert sorted(board["id"]) == sorted(picked)
     assert np.allclose(board.set_index("id").loc[want.index, "MAE"], want)
     for page in ("views/errors.py", "views/fairness.py", "views/uncertainty.py", "views/robustness.py",
@@ -242,7 +242,7 @@ MAE_COLUMNS = {"MAE": "plain", "MAE (flip TTA)": "flip", "MAE (flip+crop TTA)": 
 
 
 def _readme_rows(readme: str) -> list[dict]:
-    from zoo.report import END, START
+    from bench.readme import END, START
 
     block = readme.split(START)[1].split(END)[0].strip().splitlines()
     head = [c.strip() for c in block[0].strip("|").split("|")]
@@ -255,8 +255,8 @@ def test_readme_table_and_dashboard_leaderboard_agree_for_every_model(monkeypatc
     (UTKFace test split) shows the same MAE: bench rows of that mode where the DB has them, else run.json's metrics
     of that mode; never another mode's."""
     from bench.report import peer_records
-    from dashboard import queries as Q
-    from zoo.report import MODE_COLUMNS, markdown_table, results_frame
+    from dashboard.data import db as DB, queries as Q, registry
+    from bench.readme import MODE_COLUMNS, markdown_table, results_frame
 
     assert MODE_COLUMNS == MAE_COLUMNS
     artifacts = REPO / "artifacts"
@@ -268,13 +268,13 @@ def test_readme_table_and_dashboard_leaderboard_agree_for_every_model(monkeypatc
     frame = results_frame("test", peer_records(db))
     committed = _readme_rows((REPO / "README.md").read_text())
     assert markdown_table(frame).splitlines()[2:] == [
-        "| " + " | ".join(r.values()) + " |" for r in committed], "README table is stale: python -m zoo report " \
-                                                                  "--update-readme"
-    ver, reg_ver = Q.db_version(str(db)), Q.registry_version()
+        "| " + " | ".join(r.values()) + " |" for r in committed], "README table is stale: python -m bench readme " \
+                                                                  "--update"
+    ver, reg_ver = DB.db_version(str(db)), registry.registry_version()
     checked = 0
     for col, mode in MAE_COLUMNS.items():
-        lb = Q.leaderboard.raw(str(db), ver, "utkface", "test", mode=mode)
-        board = Q.leaderboard_board(lb, Q.registry_table(reg_ver, mode)).set_index("model_id")
+        lb = Q.model_scores.raw(str(db), ver, "utkface", "test", mode=mode)
+        board = registry.leaderboard_board(lb, registry.registry_table(reg_ver, mode)).set_index("model_id")
         for readme_row, (_, r) in zip(committed, frame.iterrows()):
             assert readme_row["model"] == r["model"]
             shown = readme_row[col]

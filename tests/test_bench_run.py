@@ -172,7 +172,7 @@ def test_device_path_matches_the_predictor(zoo_env):
     CPU, gives what `Predictor.predict` gives; ensembles keep their combination rule over device-placed members."""
     import torch
 
-    from bench.device import DevicePredictor, on_device
+    from zoo.device import DevicePredictor, on_device
     from zoo.inference import EnsemblePredictor
     from zoo.registry import load
 
@@ -347,7 +347,7 @@ def test_shards_partition_the_images_and_merge_fills_one_db(zoo_env, tmp_path):
 
 
 def test_peer_is_benched_when_its_package_loads(zoo_env, tmp_path):
-    from bench.peers import PeerUnavailable, load_peer
+    from zoo.peers import PeerUnavailable, load_peer
     from bench.run import run
 
     try:
@@ -631,7 +631,7 @@ def test_device_path_on_cuda_matches_the_cpu(zoo_env):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from bench.device import DevicePredictor, on_device
+    from zoo.device import DevicePredictor, on_device
     from bench.dist import Torchrun
     from zoo.inference import EnsemblePredictor
     from zoo.registry import load
@@ -658,8 +658,8 @@ def test_each_inference_mode_is_its_own_set_of_rows(zoo_env, tmp_path, capsys):
     it (the registry's run.json metrics of that mode)."""
     from bench.__main__ import main
     from bench.run import run
-    from dashboard import queries as Q
-    from zoo.report import MODE_COLUMNS, results_frame
+    from dashboard.data import db as DB, queries as Q
+    from bench.readme import MODE_COLUMNS, results_frame
 
     db = tmp_path / "b.duckdb"
     mid = zoo_env["ids"][0]
@@ -684,12 +684,12 @@ def test_each_inference_mode_is_its_own_set_of_rows(zoo_env, tmp_path, capsys):
     assert main(["report", "--db", str(db), "--n-boot", "20"]) == 0
     assert re.findall(r"mode (\S+);", capsys.readouterr().out) == ["flip", "mc5", "plain"]
 
-    ver = Q.db_version(str(db))
+    ver = DB.db_version(str(db))
     readme = results_frame("test").set_index("id")
     column = {mode: col for col, mode in MODE_COLUMNS.items()}
     assert pd.notna(readme.loc[mid, "MAE"]) and pd.notna(readme.loc[mid, "MAE (flip TTA)"])
     for _, mode in modes:
-        lb = Q.leaderboard.raw(str(db), ver, "utkface", "test", mode=mode)
+        lb = Q.model_scores.raw(str(db), ver, "utkface", "test", mode=mode)
         assert list(lb["model_id"]) == [mid] and lb["n"].iloc[0] == n
         col = column.get(mode)
         if col and pd.notna(readme.loc[mid, col]):

@@ -14,7 +14,7 @@ import pytest
 from bench import store
 from bench.perturb import get_perturbation, list_perturbations
 from dashboard import demo
-from dashboard import queries as Q
+from dashboard.data import db as DB, queries as Q
 from zoo.data.manifest import AGE_GROUPS
 from zoo.data.readers import RACES
 
@@ -137,7 +137,7 @@ def test_demo_refuses_perturbations_the_bench_does_not_have(tmp_path):
 
 
 def test_dashboard_columns_come_from_the_schema():
-    source = (REPO / "dashboard" / "queries.py").read_text()
+    source = (REPO / "dashboard" / "data" / "queries.py").read_text()
     assert query_drift(source, _schema()) == []
     assert Q.TABLES == {t: set(store.columns(t)) for t in store.TABLES}  # db_status checks the schema itself
     # A schema without a column the dashboard reads (or a query reading a column the schema lacks) fails:
@@ -150,18 +150,18 @@ def test_dashboard_columns_come_from_the_schema():
 def test_every_dashboard_query_runs_on_the_schema(demo_db):
     """Every query (all slices and groupings) binds against a DB made from the schema: a column the dashboard reads
     that the schema does not have fails here, aliased or not."""
-    db, ver = str(demo_db), Q.db_version(demo_db)
+    db, ver = str(demo_db), DB.db_version(demo_db)
     assert Q.db_status.raw(db, ver)["state"] == "ok"
     models = tuple(Q.models.raw(db, ver)["model_id"])
     Q.eval_sets.raw(db, ver), Q.perturbations.raw(db, ver), Q.bench_runs.raw(db, ver)
     Q.clean_scores.raw(db, ver), Q.generalization.raw(db, ver)
-    assert len(Q.leaderboard.raw(db, ver, "utkface", "test")) == len(models)
+    assert len(Q.model_scores.raw(db, ver, "utkface", "test")) == len(models)
     for name in Q.SLICES:
         Q.slice_metrics.raw(db, ver, models, "utkface", "test", name)
         Q.error_hist.raw(db, ver, models, "utkface", "test", name)
     for by in ("age group", "gender", "race"):
-        Q.group_metrics.raw(db, ver, models, "utkface", "test", by)
-    for fn in (Q.mae_by_age, Q.uncertainty_summary, Q.risk_coverage, Q.gender_calibration, Q.robustness):
+        Q.group_scores.raw(db, ver, models, "utkface", "test", by)
+    for fn in (Q.mae_by_age, Q.uncertainty_summary, Q.risk_coverage_curves, Q.gender_calibration, Q.robustness):
         fn.raw(db, ver, models, "utkface", "test")
     Q.scatter_sample.raw(db, ver, models[0], "utkface", "test", 50)
     Q.browser_rows.raw(db, ver, models[0], "utkface", "test", (("age group", "60+"),), limit=5)
@@ -176,7 +176,7 @@ def test_db_status_names_a_missing_schema_column(demo_db, tmp_path):
         con.execute("CHECKPOINT")
     finally:
         con.close()
-    st = Q.db_status.raw(str(old), Q.db_version(old))
+    st = Q.db_status.raw(str(old), DB.db_version(old))
     assert st["state"] == "invalid" and "images lacks face_h" in st["message"]
 
 

@@ -298,11 +298,11 @@ def test_uncertainty_facets_leave_room_for_titles_and_ticks():
     import pandas as pd
 
     from dashboard import charts
-    from dashboard import queries as Q
+    from dashboard.data import queries as Q, stats
 
     sources = list(Q.SIGMA_SOURCES)
     cov = pd.DataFrame([{"model_id": m, "source": s, "nominal": p, "observed": p * 0.9}
-                        for m in ("a", "b") for s in sources for p in Q.COVERAGE_LEVELS])
+                        for m in ("a", "b") for s in sources for p in stats.COVERAGE_Z])
     curves = pd.DataFrame([{"model_id": m, "source": s, "coverage": q, "mae": 5 * q}
                            for m in ("a", "b") for s in [*sources, "oracle (true error)"] for q in (0.1, 0.5, 1.0)])
     for fig in (charts.reliability(cov, {}), charts.risk_coverage(curves, {}, oracle_for="a")):

@@ -1,4 +1,4 @@
-"""dashboard/queries.py: SQL aggregates agree with bench.metrics (the numbers of `python -m bench report`), the app
+"""dashboard/data (queries, stats, studies, images): SQL aggregates agree with bench.metrics (the numbers of `python -m bench report`), the app
 survives a writer holding the DB, bad DB files are reported, and image paths cannot escape the dataset root."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from conftest import db_writer
 from dashboard import demo
-from dashboard import queries as Q
+from dashboard.data import db as DB, images, queries as Q, stats, studies
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -37,7 +37,7 @@ def frame(db):
 
 def test_leaderboard_matches_bench_metrics(db, frame):
     bm = pytest.importorskip("bench.metrics")
-    lb = Q.leaderboard.raw(db, Q.db_version(db), "utkface", "test").set_index("model_id")
+    lb = Q.model_scores.raw(db, DB.db_version(db), "utkface", "test").set_index("model_id")
     ref = bm.leaderboard(frame, n_boot=400).set_index("model_id").loc[lb.index]
     assert len(lb) == 6 and lb["n"].min() > 200
     for mine, theirs in [("mae", "mae"), ("rmse", "rmse"), ("cs5", "cs5"), ("acc10", "acc10"),
@@ -56,13 +56,13 @@ def test_leaderboard_matches_bench_metrics(db, frame):
 
 def test_fairness_uncertainty_and_slices_match_bench_metrics(db, frame):
     bm = pytest.importorskip("bench.metrics")
-    ver = Q.db_version(db)
+    ver = DB.db_version(db)
     models = tuple(sorted(frame["model_id"].unique()))
-    gaps = Q.fairness_gaps(Q.group_metrics.raw(db, ver, models, "utkface", "test", "race"), min_n=1)
+    gaps = stats.group_gaps(Q.group_scores.raw(db, ver, models, "utkface", "test", "race"), min_n=1)
     gaps = gaps.set_index("model_id")
     summary = Q.uncertainty_summary.raw(db, ver, models, "utkface", "test")
-    area = Q.aurc(Q.risk_coverage.raw(db, ver, models, "utkface", "test"))
-    ages = Q.group_metrics.raw(db, ver, models, "utkface", "test", "age group")
+    area = stats.aurc(Q.risk_coverage_curves.raw(db, ver, models, "utkface", "test"))
+    ages = Q.group_scores.raw(db, ver, models, "utkface", "test", "age group")
     for m in models:
         sub = frame[frame["model_id"] == m]
         ref = bm.fairness_gaps(sub, "race")
@@ -84,8 +84,8 @@ def test_fairness_uncertainty_and_slices_match_bench_metrics(db, frame):
 
 
 def test_every_query_runs_and_slices_cover_all_rows(db):
-    ver = Q.db_version(db)
-    lb = Q.leaderboard.raw(db, ver, "utkface", "test")
+    ver = DB.db_version(db)
+    lb = Q.model_scores.raw(db, ver, "utkface", "test")
     models = tuple(lb["model_id"][:3])
     n_clean = lb.set_index("model_id").loc[list(models), "n"].sum()
     for name, (_, uses_pert, _) in Q.SLICES.items():
@@ -110,11 +110,11 @@ def test_every_query_runs_and_slices_cover_all_rows(db):
     gc = Q.gender_calibration.raw(db, ver, models, "utkface", "test")
     assert gc["n"].sum() > 0 and gc["prob"].between(0, 1).all()
     scores = Q.clean_scores.raw(db, ver, "test")
-    frame = Q.study_frame(Q.models.raw(db, ver), scores, pd.DataFrame())
-    cross = Q.cross_dataset(frame, scores)
+    frame = studies.study_frame(Q.models.raw(db, ver), scores, pd.DataFrame())
+    cross = studies.cross_dataset(frame, scores)
     assert {"utkface", "appa"} <= set(cross["plain"].columns)
     assert len(cross["pairs"]) == 1 and cross["pairs"]["target"].iloc[0] == "appa"
-    aug = Q.study(frame, "augment")
+    aug = studies.study(frame, "augment")
     assert aug["missing"] == ["none", "strong"]  # the 6-model demo zoo only trains `light`
 
 
@@ -123,33 +123,33 @@ def test_writer_holding_the_db_serves_last_results(tmp_path, monkeypatch):
     path = tmp_path / "bench.duckdb"
     demo.write_predictions_db(path, demo.demo_models(2), demo.make_images(120, seed=2), perturbations={})
     db = str(path)
-    first = Q.leaderboard(db, Q.db_version(db), "utkface", "test")
-    assert Q.db_status(db, Q.db_version(db))["state"] == "ok"
-    Q.reset_stale()
+    first = Q.model_scores(db, DB.db_version(db), "utkface", "test")
+    assert Q.db_status(db, DB.db_version(db))["state"] == "ok"
+    DB.reset_stale()
     with db_writer(db):
-        ver = Q.db_version(db)
+        ver = DB.db_version(db)
         t0 = time.perf_counter()
-        again = Q.leaderboard(db, ver, "utkface", "test")  # new version, locked -> the last good result
-        assert again.equals(first) and Q.stale() == ["leaderboard"]
-        with pytest.raises(Q.DBBusy):  # never read before: nothing to fall back on
+        again = Q.model_scores(db, ver, "utkface", "test")  # new version, locked -> the last good result
+        assert again.equals(first) and DB.stale() == ["model_scores"]
+        with pytest.raises(DB.DBBusy):  # never read before: nothing to fall back on
             Q.robustness(db, ver, ("x",), "utkface", "test")
         assert time.perf_counter() - t0 < 3
         assert Q.db_status(db, ver)["state"] == "ok"  # the status falls back too
-    Q._BUSY_UNTIL.clear()
-    Q.reset_stale()
-    ver = Q.db_version(db)
-    assert Q.leaderboard(db, ver, "utkface", "test").equals(first) and Q.stale() == []
+    DB._BUSY_UNTIL.clear()
+    DB.reset_stale()
+    ver = DB.db_version(db)
+    assert Q.model_scores(db, ver, "utkface", "test").equals(first) and DB.stale() == []
 
 
 def test_db_states(tmp_path):
     missing = str(tmp_path / "none.duckdb")
-    assert Q.db_status.raw(missing, Q.db_version(missing))["state"] == "missing"
+    assert Q.db_status.raw(missing, DB.db_version(missing))["state"] == "missing"
     empty = tmp_path / "empty.duckdb"
     duckdb.connect(str(empty)).close()
-    assert Q.db_status.raw(str(empty), Q.db_version(empty))["state"] == "empty"
+    assert Q.db_status.raw(str(empty), DB.db_version(empty))["state"] == "empty"
     junk = tmp_path / "junk.duckdb"
     junk.write_text("not a database at all\n" * 100)
-    st = Q.db_status.raw(str(junk), Q.db_version(junk))
+    st = Q.db_status.raw(str(junk), DB.db_version(junk))
     assert st["state"] == "invalid" and "cannot be read" in st["message"]
     bad = tmp_path / "bad.duckdb"
     con = duckdb.connect(str(bad))
@@ -157,11 +157,11 @@ def test_db_states(tmp_path):
         con.execute(f"CREATE TABLE {t} (x INTEGER)")
     con.execute("CREATE TABLE predictions (model_id VARCHAR)")
     con.close()
-    st = Q.db_status.raw(str(bad), Q.db_version(bad))
+    st = Q.db_status.raw(str(bad), DB.db_version(bad))
     assert st["state"] == "invalid" and "predictions lacks" in st["message"]
     no_rows = tmp_path / "norows.duckdb"
     demo.write_predictions_db(no_rows, [], demo.make_images(10), perturbations={})
-    assert Q.db_status.raw(str(no_rows), Q.db_version(no_rows))["state"] == "empty"
+    assert Q.db_status.raw(str(no_rows), DB.db_version(no_rows))["state"] == "empty"
 
 
 def test_image_paths_stay_inside_the_root(tmp_path):
@@ -170,11 +170,11 @@ def test_image_paths_stay_inside_the_root(tmp_path):
     (root / "sub" / "a.jpg").write_bytes(b"x")
     (tmp_path / "secret.jpg").write_bytes(b"x")
     (root / "link.jpg").symlink_to(tmp_path / "secret.jpg")
-    assert Q.safe_image_path(root, "sub/a.jpg") == (root / "sub" / "a.jpg").resolve()
+    assert images.safe_image_path(root, "sub/a.jpg") == (root / "sub" / "a.jpg").resolve()
     for bad in ("../secret.jpg", "sub/../../secret.jpg", str(tmp_path / "secret.jpg"), "link.jpg", "", "sub",
                 "missing.jpg", "a\x00b.jpg"):
-        assert Q.safe_image_path(root, bad) is None, bad
-    assert Q.safe_image_path(tmp_path / "nope", "a.jpg") is None
+        assert images.safe_image_path(root, bad) is None, bad
+    assert images.safe_image_path(tmp_path / "nope", "a.jpg") is None
 
 
 def test_generalization_matches_the_metrics_on_a_set_without_ages(tmp_path):
@@ -201,7 +201,7 @@ def test_generalization_matches_the_metrics_on_a_set_without_ages(tmp_path):
     store.write_part(db, "images", images)
     store.write_part(db, "predictions", preds)
     store.merge(db)
-    g = Q.generalization.raw(str(db), Q.db_version(db)).iloc[0]
+    g = Q.generalization.raw(str(db), DB.db_version(db)).iloc[0]
     assert g["eval_dataset"] == "celebahq" and g["n"] == 0 and np.isnan(g["mae"])
     assert g["gender_acc"] == pytest.approx(gender_metrics(p_female, gender.astype(float))["gender_acc"])
     assert g["young_auc"] == pytest.approx(young_auc(age_pred, young.astype(float)), abs=1e-12)

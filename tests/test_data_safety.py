@@ -208,7 +208,7 @@ def test_dataset_names_are_safe_file_names(tmp_env, tmp_path):
 def test_symlinks_out_of_the_root_are_excluded_with_a_reason_in_both_readers(tmp_env, tmp_path, make_jpeg):
     """csv and folder readers: links to files or folders outside the root are excluded with the reason; a link
     inside the root is kept (csv) and the Browser's path check agrees on every file."""
-    from dashboard import queries as Q
+    from dashboard.data import images
     from zoo.data.manifest import build_manifest
 
     outside = tmp_path / "outside"
@@ -244,8 +244,8 @@ def test_symlinks_out_of_the_root_are_excluded_with_a_reason_in_both_readers(tmp
 
     for root, kept, refused in ((csv_root, ["in.jpg", "link_in.jpg"], ["link_out.jpg", "sub/x.jpg"]),
                                 (folder_root, ["35/a.jpg"], ["35/out.jpg", "40/x.jpg", "35/dangling.jpg"])):
-        assert all(Q.safe_image_path(root, p) is not None for p in kept)
-        assert all(Q.safe_image_path(root, p) is None for p in refused)
+        assert all(images.safe_image_path(root, p) is not None for p in kept)
+        assert all(images.safe_image_path(root, p) is None for p in refused)
 
 
 def test_filesystem_and_system_folders_are_no_dataset_root(tmp_env, tmp_path):

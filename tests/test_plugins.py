@@ -5,9 +5,10 @@ import re
 
 import pytest
 
+import bench
 from zoo.plugins import DuplicateName, Registry, UnknownName, registries
 
-ALL = registries()
+ALL = registries(*bench.PLUGIN_MODULES)
 EXPECTED_KINDS = {"backbone", "formulation", "gender loss", "augment preset", "age balance", "gender balance",
                   "dataset", "face detector", "perturbation", "peer", "optimizer", "schedule", "freeze"}
 
@@ -38,7 +39,6 @@ def test_every_registry_has_one_error_for_an_unknown_name(reg):
 
 
 def test_the_module_wrappers_refuse_duplicates_too():
-    from bench.peers import register_peer
     from bench.perturb import register_perturbation
     from zoo.augment import AugmentPreset, register_augment
     from zoo.backbones import register_backbone
@@ -47,6 +47,7 @@ def test_the_module_wrappers_refuse_duplicates_too():
     from zoo.faces import register_detector
     from zoo.formulations import register_formulation
     from zoo.gender import register_gender_loss
+    from zoo.peers import register_peer
 
     for register, name in ((register_backbone, "resnet18"), (register_formulation, "dex"),
                            (register_gender_loss, "bce"), (register_age_balance, "lds"),

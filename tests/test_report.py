@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from zoo.report import END, START, markdown_table, results_frame, update_readme
+from bench.readme import END, START, markdown_table, results_frame, update_readme
 
 
 def _run(root, run_id, name, mae, tta_mae=None, crop_mae=None):
@@ -40,3 +40,20 @@ def test_table_groups_sections_and_rewrites_only_the_marked_block(tmp_env, tmp_p
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="marker"):
         update_readme(table, readme)
+
+
+def test_bench_readme_prints_the_table_and_rewrites_the_block(tmp_env, tmp_path, monkeypatch, capsys):
+    from bench import readme
+    from bench.__main__ import main
+
+    _run(tmp_env.artifacts, "c", "headline-resnet18", 5.5)
+    assert main(["readme", "--db", str(tmp_path / "none.duckdb")]) == 0  # no DB: the registry's models only
+    out = capsys.readouterr().out
+    assert "| headline-resnet18 | resnet18 |" in out
+    target = tmp_path / "README.md"
+    target.write_text(f"{START}\n{END}\n")
+    monkeypatch.setattr(readme.update_readme, "__defaults__", (target,))
+    assert main(["readme", "--update", "--db", str(tmp_path / "none.duckdb")]) == 0
+    assert "| headline-resnet18 | resnet18 |" in target.read_text()
+    target.write_text("no markers")
+    assert main(["readme", "--update"]) == 2 and "bench readme:" in capsys.readouterr().err

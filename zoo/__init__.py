@@ -8,6 +8,10 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zoo.predictor import Predictor
 
 
 def list_models() -> list[str]:
@@ -16,9 +20,14 @@ def list_models() -> list[str]:
     return [r.id for r in list_runs()]
 
 
-def load(model_id: str, runtime: str = "eager"):
-    """A registered model as a predictor: `.predict(crops)` and `.predict_photos(photos)`. `runtime`: eager | onnx |
-    compile | auto (zoo.export)."""
+def load(model_id: str, runtime: str = "eager") -> Predictor:
+    """A registered model, or an external peer (`peer:<name>`, `zoo.peers`), as a predictor (`zoo.predictor.
+    Predictor`): `.predict(crops)`; registered models also `.predict_photos(photos)`. `runtime`: eager | onnx |
+    compile | auto (zoo.export); peers run their own way."""
+    if model_id.startswith("peer:"):
+        from zoo.peers import load_peer
+
+        return load_peer(model_id)
     from zoo.registry import load as _load
 
     return _load(model_id, runtime=runtime)

@@ -18,7 +18,7 @@ from torch import nn
 from zoo.data.cache import load_images
 from zoo.data.manifest import load_manifest
 from zoo.evaluate import registry_metrics
-from zoo.inference import Predictor, to_batch
+from zoo.inference import NetworkPredictor, to_batch
 from zoo.paths import runs_dir
 from zoo.provenance import git_commit
 from zoo.registry import build_network, get_run, input_framing, write_run
@@ -76,6 +76,6 @@ def adapt(model_id: str, dataset: str, split: str = "train", root: Path | None =
               "data": {**parent.data, "adapted_to": dataset, "adapt_split": split},
               "checkpoint": CHECKPOINT, "commit": git_commit(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    record["metrics"] = registry_metrics(Predictor(model, size, new_id, record), dataset)
+    record["metrics"] = registry_metrics(NetworkPredictor(model, size, new_id, record), dataset)
     write_run(record, root)
     return record

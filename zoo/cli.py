@@ -9,6 +9,7 @@ import pandas as pd
 
 from zoo.config import MIN_IMG_SIZE
 from zoo.export import RUNTIMES
+from zoo.predictor import Predictor
 
 
 def _print_scan_report(m) -> None:
@@ -149,24 +150,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from zoo.report import markdown_table, results_frame, update_readme
-
-    from zoo.paths import artifacts_dir
-
-    db = artifacts_dir() / "bench.duckdb"
-    peers = []
-    if db.exists():  # external peers were benched on the same images: show them beside ours
-        from bench.report import peer_records
-
-        peers = peer_records(db, split=args.split)
-    table = markdown_table(results_frame(args.split, peers))
-    print(table)
-    if args.update_readme:
-        update_readme(table)
-    return 0
-
-
 def cmd_ship(args: argparse.Namespace) -> int:
     from zoo.ship import plan, untrack, write_ignore
 
@@ -181,18 +164,10 @@ def cmd_ship(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_predictors(ids: list[str], runtime: str = "eager") -> dict:
-    from zoo.registry import load
+def _load_predictors(ids: list[str], runtime: str = "eager") -> dict[str, Predictor]:
+    from zoo import load
 
-    out = {}
-    for mid in ids:
-        if mid.startswith("peer:"):  # external peers live with the bench (their packages are optional)
-            from bench.peers import load_peer
-
-            out[mid] = load_peer(mid)
-        else:
-            out[mid] = load(mid, runtime=runtime)
-    return out
+    return {mid: load(mid, runtime=runtime) for mid in ids}  # peers (peer:<name>) run their own way
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -350,10 +325,6 @@ def build_parser() -> argparse.ArgumentParser:
                                     "record the metrics there. Models trained by this version record them already.")
     ev.add_argument("models", nargs="+", help="model ids (python -m zoo list)")
     ev.set_defaults(fn=cmd_evaluate)
-    r = sub.add_parser("report", help="the results table (markdown) generated from the registry")
-    r.add_argument("--split", default="test")
-    r.add_argument("--update-readme", action="store_true", help="rewrite the README's results block")
-    r.set_defaults(fn=cmd_report)
     pr = sub.add_parser("predict", help="age and gender of every face in photos or folders, to CSV or JSON",
                         description="Find every face in the photos (files or folders, searched recursively), align "
                                     "it (zoo/faces.py) and run the models on it. One row per face: file, face index "

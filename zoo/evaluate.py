@@ -9,13 +9,15 @@ import numpy as np
 from zoo.data.cache import load_images
 from zoo.data.manifest import extras_label, load_manifest
 from zoo.metrics import all_metrics
+from zoo.predictor import ModesPredictor
 
 # run.json keys of the test metrics under each test-time augmentation mode (zoo.inference.TTA_MODES)
 TTA_KEYS = {"flip": "test_tta", "flip+crop": "test_tta_crop"}
 
 
-def split_predictions(predictor, dataset: str, modes: tuple[str | None, ...] = (None,), split: str = "test",
-                      progress: bool = False) -> tuple[dict[str | None, dict], np.ndarray, np.ndarray, np.ndarray]:
+def split_predictions(predictor: ModesPredictor, dataset: str, modes: tuple[str | None, ...] = (None,),
+                      split: str = "test", progress: bool = False,
+                      ) -> tuple[dict[str | None, dict], np.ndarray, np.ndarray, np.ndarray]:
     """({TTA mode (None = off): predictions}, true age, true gender, Young label) on one split; the modes share
     their views. Images are framed as the model was trained to read this dataset."""
     from zoo.registry import input_framing
@@ -29,8 +31,8 @@ def split_predictions(predictor, dataset: str, modes: tuple[str | None, ...] = (
     return predictor.predict_modes(images, modes), age, gender, extras_label(f, "Young")
 
 
-def split_metrics(predictor, dataset: str, modes: tuple[str | None, ...] = (None,), split: str = "test",
-                  progress: bool = False) -> dict[str | None, dict]:
+def split_metrics(predictor: ModesPredictor, dataset: str, modes: tuple[str | None, ...] = (None,),
+                  split: str = "test", progress: bool = False) -> dict[str | None, dict]:
     """{TTA mode: metrics on one split}."""
     preds, age, gender, young = split_predictions(predictor, dataset, modes, split, progress)
     return {mode: all_metrics(pred, age, gender, young) for mode, pred in preds.items()}
@@ -41,12 +43,12 @@ def by_record_key(by_mode: dict[str | None, dict]) -> dict[str, dict]:
     return {"test" if m is None else TTA_KEYS[m]: r for m, r in by_mode.items()}
 
 
-def tta_metrics(predictor, dataset: str, modes: Iterable[str] = TTA_KEYS) -> dict[str, dict]:
+def tta_metrics(predictor: ModesPredictor, dataset: str, modes: Iterable[str] = TTA_KEYS) -> dict[str, dict]:
     """{run.json key: test metrics} under each TTA mode."""
     return by_record_key(split_metrics(predictor, dataset, tuple(modes)))
 
 
-def registry_metrics(predictor, dataset: str, progress: bool = False) -> dict[str, dict]:
+def registry_metrics(predictor: ModesPredictor, dataset: str, progress: bool = False) -> dict[str, dict]:
     """run.json's metrics of a model evaluated after training (ensembles, AdaBN): val, and test plain and under
     every TTA mode (one pass over the widest mode's views)."""
     return {"val": split_metrics(predictor, dataset, (None,), "val")[None],

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.predictor import ModesPredictor, Predictor  # noqa: F401  (the interface every predictor here satisfies)
+
 OUTPUTS = ("age", "sigma_aleatoric", "sigma_epistemic", "sigma_tta", "gender_prob")
 TTA_MODES = ("flip", "flip+crop")
 # How many views each mode uses. Each mode's views are a prefix of the next one's ([x, mirror, crop, crop's mirror]),
@@ -67,14 +69,14 @@ def total_sigma(aleatoric, epistemic) -> np.ndarray:
     return np.where(np.isnan(a) & np.isnan(e), np.nan, both)
 
 
-def predict_photos(predictor, photos, detector: str = "dlib_hog", **kw) -> list:
+def predict_photos(predictor: Predictor, photos, detector: str = "dlib_hog", **kw) -> list:
     """Any photos (paths or RGB arrays) -> one `zoo.pipeline.FaceRow` per face, predicted by `predictor`."""
     from zoo.pipeline import Pipeline
 
     return Pipeline({predictor.id or "model": predictor}, detector=detector, **kw).predict_photos(photos)
 
 
-class Predictor:
+class NetworkPredictor:
     """A single trained network (`zoo.model.AgeGenderModel`) with its decoding."""
 
     def __init__(self, model: nn.Module, img_size: int, model_id: str = "", info: dict | None = None,
@@ -179,7 +181,7 @@ def _summarise(r: dict[str, torch.Tensor], mc_dropout: int, tta: str | None) -> 
 class EnsemblePredictor:
     """Members' mean; epistemic sigma is the spread across members (combined with each member's MC spread)."""
 
-    def __init__(self, members: Sequence[Predictor], model_id: str = "", info: dict | None = None):
+    def __init__(self, members: Sequence[ModesPredictor], model_id: str = "", info: dict | None = None):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = list(members)

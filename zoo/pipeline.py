@@ -20,6 +20,7 @@ import numpy as np
 
 from zoo.data.cache import square_resize
 from zoo.faces import Face, FacePipeline, fallback_crop
+from zoo.predictor import Predictor
 
 
 @dataclass
@@ -56,7 +57,8 @@ class FaceRow:
                 "reason": self.reason, "seconds": round(self.seconds, 4), "predictions": self.predictions}
 
 
-def predict_crops(predictor, crops: np.ndarray, mc_dropout: int = 0, tta: str | None = None) -> dict[str, np.ndarray]:
+def predict_crops(predictor: Predictor, crops: np.ndarray, mc_dropout: int = 0,
+                  tta: str | None = None) -> dict[str, np.ndarray]:
     """Canonical crops uint8 [N, S, S, 3] -> a predictor's outputs, each crop resized to its input like the bench."""
     size = int(predictor.img_size)
     x = np.stack([square_resize(c, size) for c in crops])
@@ -71,11 +73,10 @@ def _summary(out: dict[str, np.ndarray], i: int) -> dict[str, float]:
 
 
 class Pipeline:
-    """Face pipeline + one or more predictors (zoo networks, ensembles, peers: anything with `img_size` and
-    `predict(images, mc_dropout=, tta=)`)."""
+    """Face pipeline + one or more predictors (zoo networks, ensembles, peers: any `zoo.predictor.Predictor`)."""
 
-    def __init__(self, predictors: Sequence | dict, detector: str = "dlib_hog", mc_dropout: int = 0,
-                 tta: str | None = None, all_faces: bool = True):
+    def __init__(self, predictors: Sequence[Predictor] | dict[str, Predictor], detector: str = "dlib_hog",
+                 mc_dropout: int = 0, tta: str | None = None, all_faces: bool = True):
         if not isinstance(predictors, dict):
             predictors = {getattr(p, "id", "") or f"model{i}": p for i, p in enumerate(predictors)}
         if not predictors:

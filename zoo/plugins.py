@@ -22,9 +22,11 @@ import fnmatch
 import importlib
 from typing import Any, Callable, Iterator
 
-# The modules that define the project's registries: importing them all makes `registries()` complete.
+# The modules of `zoo` that define registries: importing them all makes `registries()` complete for the zoo. Packages
+# built on it (the bench's perturbations: `bench.PLUGIN_MODULES`) pass their own modules to `registries(...)`; zoo
+# never imports them.
 PLUGIN_MODULES = ("zoo.backbones", "zoo.formulations", "zoo.gender", "zoo.augment", "zoo.balance", "zoo.optim",
-                  "zoo.data.readers", "zoo.faces", "bench.perturb", "bench.peers")
+                  "zoo.data.readers", "zoo.faces", "zoo.peers")
 
 _UNSET = object()
 _TRACKED: dict[str, "Registry"] = {}
@@ -136,8 +138,9 @@ class Registry:
         return list(self._entries.items())
 
 
-def registries() -> list[Registry]:
-    """Every registry the project defines (importing the modules that hold them), by kind."""
-    for m in PLUGIN_MODULES:
+def registries(*modules: str) -> list[Registry]:
+    """Every registry the zoo defines, plus those of `modules` (e.g. `*bench.PLUGIN_MODULES`), importing the modules
+    that hold them; by kind."""
+    for m in (*PLUGIN_MODULES, *modules):
         importlib.import_module(m)
     return [_TRACKED[k] for k in sorted(_TRACKED)]

@@ -18,7 +18,7 @@ from zoo.runs import RUN_FILE, RunRecord
 if TYPE_CHECKING:  # torch is imported where networks are built: readers of run.json (the dashboard) stay light
     import torch
 
-    from zoo.inference import EnsemblePredictor, Predictor
+    from zoo.predictor import ModesPredictor
 
 
 def list_runs(root: Path | None = None) -> list[RunRecord]:
@@ -89,12 +89,12 @@ def input_framing(run: Mapping, dataset: str, root: Path | None = None) -> str |
     return RunRecord.from_dict(run).framing(dataset, lambda m: get_run(m, root))
 
 
-def load(model_id: str, root: Path | None = None, runtime: str = "eager") -> Predictor | EnsemblePredictor:
+def load(model_id: str, root: Path | None = None, runtime: str = "eager") -> ModesPredictor:
     """A registered model as a predictor. `runtime` (zoo.export.RUNTIMES): what runs its network on the CPU: `eager`
     (the reference), `onnx` (ONNX Runtime on a cached export), `compile`, or `auto` (the measured fastest with equal
     outputs); an ensemble's members each get it. MC-Dropout samples the head dropout in torch (zoo.export)."""
     from zoo.export import make_runner, resolve_runtime
-    from zoo.inference import EnsemblePredictor, Predictor
+    from zoo.inference import EnsemblePredictor, NetworkPredictor
 
     root = root or runs_dir()
     run = get_run(model_id, root)
@@ -103,7 +103,8 @@ def load(model_id: str, root: Path | None = None, runtime: str = "eager") -> Pre
     resolve_runtime(runtime)  # an unknown name fails before the network is built
     size = run.preprocessing(lambda m: get_run(m, root)).img_size
     model = build_network(run, root)
-    return Predictor(model, size, model_id, run, make_runner(model, model_id, runtime, root), resolve_runtime(runtime))
+    return NetworkPredictor(model, size, model_id, run, make_runner(model, model_id, runtime, root),
+                            resolve_runtime(runtime))
 
 
 def missing_weights(run: Mapping, by_id: Mapping[str, Mapping], root: Path | None = None) -> str | None:

@@ -51,7 +51,7 @@ from zoo.data.readers import RACES
 from zoo.runs import RunRecord
 from zoo.evaluate import TTA_KEYS, by_record_key
 from zoo.gender import create_gender_loss
-from zoo.inference import Predictor, predict_by_mode, to_batch
+from zoo.inference import NetworkPredictor, predict_by_mode, to_batch
 from zoo.metrics import all_metrics
 from zoo.model import AgeGenderModel, count_flops
 from zoo.optim import OPTIMIZERS, SCHEDULES, frozen_param_names
@@ -531,8 +531,8 @@ class Trainer:
         return self.evaluate_modes(idx, (None,))[None]
 
     def evaluate_modes(self, idx: np.ndarray, modes: tuple[str | None, ...]) -> dict[str | None, dict]:
-        """Metrics on the training device, in fp32 (the Predictor's own passes and reductions)."""
-        pred = Predictor(self.net, self.cfg.img_size)
+        """Metrics on the training device, in fp32 (the NetworkPredictor's own passes and reductions)."""
+        pred = NetworkPredictor(self.net, self.cfg.img_size)
         if self.device.type == "cpu":
             preds = pred.predict_modes(self.data.images[idx], modes)
         else:

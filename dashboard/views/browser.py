@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import common
-from dashboard import queries as Q
+from dashboard.data import images, queries as Q
 
 st.title("Browser")
 c = common.context()
@@ -70,7 +70,7 @@ if override:
 def root_for(dataset: str) -> tuple[Path | None, str]:
     if override:
         return Path(override).expanduser(), "sidebar setting"
-    r = Q.dataset_root(dataset)
+    r = images.dataset_root(dataset)
     return (r, "manifest") if r else (None, "no scanned manifest and no shared copy of the dataset")
 
 
@@ -104,7 +104,7 @@ if any(r for r, _ in roots.values()):
     grid = st.container(horizontal=True, gap="small", key="br_grid")
     for r in rows.itertuples(index=False):
         root, _ = roots[r.dataset]
-        path = Q.safe_image_path(root, r.path) if root else None
+        path = images.safe_image_path(root, r.path) if root else None
         cell = grid.container(width=THUMB)
         cap = (f"true {r.age:.0f} → {r.age_pred:.1f} ({r.err:+.1f})"
                + (f" · P(f) {r.gender_prob:.2f}" if r.gender_prob == r.gender_prob else ""))

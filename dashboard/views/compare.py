@@ -2,6 +2,8 @@
 import streamlit as st
 
 from dashboard import charts, common, predict
+from dashboard.data import db as DB
+from dashboard.data import registry
 from zoo import faces as F
 from zoo import photos
 
@@ -22,7 +24,7 @@ def run_model(model_id: str, reg_ver: str, digest: str, _crop, mc: int, tta: str
     return predict.predict_one(common.model_pool(reg_ver).get(model_id), _crop, mc_dropout=mc, tta=tta)
 
 
-reg_ver = common.Q.registry_version()
+reg_ver = registry.registry_version()
 MAX_MB = photos.MAX_BYTES // 2**20  # the uploader's own limit (else Streamlit's 200 MB) is the decoder's
 upload = st.file_uploader("Upload a photo (JPEG, PNG, WebP, BMP, TIFF)", key="photo_upload", max_upload_size=MAX_MB,
                           help=f"Photos up to {MAX_MB} MB and {photos.MAX_PIXELS / 1e6:.0f} megapixels. A face "
@@ -87,7 +89,7 @@ if not picked:
     st.info("Pick at least one model.")
     st.stop()
 digest = photos.image_digest(crop)
-common.Q.release()  # do not hold the predictions DB open while the models run
+DB.release()  # do not hold the predictions DB open while the models run
 rows = []
 bar = st.progress(0.0, text="running models…") if len(picked) > 1 else None
 for k, mid in enumerate(picked):

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from dashboard import charts, common
-from dashboard import queries as Q
+from dashboard.data import queries as Q, studies
 
 st.title("Data studies")
 c = common.context()
@@ -14,7 +14,7 @@ st.caption("Each section compares runs that differ only in that one decision (ev
 scores = None
 if c.has_db:
     scores = common.run_query(Q.clean_scores, c.db, c.ver, "test", mode=c.mode)
-frame = Q.study_frame(c.models, scores, c.registry)
+frame = studies.study_frame(c.models, scores, c.registry)
 if frame.empty:
     st.info("**No trained models yet**, so there is nothing to compare. " + common.TRAIN_HINT + " The default zoo "
             "(`zoo/configs/default_zoo.yaml`) trains every variant these sections need at an equal step budget.")
@@ -25,9 +25,9 @@ if frame.empty:
 metric = st.radio("Metric", ["mae", "gender_acc"], horizontal=True, key="ds_metric",
                   format_func={"mae": "age MAE", "gender_acc": "gender accuracy"}.get)
 
-for factor, (title, expected, numeric) in Q.STUDY_FACTORS.items():
+for factor, (title, expected, numeric) in studies.STUDY_FACTORS.items():
     st.subheader(title)
-    res = Q.study(frame, factor)
+    res = studies.study(frame, factor)
     rows = res["rows"]
     if len(rows) and rows[metric].notna().any():
         st.plotly_chart(charts.study_chart(rows, factor, metric, numeric=numeric, order=expected), width="stretch",
@@ -47,7 +47,7 @@ for factor, (title, expected, numeric) in Q.STUDY_FACTORS.items():
         st.caption(f"All of {', '.join(map(str, expected))} are trained.")
 
 st.subheader("Synthetic faces: do they show the age they were asked for?")
-sets = Q.synthetic_sets()
+sets = studies.synthetic_sets()
 if not sets:
     st.info("No synthetic set has been judged yet: `python -m synth sample --generator ID`, then "
             "`python -m synth fidelity --generator ID --model MODEL_ID` (see synth/README.md).")
@@ -74,7 +74,7 @@ st.subheader("Cross-dataset generalisation (with and without AdaBN)")
 if scores is None or not len(scores):
     st.info("Cross-dataset results need the bench DB (each model evaluated on several datasets).")
     st.stop()
-cd = Q.cross_dataset(frame, scores)
+cd = studies.cross_dataset(frame, scores)
 evals = sorted(scores["eval_dataset"].unique())
 trains = sorted(frame["train_dataset"].dropna().unique())
 left, right = st.columns(2)

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from dashboard import charts, common
-from dashboard import queries as Q
+from dashboard.data import queries as Q, stats
 
 st.title("Fairness")
 c = common.context()
@@ -16,7 +16,7 @@ st.caption(common.eval_caption(c) + " Groups with unknown labels are shown but l
 a, b = st.columns([1, 1])
 by = a.radio("Group by", ["gender", "race", "age group"], horizontal=True, key="fair_by")
 min_n = b.number_input("Minimum images per group for gaps", 5, 1000, 30, step=5, key="fair_min_n")
-groups = common.run_query(Q.group_metrics, c.db, c.ver, models, c.dataset, c.split, by, mode=c.mode)
+groups = common.run_query(Q.group_scores, c.db, c.ver, models, c.dataset, c.split, by, mode=c.mode)
 if groups is None or not len(groups):
     st.info("No predictions with these labels.")
     st.stop()
@@ -32,7 +32,7 @@ else:
 
 st.subheader("Gaps across models")
 across = "age groups" if by == "age group" else f"{by} groups"
-gaps = Q.fairness_gaps(groups, min_n=int(min_n))
+gaps = stats.group_gaps(groups, min_n=int(min_n))
 if gaps["mae_gap"].notna().any() or gaps["eq_odds_diff"].notna().any():
     st.plotly_chart(charts.gaps_bars(gaps, c.names, f"Disparities across {across}"), width="stretch",
                     key="fair_gaps")
@@ -76,11 +76,11 @@ if all(len(v) <= 1 for v in tried.values()):
             "variants of `zoo/configs/default_zoo.yaml` (age_balance/*, gender_balance/*) and benchmark them "
             "to see their effect here.")
     st.stop()
-all_groups = common.run_query(Q.group_metrics, c.db, c.ver, tuple(strat["model_id"]), c.dataset, c.split, by,
+all_groups = common.run_query(Q.group_scores, c.db, c.ver, tuple(strat["model_id"]), c.dataset, c.split, by,
                               mode=c.mode)
 if all_groups is None or not len(all_groups):
     st.stop()
-gap_all = Q.fairness_gaps(all_groups, min_n=int(min_n)).merge(strat, on="model_id")
+gap_all = stats.group_gaps(all_groups, min_n=int(min_n)).merge(strat, on="model_id")
 disparities = ["mae_gap", "gender_acc_gap"] if by == "gender" else ["mae_gap", "eq_odds_diff", "gender_acc_gap"]
 # a key per option list, so an equalized-odds pick made by race is never carried over to gender
 metric = st.radio("Disparity", disparities, horizontal=True, key=f"fair_metric_{len(disparities)}",

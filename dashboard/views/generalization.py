@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, common
-from dashboard import queries as Q
+from dashboard.data import queries as Q, registry
 
 st.title("Generalization")
 c = common.context()
@@ -68,7 +68,7 @@ st.dataframe(table(show.sort_values(["eval_dataset", "gender_acc"], ascending=[T
              width="stretch", key="gen_table")
 
 st.subheader("Side by side: AdaBN variants and single-dataset twins")
-rel = Q.relations(c.reg_ver)
+rel = registry.relations(c.reg_ver)
 rel = rel[rel["model_id"].isin(g["model_id"]) & rel["related"].isin(g["model_id"])]
 if not len(rel):
     st.info("None of the benched models has a benched AdaBN variant or single-dataset twin yet "

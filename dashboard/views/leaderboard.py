@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, common
-from dashboard import queries as Q
+from dashboard.data import queries as Q, registry
 
 st.title("Leaderboard")
 c = common.context()
@@ -13,7 +13,7 @@ lb = pd.DataFrame()
 if c.has_db:
     st.caption(common.eval_caption(c) + " Brackets are 95 % confidence intervals. Click a row to make it the focus "
                "model of the other pages.")
-    lb = common.run_query(Q.leaderboard, c.db, c.ver, c.dataset, c.split, mode=c.mode)
+    lb = common.run_query(Q.model_scores, c.db, c.ver, c.dataset, c.split, mode=c.mode)
     lb = pd.DataFrame() if lb is None else lb
 else:
     common.need_db(c, "the leaderboard")
@@ -22,10 +22,10 @@ else:
 # Registered runs without benchmark rows in this mode still belong on the board (their run.json metrics of the same
 # mode, no CIs); in a mode run.json has no metrics for (MC-Dropout passes) they are listed without numbers, never
 # with another mode's.
-board = Q.leaderboard_board(lb, c.registry)
+board = registry.leaderboard_board(lb, c.registry)
 if len(board):
     board["label"] = [c.label(m) for m in board["model_id"]]
-no_numbers = int((board["origin"] == Q.NO_NUMBERS).sum()) if len(board) else 0
+no_numbers = int((board["origin"] == registry.NO_NUMBERS).sum()) if len(board) else 0
 if no_numbers:
     st.caption(f"{no_numbers} registered model(s) have no numbers in mode **{c.mode}**: not benchmarked in it, and "
                "run.json holds test metrics of plain, flip and flip+crop only. Pick one of those inference modes in "

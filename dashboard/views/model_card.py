@@ -5,7 +5,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, common
-from dashboard import queries as Q
+from dashboard.data import queries as Q
+from dashboard.data import registry
+from zoo.modes import metrics_key
 
 st.title("Model card")
 c = common.context()
@@ -14,7 +16,7 @@ if not mid:
     st.info("No models yet: nothing to describe. " + common.TRAIN_HINT)
     st.stop()
 
-run = next((r for r in Q.registry_runs(c.reg_ver) if r.get("id") == mid), None)
+run = next((r for r in registry.registry_runs(c.reg_ver) if r.id == mid), None)
 db_row = c.models[c.models["model_id"] == mid].iloc[0] if len(c.models) and mid in set(c.db_models) else None
 if run is None and db_row is not None and isinstance(db_row.get("info"), str):
     try:
@@ -33,12 +35,12 @@ params = (run or {}).get("params") or (db_row["params"] if db_row is not None el
 m2.metric("parameters", f"{params / 1e6:.2f} M" if pd.notna(params) and params else "—")  # NA: peers
 ips = (run or {}).get("infer_img_s") or (db_row["infer_img_s"] if db_row is not None else None)
 m3.metric("images / s", f"{ips:.0f}" if pd.notna(ips) and ips else "—")
-key = Q.metrics_key(c.mode, "test")  # run.json's test metrics of the sidebar's inference mode, if it has them
+key = metrics_key(c.mode, "test")  # run.json's test metrics of the sidebar's inference mode, if it has them
 test = (((run or {}).get("metrics") or {}).get(key) or {}) if key else {}
 if test.get("mae") is not None:
     m4.metric(f"test MAE (run.json, {c.mode})", f"{test['mae']:.2f}")
 elif c.has_db and mid in set(c.db_models):
-    lb = common.run_query(Q.leaderboard, c.db, c.ver, c.dataset, c.split, mode=c.mode)
+    lb = common.run_query(Q.model_scores, c.db, c.ver, c.dataset, c.split, mode=c.mode)
     row = lb[lb["model_id"] == mid] if lb is not None and len(lb) else []
     m4.metric(f"MAE (bench, eval set, {c.mode})", f"{row['mae'].iloc[0]:.2f}" if len(row) else "—")
 else:
@@ -101,7 +103,7 @@ NO_RUN = {  # why a kind of model has no history.csv, pointing only at what that
     "peer": "An external peer was trained outside the zoo, so there are no training curves to show.",
 }
 st.subheader("Training curves")
-hist = Q.history(mid)
+hist = registry.history(mid)
 if hist is not None and len(hist):
     st.plotly_chart(charts.training_curves(hist), width="stretch", key="card_curves")
     with st.expander("history.csv"):
@@ -118,7 +120,7 @@ else:
     st.caption(common.eval_caption(c))
     parts = []
     for by in ("age group", "gender", "race"):
-        g = common.run_query(Q.group_metrics, c.db, c.ver, (mid,), c.dataset, c.split, by, mode=c.mode)
+        g = common.run_query(Q.group_scores, c.db, c.ver, (mid,), c.dataset, c.split, by, mode=c.mode)
         if g is not None and len(g):
             parts.append(g.assign(by=by))
     if parts:

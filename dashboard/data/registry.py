@@ -1,0 +1,138 @@
+"""Reads of the model registry (artifacts/runs/<id>/run.json) through `zoo.runs.RunRecord`; no database."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from zoo.modes import PLAIN, metrics_key
+from zoo.runs import RunRecord
+
+try:
+    import streamlit as st
+except ImportError:  # pragma: no cover - the benchmark can run without streamlit installed
+    st = None
+
+
+def runs_root() -> Path:
+    from zoo.paths import runs_dir
+
+    return runs_dir()
+
+
+def registry_version() -> str:
+    """Changes when a run is added, removed or rewritten."""
+    root = runs_root()
+    if not root.is_dir():
+        return f"{root}|-"
+    return f"{root}|" + "|".join(f"{p.parent.name}:{p.stat().st_mtime_ns}" for p in sorted(root.glob("*/run.json")))
+
+
+def _registry_runs_impl(ver: str) -> list[RunRecord]:
+    return read_runs(runs_root())
+
+
+def read_runs(root: Path) -> list[RunRecord]:
+    """Every <root>/<id>/run.json (zoo.runs.RunRecord.load_all: light, no torch, for pages that only read)."""
+    return RunRecord.load_all(root)
+
+
+registry_runs = st.cache_data(show_spinner=False)(_registry_runs_impl) if st is not None else _registry_runs_impl
+
+
+def relations(ver: str) -> pd.DataFrame:
+    return model_relations(registry_runs(ver))
+
+
+def registry_table(ver: str, mode: str = PLAIN) -> pd.DataFrame:
+    """Registered runs as leaderboard-like rows (test metrics from run.json in inference mode `mode`: plain, flip or
+    flip+crop, `zoo.modes.metrics_key`; NaN in modes run.json has no metrics for; no CIs: no per-image
+    predictions)."""
+    key = metrics_key(mode, "test")
+    runs = registry_runs(ver)
+    by_id = {r.id: r for r in runs}
+    rows = []
+    for r in runs:
+        t = (r.metrics.get(key) or {}) if key else {}
+        row = r.to_row(by_id)  # the bench's own run -> `models` row (light: no torch)
+        del row["info"]
+        rows.append({**row, "mae": t.get("mae"), "rmse": t.get("rmse"), "cs5": t.get("cs5"),
+                     "acc10": t.get("acc10"), "gender_acc": t.get("gender_acc"), "f1": t.get("gender_f1"),
+                     "gender_auc": t.get("gender_auc"), "n": t.get("n"),
+                     "parent": r.parent, "adapted_to": r.adapted_to,
+                     "members": ",".join(r.members), "budget": _budget(r.config)})
+    return pd.DataFrame(rows)
+
+
+def leaderboard_board(lb: pd.DataFrame, registry: pd.DataFrame) -> pd.DataFrame:
+    """The Leaderboard page's rows for one inference mode: the bench DB's rows (`leaderboard(..., mode)`, origin
+    `bench DB`), then every registered run the DB has no rows of in that mode, with its run.json metrics of the same
+    mode (`registry_table(ver, mode)`; origin `registry run.json (not benchmarked)`), or, in a mode run.json has no
+    metrics for (MC-Dropout passes), listed without numbers (origin NO_NUMBERS): a board never mixes modes."""
+    rows = []
+    if len(lb):
+        d = lb.copy()
+        d["origin"] = "bench DB"
+        rows.append(d)
+    if len(registry):
+        reg = registry[~registry["model_id"].isin(lb["model_id"] if len(lb) else [])].copy()
+        if len(reg):
+            cols = [c for c in ("mae", "gender_acc") if c in reg]
+            has = reg[cols].notna().any(axis=1) if cols else pd.Series(False, index=reg.index)
+            reg["origin"] = np.where(has, "registry run.json (not benchmarked)", NO_NUMBERS)
+            rows.append(reg)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+NO_NUMBERS = "registry (no numbers in this mode)"
+
+
+def _budget(cfg: dict) -> str | None:
+    """The training budget a run had (steps or epochs, batch, lr): runs compared in a study must share it."""
+    if not cfg:
+        return None
+    length = f"{cfg['max_steps']} steps" if cfg.get("max_steps") else f"{cfg.get('epochs')} epochs"
+    return f"{length} x {cfg.get('batch_size')} @ lr {cfg.get('lr')}"
+
+
+def history(model_id: str) -> pd.DataFrame | None:
+    """The run's history.csv (one row per epoch), or None."""
+    if "/" in model_id or "\\" in model_id or model_id.startswith("."):
+        return None
+    p = runs_root() / model_id / "history.csv"
+    if not p.is_file():
+        return None
+    try:
+        return pd.read_csv(p)
+    except Exception:
+        return None
+
+
+def model_relations(runs: list[RunRecord]) -> pd.DataFrame:
+    """For each registered run, its AdaBN variants and its twin trained on the primary dataset alone (same config
+    but for the extra datasets of its mix and the step budget), so the Generalization page can put them side by
+    side. Columns: model_id, relation (adabn / single-dataset twin), related."""
+    drop = ("name", "datasets", "epochs", "max_steps", "patience")
+
+    def key(r: RunRecord) -> str:
+        return json.dumps({k: v for k, v in r.config.items() if k not in drop}, sort_keys=True)
+
+    def mix(r: RunRecord) -> list:
+        return r.config.get("datasets") or []
+
+    def primary(r: RunRecord) -> list:
+        ds = r.config.get("dataset")
+        return [e for e in mix(r) if isinstance(e, dict) and e.get("name") == ds]
+
+    rows = []
+    singles = [r for r in runs if r.kind == "single"]
+    for r in runs:
+        if r.kind == "adapted" and r.parent:
+            rows.append({"model_id": r.parent, "relation": "AdaBN", "related": r.id})
+        if r.kind == "single" and len(mix(r)) > len(primary(r)):
+            for t in singles:
+                if t.id != r.id and key(t) == key(r) and len(mix(t)) == len(primary(t)) and primary(t) == primary(r):
+                    rows.append({"model_id": r.id, "relation": "single-dataset twin", "related": t.id})
+    return pd.DataFrame(rows, columns=["model_id", "relation", "related"])
