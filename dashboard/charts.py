@@ -38,8 +38,13 @@ def _int_ticks(values) -> dict:
                 tickformat="d")
 
 
-def colors_for(ids) -> dict[str, str]:
-    return {m: PALETTE[k % len(PALETTE)] for k, m in enumerate(ids)}
+def colors_for(ids, order=None) -> dict[str, str]:
+    """model_id -> colour. With `order` (the app-wide names dict, common.context) a model's colour follows its place
+    there, so it is the same on every page whatever else a chart shows (issue 21 B2)."""
+    pos = {m: k for k, m in enumerate(order or ())}
+    extra = [m for m in ids if m not in pos]
+    pos.update({m: len(pos) + k for k, m in enumerate(extra)})
+    return {m: PALETTE[pos[m] % len(PALETTE)] for m in ids}
 
 
 def _err(df: pd.DataFrame, col: str) -> dict:
@@ -70,7 +75,7 @@ def cost_scatter(lb: pd.DataFrame, x: str, y: str = "mae", labels: dict | None =
 def slice_bars(df: pd.DataFrame, metric: str, names: dict[str, str], title: str) -> go.Figure:
     """Grouped bars: x = slice value, one bar per model, CI whiskers."""
     fig = go.Figure()
-    cmap = colors_for(list(dict.fromkeys(df["model_id"])))
+    cmap = colors_for(list(dict.fromkeys(df["model_id"])), names)
     for mid, g in df.groupby("model_id", sort=False):
         fig.add_trace(go.Bar(x=g["slice"], y=g[metric], name=names.get(mid, mid), marker_color=cmap[mid],
                              customdata=g["n"], **_err(g, metric),
@@ -85,7 +90,7 @@ def mae_by_age(df: pd.DataFrame, names: dict[str, str], min_n: int = 3) -> go.Fi
     """MAE (top) and signed bias with CI band (bottom) per true age."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("MAE per true age", "Signed bias (predicted − true), 95 % CI"))
-    cmap = colors_for(list(dict.fromkeys(df["model_id"])))
+    cmap = colors_for(list(dict.fromkeys(df["model_id"])), names)
     for mid, g in df[df["n"] >= min_n].groupby("model_id", sort=False):
         c, name = cmap[mid], names.get(mid, mid)
         fig.add_trace(go.Scatter(x=g["age"], y=g["mae"], name=name, line=dict(color=c), legendgroup=mid,
@@ -105,7 +110,7 @@ def mae_by_age(df: pd.DataFrame, names: dict[str, str], min_n: int = 3) -> go.Fi
 def error_hist(df: pd.DataFrame, names: dict[str, str], width: float = 2.0) -> go.Figure:
     """Normalised histograms of signed error per model, drawn as steps so several models stay readable."""
     fig = go.Figure()
-    cmap = colors_for(list(dict.fromkeys(df["model_id"])))
+    cmap = colors_for(list(dict.fromkeys(df["model_id"])), names)
     for mid, g in df.groupby("model_id", sort=False):
         g = g.sort_values("err")
         share = g["n"] / g["n"].sum()
@@ -152,12 +157,15 @@ def gaps_bars(gaps: pd.DataFrame, names: dict[str, str], title: str) -> go.Figur
         extra = {}
         if c == "mae_gap":
             extra = dict(customdata=np.stack([d["worst_group"].astype(str), d["best_group"].astype(str)], axis=1),
-                         hovertemplate="%{x}<br>gap %{y:.2f} y (worst %{customdata[0]}, best %{customdata[1]})"
+                         hovertemplate="%{text}<br>gap %{y:.2f} y (worst %{customdata[0]}, best %{customdata[1]})"
                                        "<extra></extra>")
         else:
-            extra = dict(hovertemplate="%{x}<br>EOD %{y:.3f}<extra></extra>")
-        fig.add_trace(go.Bar(x=d["label"], y=d[c], marker_color="#EF553B" if c == "mae_gap" else "#636EFA",
-                             name=c, **extra), row=1, col=k)
+            extra = dict(hovertemplate="%{text}<br>EOD %{y:.3f}<extra></extra>")
+        # x keyed by model_id (labelled below): two models sharing a name are two bars, never one summed bar
+        fig.add_trace(go.Bar(x=d["model_id"], y=d[c], marker_color="#EF553B" if c == "mae_gap" else "#636EFA",
+                             name=c, text=d["label"], textposition="none", **extra), row=1, col=k)
+        fig.update_xaxes(type="category", tickmode="array", tickvals=list(d["model_id"]),
+                         ticktext=list(d["label"]), row=1, col=k)
     fig.update_layout(showlegend=False)
     return _layout(fig, title=title)
 
@@ -178,7 +186,7 @@ def reliability(cov: pd.DataFrame, names: dict[str, str]) -> go.Figure:
     """Observed vs nominal coverage of Gaussian central intervals, one panel per uncertainty source."""
     sources = _ordered_sources(cov["source"])
     fig, nrow, ncol = _facets(sources, shared_yaxes=True)
-    cmap = colors_for(list(dict.fromkeys(cov["model_id"])))
+    cmap = colors_for(list(dict.fromkeys(cov["model_id"])), names)
     seen = set()
     for k, src in enumerate(sources):
         r, c = k // ncol + 1, k % ncol + 1
@@ -201,7 +209,7 @@ def risk_coverage(curves: pd.DataFrame, names: dict[str, str], oracle_for: str |
     real = curves[curves["source"] != "oracle (true error)"]
     sources = _ordered_sources(real["source"])
     fig, nrow, ncol = _facets(sources, shared_yaxes=True)
-    cmap = colors_for(list(dict.fromkeys(curves["model_id"])))
+    cmap = colors_for(list(dict.fromkeys(curves["model_id"])), names)
     seen = set()
     for k, src in enumerate(sources):
         r, c = k // ncol + 1, k % ncol + 1
@@ -249,7 +257,7 @@ def sigma_vs_error(curves: pd.DataFrame, names: dict[str, str], model: str, grou
 def gender_reliability(df: pd.DataFrame, names: dict[str, str]) -> go.Figure:
     fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="gray", dash="dash"),
                                showlegend=False, hoverinfo="skip"))
-    cmap = colors_for(list(dict.fromkeys(df["model_id"])))
+    cmap = colors_for(list(dict.fromkeys(df["model_id"])), names)
     for mid, g in df.groupby("model_id", sort=False):
         fig.add_trace(go.Scatter(x=g["prob"], y=g["observed"], mode="lines+markers", name=names.get(mid, mid),
                                  line=dict(color=cmap[mid]), customdata=g["n"],
@@ -265,7 +273,7 @@ def robustness(df: pd.DataFrame, names: dict[str, str], metric: str = "mae") -> 
     nrow = int(np.ceil(len(perts) / ncol)) or 1
     fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=perts, shared_yaxes=True,
                         vertical_spacing=0.18 if nrow > 1 else 0.1)
-    cmap = colors_for(list(dict.fromkeys(df["model_id"])))
+    cmap = colors_for(list(dict.fromkeys(df["model_id"])), names)
     seen = set()
     for k, pert in enumerate(perts):
         r, c = k // ncol + 1, k % ncol + 1

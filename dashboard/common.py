@@ -78,14 +78,58 @@ def context() -> Ctx:
     except Exception as e:  # a broken registry must not take the app down
         st.sidebar.error(f"Cannot read the model registry: {type(e).__name__}: {e}")
         registry = pd.DataFrame()
-    names = {}
-    if len(registry):
-        names.update({m: n for m, n in zip(registry["model_id"], registry["name"])})
+    names = {}  # the registry's name wins: the DB's copy may be stale (issue 21 B1)
     if len(models):
         names.update({m: lbl for m, lbl in zip(models["model_id"], models["label"])})
+    if len(registry):
+        names.update({m: n or m for m, n in zip(registry["model_id"], registry["name"])})
+    names = unique_names(dict(sorted(names.items())))  # sorted: the order fixes colours, the same on every page
     return Ctx(db=db, ver=ver, status=status, reg_ver=reg_ver, registry=registry, models=models,
                dataset=ss.get("eval_dataset", "*"), split=ss.get("eval_split", "test"), mode=mode, modes=modes,
                focus=ss.get("model"), compare=tuple(ss.get("models", ())), names=names)
+
+
+def unique_names(names: dict) -> dict:
+    """model_id -> display name, made unique: names shared by several models get their id's tail appended, so
+    charts keyed by name never merge models and every label points at one model."""
+    count: dict = {}
+    for n in names.values():
+        count[n] = count.get(n, 0) + 1
+    out = {}
+    for m, n in names.items():
+        if count[n] > 1 and n != m:
+            tail = m[-8:] if len(m) > 8 else m
+            out[m] = f"{n} ({tail})"
+        else:
+            out[m] = n
+    seen = list(out.values())
+    return {m: (n if seen.count(n) == 1 else f"{names[m]} ({m})") for m, n in out.items()}
+
+
+def default_compare(c: "Ctx", ranked: list[str]) -> list[str]:
+    """A varied default comparison (issue 21 B3): the best ensemble, the best single network, the peer and a sweep
+    baseline, where present (best = first in `ranked`); the top of `ranked` otherwise."""
+    kind = {}
+    for t in (c.models, c.registry):
+        if len(t) and "kind" in t:
+            kind.update(zip(t["model_id"], t["kind"]))
+    pick: list[str] = []
+
+    def first(ok):
+        m = next((m for m in ranked if m not in pick and ok(m)), None)
+        if m:
+            pick.append(m)
+
+    first(lambda m: kind.get(m) == "ensemble")
+    first(lambda m: kind.get(m) == "single")
+    first(lambda m: kind.get(m) == "peer")
+    # a sweep's baseline: named "base"/"baseline"/"default"; else the last-ranked sweep run ("group/value" name)
+    first(lambda m: kind.get(m) == "single" and any(w in f"{m} {c.label(m)}".lower()
+                                                    for w in ("base", "default")))
+    if len(pick) < 4:
+        sweep = [m for m in ranked if kind.get(m) == "single" and "/" in c.label(m) and m not in pick]
+        pick += sweep[-1:]
+    return pick or ranked[:COMPARE_DEFAULT]
 
 
 def mode_options(modes: pd.DataFrame) -> list[str]:
@@ -173,8 +217,9 @@ def sidebar() -> Ctx:
                      help="Used by the Errors scatter, Browser and Model card. Pick it here or click a "
                           "Leaderboard row.")
         if "models" not in ss or not isinstance(ss["models"], list):
-            ss["models"] = ranked[:COMPARE_DEFAULT]
-        ss["models"] = [m for m in ss["models"] if m in ranked] or ranked[:COMPARE_DEFAULT]
+            ss["models"] = default_compare(c, ranked)
+        # no refill when empty: a cleared selection stays cleared (issue 21 B3)
+        ss["models"] = [m for m in ss["models"] if m in ranked]
         sb.multiselect("Compare models", ranked, key="models", format_func=lambda m: _short(c.label(m), m),
                        help="The models drawn side by side on the analysis pages.")
     with sb.expander("Settings"):

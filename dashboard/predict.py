@@ -22,8 +22,9 @@ def set_torch_threads() -> None:
 
 
 def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
-    """(runnable model records, [(id, why not runnable)]): a run is runnable when its weights (or, for an ensemble,
-    every member's, for an adapted run its own and its parent's) are present; external peers are always listed."""
+    """(runnable models as plain dicts: run.json's content, or a peer's {id, name, kind}; [(id, why not runnable)]):
+    a run is runnable when its weights (or, for an ensemble, every member's, for an adapted run its own and its
+    parent's) are present; external peers are always listed."""
     from dashboard.data.registry import read_runs
     from zoo.paths import runs_dir
     from zoo.registry import missing_weights
@@ -34,7 +35,7 @@ def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[s
     ok, skipped = [], []
     for r in runs:
         why = missing_weights(r, by_id, root)
-        (skipped.append((r.id, why)) if why else ok.append(r))
+        (skipped.append((r.id, why)) if why else ok.append(r.to_dict()))  # plain dicts, as the peers' below
     from zoo.peers import list_peers
 
     # External peers carry their own weights (inside their package); one that fails to load shows its error.
@@ -88,7 +89,7 @@ class ModelPool:
         if not is_peer(model_id):
             run = get_run(model_id, self.root)
             if run.kind == "ensemble":
-                return EnsemblePredictor([self.get(m) for m in run.members], model_id, run)
+                return EnsemblePredictor([self.get(m) for m in run.members], model_id, run.to_dict())
         return load_predictor(model_id, self.root)
 
     def loaded(self) -> int:

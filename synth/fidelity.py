@@ -178,7 +178,7 @@ def fidelity(name: str, model_id: str, real: str | None = None, max_images: int 
     f_test = features(net, r_test, feat_size)
     f_syn = features(net, s_imgs, feat_size)
     f_train = features(net, r_imgs[train], feat_size)
-    dist = {"backbone_model": feat_run["id"], "feature_dim": int(f_syn.shape[1]), "n_synthetic": len(f_syn),
+    dist = {"backbone_model": feat_run.id, "feature_dim": int(f_syn.shape[1]), "n_synthetic": len(f_syn),
             "n_real_test": len(f_test), "fd_synthetic_vs_real_test": frechet_distance(f_syn, f_test),
             "fd_real_train_vs_real_test": frechet_distance(f_train, f_test)}
     if native and native < size:

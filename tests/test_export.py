@@ -226,8 +226,8 @@ def test_every_shipped_network_exports_with_parity_on_real_faces(tmp_path, monke
     files = _real_test_faces(64)
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))  # the registry is the checkout's, read only
     runs = list_runs()
-    by_id = {r["id"]: r for r in runs}
-    shipped = [r["id"] for r in runs if r["kind"] != "ensemble" and missing_weights(r, by_id) is None]
+    by_id = {r.id: r for r in runs}
+    shipped = [r.id for r in runs if r.kind != "ensemble" and missing_weights(r, by_id) is None]
     if not shipped:
         pytest.skip("no shipped checkpoints in artifacts/runs")
     threads = torch.get_num_threads()
@@ -236,7 +236,7 @@ def test_every_shipped_network_exports_with_parity_on_real_faces(tmp_path, monke
     try:
         for mid in shipped:
             run = get_run(mid)
-            size = (run if run["kind"] == "single" else get_run(run["parent"]))["config"]["img_size"]
+            size = (run if run.kind == "single" else get_run(run.parent)).img_size
             x = to_batch(np.stack([decode_image(p, size) for p in files]), size)
             path = export(mid, tmp_path / f"{mid}.onnx")
             net = build_network(run)

@@ -1,6 +1,7 @@
 """zoo.runs.RunRecord: the one loader of run.json, its `models` row and its preprocessing."""
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,9 @@ def test_preprocessing_single_ensemble_adapted():
 def test_record_made_in_code_and_errors(tmp_path):
     r = RunRecord.from_dict({"id": "x", "kind": "ensemble", "members": ["a", "b"], "config": {"img_size": 32}})
     assert r.members == ("a", "b") and r.to_dict()["members"] == ["a", "b"] and "parent" not in r.to_dict()
-    assert r["config"]["img_size"] == 32 and r.get("nope") is None  # the transitional read-only mapping
+    assert r.config["img_size"] == 32 and r.img_size == 32 and r.extra == {}
+    assert not isinstance(r, Mapping) and not hasattr(r, "get") and not hasattr(r, "__getitem__")  # not a dict
+    assert r == RunRecord.from_dict(r.to_dict()) and r != r.to_dict()  # equal records: the same content
     with pytest.raises(ValueError):
         RunRecord.from_dict({"id": "x", "kind": "bogus"})
     with pytest.raises(KeyError):

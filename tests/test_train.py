@@ -69,7 +69,7 @@ def test_train_registers_run_and_loads_with_safetensors(tiny):
     assert list(hist["epoch"]) == [1, 2]
     assert {"mae", "gender_acc"} <= set(r["metrics"]["test"])
     assert r["params"] > 0 and r["flops"] > 0 and r["infer_img_s"] > 0
-    assert r["id"] in [x["id"] for x in list_runs()]
+    assert r["id"] in [x.id for x in list_runs()]
     assert runs_table().loc[lambda t: t.id == r["id"], "test_mae"].notna().all()
     out = load(r["id"]).predict(np.zeros((3, 50, 50, 3), np.uint8))
     assert out["age"].shape == (3,) and np.isfinite(out["age"]).all()

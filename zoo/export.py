@@ -88,7 +88,7 @@ def _network_run(model_id: str, root: Path | None = None) -> RunRecord:
     return run
 
 
-def _checkpoints(run: Mapping, root: Path | None = None) -> list[Path]:
+def _checkpoints(run: RunRecord | Mapping, root: Path | None = None) -> list[Path]:
     """The files the network's weights come from (an adapted run: its parent's, then its own BN statistics)."""
     from zoo.paths import runs_dir
     from zoo.registry import get_run
@@ -106,7 +106,7 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def checkpoint_key(run: Mapping, root: Path | None = None) -> str:
+def checkpoint_key(run: RunRecord | Mapping, root: Path | None = None) -> str:
     """A hash of the run's checkpoint bytes and of the export recipe: the cache key of its exported file."""
     h = hashlib.sha256(EXPORT_RECIPE.encode())
     for p in _checkpoints(run, root):
@@ -116,7 +116,7 @@ def checkpoint_key(run: Mapping, root: Path | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def preprocessing(run: Mapping, model: nn.Module, root: Path | None = None) -> dict[str, str]:
+def preprocessing(run: RunRecord | Mapping, model: nn.Module, root: Path | None = None) -> dict[str, str]:
     """How to feed the exported network, as string metadata (RunRecord.preprocessing, plus the network's own
     normalisation constants)."""
     import torch

@@ -26,7 +26,7 @@ class Predictor(Protocol):
 
     id: str  # the registry id ("" for an unregistered network), or "peer:<name>"
     img_size: int  # the input resolution the crops are resized to
-    info: Mapping[str, Any]  # the run record (or a peer's description)
+    info: Mapping[str, Any]  # the run.json content as a plain dict (RunRecord.to_dict), or a peer's description
 
     def predict(self, images: np.ndarray, mc_dropout: int = 0, tta: str | None = None,
                 batch_size: int = 256) -> dict[str, np.ndarray]: ...

@@ -47,7 +47,8 @@ def get_run(model_id: str, root: Path | None = None) -> RunRecord:
     return RunRecord.load(root / model_id / RUN_FILE)
 
 
-def model_row(run: Mapping, runs: Mapping[str, Mapping] | Callable[[str], Mapping] | None = None,
+def model_row(run: RunRecord | Mapping,
+              runs: Mapping[str, RunRecord | Mapping] | Callable[[str], RunRecord | Mapping] | None = None,
               root: Path | None = None) -> dict:
     """The bench DB's `models` row of a run (RunRecord.to_row; a dict record is read through RunRecord)."""
     return RunRecord.from_dict(run).to_row(runs if runs is not None else (lambda m: get_run(m, root)), root)
@@ -62,7 +63,7 @@ def load_state(run_dir: Path, name: str = "best.safetensors") -> dict[str, torch
     return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
 
 
-def build_network(run: Mapping, root: Path | None = None) -> torch.nn.Module:
+def build_network(run: RunRecord | Mapping, root: Path | None = None) -> torch.nn.Module:
     """The network of a single or adapted run, with its weights (an adapted run's checkpoint holds only what
     differs from its parent's: BatchNorm statistics)."""
     from zoo.config import TrainConfig
@@ -84,7 +85,7 @@ def build_network(run: Mapping, root: Path | None = None) -> torch.nn.Module:
     return model.eval()
 
 
-def input_framing(run: Mapping, dataset: str, root: Path | None = None) -> str | None:
+def input_framing(run: RunRecord | Mapping, dataset: str, root: Path | None = None) -> str | None:
     """The framing a model reads `dataset` with (RunRecord.framing)."""
     return RunRecord.from_dict(run).framing(dataset, lambda m: get_run(m, root))
 
@@ -99,15 +100,16 @@ def load(model_id: str, root: Path | None = None, runtime: str = "eager") -> Mod
     root = root or runs_dir()
     run = get_run(model_id, root)
     if run.kind == "ensemble":
-        return EnsemblePredictor([load(m, root, runtime) for m in run.members], model_id, run)
+        return EnsemblePredictor([load(m, root, runtime) for m in run.members], model_id, run.to_dict())
     resolve_runtime(runtime)  # an unknown name fails before the network is built
     size = run.preprocessing(lambda m: get_run(m, root)).img_size
     model = build_network(run, root)
-    return NetworkPredictor(model, size, model_id, run, make_runner(model, model_id, runtime, root),
+    return NetworkPredictor(model, size, model_id, run.to_dict(), make_runner(model, model_id, runtime, root),
                             resolve_runtime(runtime))
 
 
-def missing_weights(run: Mapping, by_id: Mapping[str, Mapping], root: Path | None = None) -> str | None:
+def missing_weights(run: RunRecord | Mapping, by_id: Mapping[str, RunRecord | Mapping],
+                    root: Path | None = None) -> str | None:
     """Why a registered run cannot predict (its checkpoint, an ensemble member's or an adapted run's parent's was not
     shipped), or None when it can."""
     root = root or runs_dir()
@@ -144,7 +146,9 @@ def select_models(spec: str, root: Path | None = None) -> list[str]:
         return [min(scored)[1]]
     if spec in ("all", "zoo"):
         return [r.id for r in runnable]
-    ids = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+    from zoo.cliargs import split_list
+
+    ids = split_list(spec)
     for i in ids:
         if not i.startswith("peer:"):
             get_run(i, root)  # KeyError listing the known ids

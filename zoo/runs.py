@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 RUN_FILE = "run.json"
 KINDS = ("single", "ensemble", "adapted")
@@ -57,11 +57,9 @@ class Preprocessing:
 
 
 @dataclass(frozen=True, eq=False)
-class RunRecord(Mapping):
-    """One `artifacts/runs/<id>/run.json`. Attributes are the file's top-level keys (None when absent).
-
-    Transitional: it is also a read-only Mapping of the file's content (`run["config"]`, `run.get(...)`) for
-    readers not converted to attributes yet."""
+class RunRecord:
+    """One `artifacts/runs/<id>/run.json`. Attributes are the file's top-level keys (None when absent). Not a
+    mapping: read attributes, or `to_dict()` for the file's content as a plain dict."""
     id: str
     kind: str
     name: str = ""
@@ -149,20 +147,8 @@ class RunRecord(Mapping):
                 d[k] = value(k)
         return d
 
-    # ----- the transitional read-only Mapping --------------------------------------------------------------------
-    def __getitem__(self, key: str) -> Any:
-        return self._content[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._content)
-
-    def __len__(self) -> int:
-        return len(self._content)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, RunRecord):
-            return self._content == other._content
-        return self._content == other if isinstance(other, dict) else NotImplemented
+    def __eq__(self, other: object) -> bool:  # the same file content (key order and unset defaults aside)
+        return self._content == other._content if isinstance(other, RunRecord) else NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -45,9 +45,9 @@ def plan(cap_mb: float, root: Path | None = None) -> tuple[list[Checkpoint], lis
     root = root or runs_dir()
     ckpts = []
     for r in list_runs(root):
-        path = root / r["id"] / r.get("checkpoint", "best.safetensors")
-        if r["kind"] != "ensemble" and path.is_file():
-            ckpts.append(Checkpoint(r["id"], r.get("name", ""), path.stat().st_size / 1e6, path.name))
+        path = root / r.id / r.checkpoint_file
+        if r.kind != "ensemble" and path.is_file():
+            ckpts.append(Checkpoint(r.id, r.name, path.stat().st_size / 1e6, path.name))
     kept = sorted(ckpts, key=lambda c: (-c.tier, -c.mb, c.run_id))  # the next to drop is kept[0]
     dropped = []
     while sum(c.mb for c in kept) > cap_mb and kept and kept[0].tier > 0:

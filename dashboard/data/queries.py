@@ -476,7 +476,9 @@ def gender_calibration(db: str, ver: str, models: tuple, dataset: str, split: st
 @query
 def robustness(db: str, ver: str, models: tuple, dataset: str, split: str, mode: str | None = None) -> pd.DataFrame:
     """MAE and gender accuracy per (model, perturbation, severity); severity 0 of each perturbation is the clean
-    prediction on the same images (so the curve starts at a like-for-like baseline), all in one inference mode."""
+    prediction on the same images (so the curve starts at a like-for-like baseline), all in one inference mode.
+    Per perturbation, only the images every model perturbed with it counts (`n`): 250 images of one model against
+    1,000 of another would compare different sets (issue 21 B7)."""
     where, prm = _eval_where(dataset, split, clean=False, mode=mode)
     mc, mp = _models_clause(models)
     df = sql(db, f"""
@@ -485,11 +487,17 @@ def robustness(db: str, ver: str, models: tuple, dataset: str, split: str, mode:
                    FROM predictions p JOIN images i USING (dataset, image_id) WHERE {where}{mc}),
              pimg AS (SELECT DISTINCT model_id, dataset, image_id, perturbation FROM r
                       WHERE perturbation <> 'none' AND severity = 1),
+             k AS (SELECT perturbation, count(DISTINCT model_id) AS k FROM pimg GROUP BY ALL),
+             shared AS (SELECT dataset, image_id, perturbation FROM pimg JOIN k USING (perturbation)
+                        GROUP BY dataset, image_id, perturbation, k.k HAVING count(DISTINCT model_id) = k.k),
              rows AS (SELECT model_id, perturbation, severity, age_pred, gender_prob, age, gender
-                      FROM r WHERE perturbation <> 'none'
+                      FROM r JOIN shared USING (dataset, image_id, perturbation) WHERE perturbation <> 'none'
                       UNION ALL
-                      SELECT r.model_id, pimg.perturbation, 0, age_pred, gender_prob, age, gender
-                      FROM r JOIN pimg USING (model_id, dataset, image_id) WHERE r.perturbation = 'none')
+                      SELECT r.model_id, s.perturbation, 0, age_pred, gender_prob, age, gender
+                      FROM r JOIN shared s USING (dataset, image_id)
+                      JOIN (SELECT DISTINCT model_id, perturbation FROM pimg) pm
+                        ON pm.model_id = r.model_id AND pm.perturbation = s.perturbation
+                      WHERE r.perturbation = 'none')
         SELECT model_id, perturbation, severity, count(age) AS n, avg(abs(age_pred - age)) AS mae,
                stddev_samp(abs(age_pred - age)) AS sd_ae, avg(age_pred - age) AS bias,
                avg(((gender_prob >= 0.5) = (gender = 1))::DOUBLE) FILTER (WHERE gender_prob IS NOT NULL

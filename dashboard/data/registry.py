@@ -81,12 +81,18 @@ def leaderboard_board(lb: pd.DataFrame, registry: pd.DataFrame) -> pd.DataFrame:
         if len(reg):
             cols = [c for c in ("mae", "gender_acc") if c in reg]
             has = reg[cols].notna().any(axis=1) if cols else pd.Series(False, index=reg.index)
-            reg["origin"] = np.where(has, "registry run.json (not benchmarked)", NO_NUMBERS)
+            reg["origin"] = np.where(has, NOT_BENCHED, NO_NUMBERS)
             rows.append(reg)
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    if not rows:
+        return pd.DataFrame()
+    board = pd.concat(rows, ignore_index=True)
+    # run.json rows sorted in place by their own number of the same mode, not appended below the bench's (B5)
+    key = "mae" if "mae" in board and board["mae"].notna().any() else None
+    return board.sort_values(key, na_position="last", kind="stable").reset_index(drop=True) if key else board
 
 
 NO_NUMBERS = "registry (no numbers in this mode)"
+NOT_BENCHED = "registry run.json (not benchmarked)"
 
 
 def _budget(cfg: dict) -> str | None:

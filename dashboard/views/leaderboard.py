@@ -54,7 +54,8 @@ show = pd.DataFrame({
     "kind": board["kind"],
     "source": col("source"),
     "MAE": col("mae").astype(float),
-    "MAE 95% CI": [_fmt(v, lo, hi) for v, lo, hi in zip(col("mae"), col("mae_lo"), col("mae_hi"))],
+    "MAE 95% CI": [_fmt(v, lo, hi) + (" (run.json, no CI)" if o == registry.NOT_BENCHED and _fmt(v) else "")
+                   for v, lo, hi, o in zip(col("mae"), col("mae_lo"), col("mae_hi"), board["origin"])],
     "RMSE": col("rmse").astype(float),
     "CS@5 %": 100 * col("cs5").astype(float),
     "CS@5 CI": [_fmt(v, lo, hi, pct=True) for v, lo, hi in zip(col("cs5"), col("cs5_lo"), col("cs5_hi"))],
@@ -97,7 +98,7 @@ st.dataframe(
         "MFLOPs": st.column_config.NumberColumn(format="%.0f"),
         "img/s": st.column_config.NumberColumn(format="%.0f", help="inference throughput measured at training"),
     })
-if (board["origin"] == "registry run.json (not benchmarked)").any():
+if (board["origin"] == registry.NOT_BENCHED).any():
     st.caption(f"Rows marked *registry run.json* are not in the bench DB in mode {c.mode}: their numbers come from "
                "the evaluation at registration in the same mode (full committed test split, no CIs) and are "
                "comparable to the others only when the bench also ran on that full split.")

@@ -16,11 +16,15 @@ if not mid:
     st.info("No models yet: nothing to describe. " + common.TRAIN_HINT)
     st.stop()
 
-run = next((r for r in registry.registry_runs(c.reg_ver) if r.id == mid), None)
+# `run`: a plain dict of what the card shows: a registered run's run.json content (RunRecord.to_dict), else the DB
+# `models` row's `info` JSON (a peer's description, or a run no longer in the registry); None when neither.
+record = next((r for r in registry.registry_runs(c.reg_ver) if r.id == mid), None)
+run: dict | None = record.to_dict() if record is not None else None
 db_row = c.models[c.models["model_id"] == mid].iloc[0] if len(c.models) and mid in set(c.db_models) else None
 if run is None and db_row is not None and isinstance(db_row.get("info"), str):
     try:
-        run = json.loads(db_row["info"]) or None
+        info = json.loads(db_row["info"])
+        run = info if isinstance(info, dict) and info else None
     except ValueError:
         run = None
 st.subheader(c.label(mid))
@@ -37,12 +41,17 @@ ips = (run or {}).get("infer_img_s") or (db_row["infer_img_s"] if db_row is not 
 m3.metric("images / s", f"{ips:.0f}" if pd.notna(ips) and ips else "—")
 key = metrics_key(c.mode, "test")  # run.json's test metrics of the sidebar's inference mode, if it has them
 test = (((run or {}).get("metrics") or {}).get(key) or {}) if key else {}
-if test.get("mae") is not None:
+# The Leaderboard's number for this mode: the bench's when it has rows in it, else run.json's (B5)
+lb = common.run_query(Q.model_scores, c.db, c.ver, c.dataset, c.split, mode=c.mode) if (
+    c.has_db and mid in set(c.db_models)) else None
+row = lb[lb["model_id"] == mid] if lb is not None and len(lb) else []
+no_age = "age" not in (cfg.get("tasks") or ["age"]) or (len(row) and pd.isna(row["mae"].iloc[0]))
+if no_age:  # a gender-only model: no "MAE nan", no empty age charts (B4)
+    m4.metric(f"MAE ({c.mode})", "no age head")
+elif len(row):
+    m4.metric(f"MAE (bench, eval set, {c.mode})", f"{row['mae'].iloc[0]:.2f}")
+elif test.get("mae") is not None:
     m4.metric(f"test MAE (run.json, {c.mode})", f"{test['mae']:.2f}")
-elif c.has_db and mid in set(c.db_models):
-    lb = common.run_query(Q.model_scores, c.db, c.ver, c.dataset, c.split, mode=c.mode)
-    row = lb[lb["model_id"] == mid] if lb is not None and len(lb) else []
-    m4.metric(f"MAE (bench, eval set, {c.mode})", f"{row['mae'].iloc[0]:.2f}" if len(row) else "—")
 else:
     m4.metric(f"test MAE ({c.mode})", "—")
 
@@ -128,8 +137,11 @@ else:
         a, b, d = st.columns(3)
         for by, where in (("age group", a), ("gender", b), ("race", d)):
             sub = g[g["by"] == by]
-            if len(sub):
+            if len(sub) and not no_age:
                 where.plotly_chart(charts.group_bars(sub, "mae", c.names, f"MAE by {by} (95 % CI)"),
                                    width="stretch", key=f"card_{by}")
-        st.dataframe(g[["by", "grp", "n", "mae", "mae_lo", "mae_hi", "bias", "gender_acc", "gender_acc_lo",
-                        "gender_acc_hi"]], hide_index=True, width="stretch")
+        cols = ["by", "grp", "n", "mae", "mae_lo", "mae_hi", "bias", "gender_acc", "gender_acc_lo", "gender_acc_hi"]
+        if no_age:  # the gender columns only, counted on gender predictions, not an age n of 0
+            st.caption("No age head: per-group gender accuracy only.")
+            cols = ["by", "grp", "n_gender", "gender_acc", "gender_acc_lo", "gender_acc_hi"]
+        st.dataframe(g[cols], hide_index=True, width="stretch")
