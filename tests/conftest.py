@@ -65,3 +65,15 @@ def db_writer(db: Path | str) -> Iterator[None]:
         writer.kill()
         writer.wait()
         writer.stdout.close()
+
+
+@pytest.fixture
+def dashboard_env(monkeypatch):
+    """`point_at(artifacts_folder)`: the dashboard (AppTest) reads that folder's DB and registry, with a cache inside
+    it and no shared data."""
+    def point_at(folder: Path) -> None:
+        monkeypatch.setenv("ZOO_ARTIFACTS", str(folder))
+        monkeypatch.setenv("ZOO_CACHE", str(folder / "cache"))
+        monkeypatch.delenv("ZOO_BENCH_DB", raising=False)
+        monkeypatch.setenv("ZOO_SHARED_DATA", str(folder / "no-shared-data"))
+    return point_at

@@ -200,7 +200,7 @@ def test_dashboard_queries_read_one_mode(tmp_path):
     assert rows["image_id"].is_unique  # one row per image: one mode
 
 
-def test_dashboard_shows_the_mode_in_use_and_switches_it(tmp_path, monkeypatch):
+def test_dashboard_shows_the_mode_in_use_and_switches_it(tmp_path, dashboard_env):
     pytest.importorskip("streamlit.testing.v1")
     from streamlit.testing.v1 import AppTest
 
@@ -208,10 +208,7 @@ def test_dashboard_shows_the_mode_in_use_and_switches_it(tmp_path, monkeypatch):
 
     art = tmp_path / "artifacts"
     picked, _ = _two_mode_db(art / "bench.duckdb")
-    monkeypatch.setenv("ZOO_ARTIFACTS", str(art))
-    monkeypatch.setenv("ZOO_CACHE", str(art / "cache"))
-    monkeypatch.setenv("ZOO_SHARED_DATA", str(art / "no-shared-data"))
-    monkeypatch.delenv("ZOO_BENCH_DB", raising=False)
+    dashboard_env(art)
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120)
     at.run()
     assert not at.exception, [e.value for e in at.exception]

@@ -38,13 +38,8 @@ def artifacts(tmp_path_factory):
 
 
 @pytest.fixture
-def env(monkeypatch):
-    def point_at(folder: Path):
-        monkeypatch.setenv("ZOO_ARTIFACTS", str(folder))
-        monkeypatch.setenv("ZOO_CACHE", str(folder / "cache"))
-        monkeypatch.delenv("ZOO_BENCH_DB", raising=False)
-        monkeypatch.setenv("ZOO_SHARED_DATA", str(folder / "no-shared-data"))
-    return point_at
+def env(dashboard_env):
+    return dashboard_env
 
 
 def face_jpeg() -> bytes:

@@ -261,7 +261,7 @@ def test_filesystem_and_system_folders_are_no_dataset_root(tmp_env, tmp_path):
         scan("everything", Path("/"), progress=False, reader="folder")
 
 
-def test_browser_refuses_the_filesystem_root_as_image_folder(tmp_path, monkeypatch):
+def test_browser_refuses_the_filesystem_root_as_image_folder(tmp_path, dashboard_env):
     pytest.importorskip("streamlit.testing.v1")
     from streamlit.testing.v1 import AppTest
 
@@ -269,10 +269,7 @@ def test_browser_refuses_the_filesystem_root_as_image_folder(tmp_path, monkeypat
 
     art = tmp_path / "artifacts"
     demo.write_demo_artifacts(art, n_images=40, n_models=2, registry=False, perturbations={})
-    monkeypatch.setenv("ZOO_ARTIFACTS", str(art))
-    monkeypatch.setenv("ZOO_CACHE", str(art / "cache"))
-    monkeypatch.setenv("ZOO_SHARED_DATA", str(tmp_path / "none"))
-    monkeypatch.delenv("ZOO_BENCH_DB", raising=False)
+    dashboard_env(art)
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=90)
     at.run()
     at.session_state["image_root"] = "/"
