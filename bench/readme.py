@@ -57,7 +57,7 @@ class Entry:
 
 
 # The inference mode of each column that depends on one (zoo.modes): the dashboard's leaderboard in that mode shows
-# the same numbers (tests/test_bench_modes.py). The other metric columns are those of `plain`.
+# the same numbers (tests/bench/test_bench_modes.py). The other metric columns are those of `plain`.
 MODE_COLUMNS = {"MAE": "plain", "MAE (flip TTA)": "flip", "MAE (flip+crop TTA)": "flip+crop"}
 
 

@@ -39,7 +39,7 @@ from zoo.paths import artifacts_dir
 
 # The schema, defined here only: the DDL (`_ddl`), the Parquet parts (`arrow_schema`), the demo database
 # (dashboard/demo.py) and the dashboard's checks (dashboard/data/queries.py) all derive from TABLES and KEYS;
-# bench/SCHEMA.md documents it and tests/test_bench_schema.py fails when any of them drifts.
+# bench/SCHEMA.md documents it and tests/bench/test_bench_schema.py fails when any of them drifts.
 TABLES: dict[str, list[tuple[str, str]]] = {
     "models": [
         ("model_id", "VARCHAR PRIMARY KEY"), ("name", "VARCHAR"), ("kind", "VARCHAR"), ("source", "VARCHAR"),

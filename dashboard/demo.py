@@ -4,7 +4,7 @@
   models, images, predictions, bench_runs; documented in `bench/SCHEMA.md`) with the readers' race labels, the
   manifest's age groups and bench.perturb's perturbations, and plausible, structured errors: regression to the mean,
   worse on dark / blurry / low-quality images, worse with perturbation severity, per-model calibrated-ish sigmas,
-  gender probabilities. tests/test_bench_schema.py fails when it drifts from the schema.
+  gender probabilities. tests/bench/test_bench_schema.py fails when it drifts from the schema.
 * `make_tiny_registry(runs_root, n)` registers `n` tiny *untrained* networks (seed_cnn, 32 px) plus an ensemble of
   them in the registry's on-disk format, so the photo page has real models to run (in about a second).
 * `write_face_images(root, images)` writes small JPEG stand-ins for the images table's `path`s (for the Browser).

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]  # the repository root, for tests that run its CLIs or read artifacts/
+
 
 def make_jpeg(path: Path | str, size: tuple[int, int] = (32, 32), color: tuple[int, int, int] | None = None,
               quality: int = 90) -> Path:

@@ -51,7 +51,7 @@ DEFAULT_CPU_RUNTIME = "onnx"
 OPSET = 17
 EXPORT_RECIPE = f"zoo-export-v2|opset{OPSET}"  # part of the cache key: change it when the exported graph changes
 OUTPUT_ORDER = ("age", "gender", "race")
-PARITY_ATOL = 1e-3  # exported vs eager raw outputs (tests/test_export.py, acceptance of issue 22)
+PARITY_ATOL = 1e-3  # exported vs eager raw outputs (tests/zoo/test_export.py, acceptance of issue 22)
 
 
 def _with_features(model: nn.Module, as_tuple: bool = False) -> nn.Module:

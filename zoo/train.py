@@ -206,7 +206,7 @@ def _destroy_process_group() -> None:
 
 
 def _test_kill_hook() -> tuple[int, int, Path] | None:
-    """TEST-ONLY (tests/test_distributed.py): ZOO_TEST_KILL="RANK:EPOCH:STEP:MARKER" makes rank RANK exit hard
+    """TEST-ONLY (tests/zoo/test_train_distributed.py): ZOO_TEST_KILL="RANK:EPOCH:STEP:MARKER" makes rank RANK exit hard
     (`os._exit(1)`, as a crashed or killed process would) after STEP steps of epoch EPOCH (1-based), once: the MARKER
     file records the kill, so the rank torchrun restarts does not repeat it. Returns (epoch, step, marker) for this
     process, or None."""

@@ -5,7 +5,7 @@ per group), a delta-method interval for RMSE (in dashboard.data.queries), Wilson
 ±10y, gender accuracy, TPR/FPR) and Hanley–McNeil for AUCs (Mann–Whitney over binned scores: within ~1e-3 of the
 exact value). `bench.metrics` (the numbers of `python -m bench report`) uses a percentile bootstrap over rows, which
 would cost seconds per page on millions of rows; the point metrics are identical and the intervals agree to a
-fraction of their width (tests/test_dashboard_queries.py checks both against bench.metrics).
+fraction of their width (tests/dashboard/test_dashboard_queries.py checks both against bench.metrics).
 
 Names differ from bench.metrics where the meaning differs: `group_gaps` (bench.metrics.fairness_gaps works on
 per-image rows, this on per-group aggregates) and `COVERAGE_Z` (nominal level -> z; bench.metrics.COVERAGE_LEVELS

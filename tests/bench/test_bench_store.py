@@ -15,7 +15,7 @@ import pytest
 
 from bench import store
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 
 
 def _preds(keys: range, model: str = "m1", run: str = "r1", age: float = 30.0) -> pd.DataFrame:

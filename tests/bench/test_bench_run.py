@@ -19,7 +19,7 @@ import pytest
 
 from bench import store
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 N_IMAGES = 24
 KEY = "model_id, dataset, image_id, perturbation, severity"
 

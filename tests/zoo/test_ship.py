@@ -1,10 +1,10 @@
 """The shipping rule: data-strategy checkpoints go first, then the largest; headline runs always stay."""
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from zoo.ship import plan, untrack, write_ignore
 
 
@@ -51,7 +51,7 @@ def test_a_dropped_checkpoint_that_git_already_tracks_is_untracked(tmp_path):
 
 def test_the_checkpoints_git_ships_fit_the_cap():
     """What this checkout's git tracks (what a clone gets), not what the plan intended, stays within 120 MB."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     ls = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "artifacts/runs"], capture_output=True)
     if ls.returncode != 0:
         pytest.skip("not a git checkout")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 
 
 def _face(rng: np.random.Generator, age: int, gender: int, size: int = 40) -> np.ndarray:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # No batch-dependent randomness or statistics: dropout off, no augmentation, BatchNorm frozen (linear probe on the

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import make_jpeg
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 UTK_DATE = "20170116{:09d}"
 
 

@@ -18,7 +18,7 @@ from dashboard.data import db as DB, queries as Q
 from zoo.data.manifest import AGE_GROUPS
 from zoo.data.readers import RACES
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 ALIASES = {"p": "predictions", "i": "images", "m": "models"}  # the dashboard's SQL aliases
 
 

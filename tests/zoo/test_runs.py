@@ -2,14 +2,13 @@
 import json
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import pytest
 
 from bench import store
 from zoo.runs import Preprocessing, RunRecord
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402
 SHIPPED = sorted((REPO / "artifacts" / "runs").glob("*/run.json"))
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from bench import store
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from zoo.augment import AUGMENTS, AugmentPreset, augment_batch
 from zoo.backbones import create_backbone, list_backbones
 from zoo.balance import AGE_BALANCE, balance
 from zoo.config import LATER_FIELDS, TrainConfig, expand_grid
+from zoo.runs import RunRecord
 
 
 def test_run_id_is_config_plus_data_hash():
@@ -31,14 +33,10 @@ def test_fields_added_later_keep_registered_run_ids():
 
 def test_every_shipped_run_id_is_reproduced_by_its_config():
     """`python -m zoo train` on a shipped config must find the finished run, not retrain it under a new id."""
-    import json
-    from pathlib import Path
-
-    records = [json.loads(p.read_text()) for p in (Path(__file__).parent.parent / "artifacts" / "runs").glob("*/run.json")]
-    singles = [r for r in records if r["kind"] == "single"]
+    singles = [r for r in RunRecord.load_all(REPO / "artifacts" / "runs") if r.kind == "single"]
     if not singles:
         pytest.skip("no registered run in this checkout")
-    moved = [r["id"] for r in singles if TrainConfig.from_dict(r["config"]).run_id(r["data"]["hash"]) != r["id"]]
+    moved = [r.id for r in singles if TrainConfig.from_dict(r.config).run_id(r.data["hash"]) != r.id]
     assert not moved
 
 

@@ -15,7 +15,7 @@ import pytest
 from bench import store
 from zoo.modes import UNKNOWN, describe, inference_mode, metrics_key, mode_of_options, parse_mode
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 
 
 def test_one_vocabulary_of_modes():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +12,10 @@ from PIL import Image
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from conftest import db_writer  # noqa: E402
+from conftest import REPO, db_writer  # noqa: E402
 from dashboard import demo  # noqa: E402
 
-APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+APP = REPO / "dashboard" / "app.py"
 PAGES = {  # page script -> title
     "views/leaderboard.py": "Leaderboard", "views/errors.py": "Errors", "views/fairness.py": "Fairness",
     "views/uncertainty.py": "Uncertainty", "views/robustness.py": "Robustness",

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 AGES = [1, 5, 15, 25, 35, 45, 55, 65, 80]
 
 

@@ -26,7 +26,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 from dashboard import demo  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
