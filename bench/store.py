@@ -64,6 +64,21 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("sigma_epistemic", "DOUBLE"), ("sigma_tta", "DOUBLE"), ("gender_prob", "DOUBLE"),
         ("latency_ms", "DOUBLE"), ("bench_run", "VARCHAR"), ("mode", "VARCHAR"),
     ],
+    # One row per (prediction key, attribute) of models with attribute heads (`Predictor.attributes`): long, so a
+    # model adds attributes without a schema change. `label` is the image's own (composite targets evaluated from
+    # `images.extras` at bench time), NULL where the image lacks it.
+    "attributes": [
+        ("model_id", "VARCHAR"), ("dataset", "VARCHAR"), ("image_id", "VARCHAR"), ("perturbation", "VARCHAR"),
+        ("severity", "INTEGER"), ("mode", "VARCHAR"), ("attribute", "VARCHAR"), ("prob", "DOUBLE"),
+        ("label", "TINYINT"), ("bench_run", "VARCHAR"),
+    ],
+    # The embedding map (`bench.embedding`, `bench run --embed`): one 2-D point per (model, dataset, clean image), a
+    # projection of the model's penultimate features fitted over all its benched images of that dataset. x, y are
+    # FLOAT (float32): the map is for looking, and this keeps the rows small (SCHEMA.md: size).
+    "embeddings": [
+        ("model_id", "VARCHAR"), ("dataset", "VARCHAR"), ("image_id", "VARCHAR"), ("method", "VARCHAR"),
+        ("x", "FLOAT"), ("y", "FLOAT"),
+    ],
     "bench_runs": [
         ("run_id", "VARCHAR PRIMARY KEY"), ("started", "TIMESTAMP"), ("finished", "TIMESTAMP"),
         ("commit", "VARCHAR"), ("device", "VARCHAR"), ("options", "JSON"), ("n_rows", "BIGINT"),
@@ -73,13 +88,27 @@ KEYS: dict[str, list[str]] = {
     "models": ["model_id"],
     "images": ["dataset", "image_id"],
     "predictions": ["model_id", "dataset", "image_id", "perturbation", "severity", "mode"],
+    "attributes": ["model_id", "dataset", "image_id", "perturbation", "severity", "mode", "attribute"],
+    "embeddings": ["model_id", "dataset", "image_id"],
     "bench_runs": ["run_id"],
 }
 # How a part's row meets an existing row: `keep` the first one written (predictions are pure functions of their
 # key), or `replace` it with the newest (a model's metadata, a run's finish time, an image row whose columns added
-# later, like the face pipeline's, were filled in by a newer bench).
-CONFLICT = {"models": "replace", "images": "replace", "predictions": "keep", "bench_runs": "replace"}
-MERGE_ORDER = ("bench_runs", "models", "images", "predictions")
+# later, like the face pipeline's, were filled in by a newer bench; a refitted embedding map).
+CONFLICT = {"models": "replace", "images": "replace", "predictions": "keep", "attributes": "keep",
+            "embeddings": "replace", "bench_runs": "replace"}
+MERGE_ORDER = ("bench_runs", "models", "images", "predictions", "attributes", "embeddings")
+# Big `keep` tables without an index (see `_ddl`): merged in row-budgeted batches, de-duplicated on the key whenever
+# parts of several runs meet.
+UNINDEXED = ("predictions", "attributes")
+
+# What users write themselves, in a file of their own beside the bench DB, never in it: label flags from the Browser
+# (dashboard/data/flags.py), one per image.
+USER_TABLES: dict[str, list[tuple[str, str]]] = {
+    "label_flags": [("dataset", "VARCHAR NOT NULL"), ("image_id", "VARCHAR NOT NULL"),
+                    ("flagged_at", "TIMESTAMP NOT NULL"), ("reason", "VARCHAR NOT NULL"), ("note", "VARCHAR")],
+}
+USER_KEYS: dict[str, list[str]] = {"label_flags": ["dataset", "image_id"]}
 
 LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked", "different configuration")
 
@@ -137,10 +166,17 @@ def check_db_path(db: Path | str, write: bool, must_exist: bool) -> Path:
 def _ddl(table: str) -> str:
     cols = ", ".join(f'"{c}" {t}' for c, t in TABLES[table])
     if table == "images":
-        # predictions has no index on purpose: maintaining one on its 6-column key halves the merge rate
-        # (measured ~300k vs ~540k rows/s); every insert is anti-joined and de-duplicated on the key instead.
+        # predictions and attributes have no index on purpose: maintaining one on predictions' 6-column key halves
+        # the merge rate (measured ~300k vs ~540k rows/s); every insert is anti-joined and de-duplicated on the key
+        # instead.
         cols += f", PRIMARY KEY ({', '.join(KEYS[table])})"
     return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"
+
+
+def user_ddl(table: str) -> str:
+    """CREATE TABLE of a USER_TABLES table, keyed (upserts need the primary key)."""
+    cols = ", ".join(f'"{c}" {t}' for c, t in USER_TABLES[table])
+    return f"CREATE TABLE IF NOT EXISTS {table} ({cols}, PRIMARY KEY ({', '.join(USER_KEYS[table])}))"
 
 
 def is_lock_error(e: BaseException) -> bool:
@@ -303,7 +339,8 @@ def init_db(path: Path | str | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 
 _ARROW = {"VARCHAR": pa.string(), "JSON": pa.string(), "INTEGER": pa.int32(), "BIGINT": pa.int64(),
-          "DOUBLE": pa.float64(), "TINYINT": pa.int8(), "BOOLEAN": pa.bool_(), "TIMESTAMP": pa.timestamp("us")}
+          "DOUBLE": pa.float64(), "FLOAT": pa.float32(), "TINYINT": pa.int8(), "BOOLEAN": pa.bool_(),
+          "TIMESTAMP": pa.timestamp("us")}
 
 
 def arrow_schema(table: str) -> pa.Schema:
@@ -455,10 +492,11 @@ def _missing_values(files: list[Path], column: str) -> bool | None:
 def _ingest(con: duckdb.DuckDBPyConnection, table: str, files: list[Path], dedupe: bool) -> int:
     """Insert the parts' rows into `table` inside the caller's transaction; returns rows inserted.
 
-    `keep` tables (predictions, images): anti-join on the key, so rows already merged (a kill after the commit,
-    before the parts were deleted) are skipped. Duplicates *among* the parts need two runs' parts in one batch
-    (a run computes each key once, and shards are disjoint): predictions de-duplicate exactly then; images insert
-    without de-duplicating and the caller retries with `dedupe=True` when their primary key rejects the batch. `replace` tables (models, bench_runs) are small: newest part wins, always."""
+    `keep` tables (predictions, attributes, images): anti-join on the key, so rows already merged (a kill after the
+    commit, before the parts were deleted) are skipped. Duplicates *among* the parts need two runs' parts in one
+    batch (a run computes each key once, and shards are disjoint): predictions and attributes de-duplicate exactly
+    then; images insert without de-duplicating and the caller retries with `dedupe=True` when their primary key
+    rejects the batch. `replace` tables (models, bench_runs, embeddings) are small: newest part wins, always."""
     cols = [c for c, _ in TABLES[table]]
     key = KEYS[table]
     col_sql = ", ".join(f'"{c}"' for c in cols)
@@ -506,7 +544,10 @@ def _ingest(con: duckdb.DuckDBPyConnection, table: str, files: list[Path], dedup
                         WHERE b.run_id = c.bench_run""", params)
         con.execute("DROP TABLE IF EXISTS _new")
     else:
-        rows = first_per_key("filename") if dedupe else f"SELECT {cast_sql} FROM {src}"
+        several = table in UNINDEXED and con.execute(  # no primary key to reject duplicates: look for them
+            f"SELECT count(DISTINCT bench_run) > 1 FROM read_parquet({_sql_list(files)}, union_by_name=true)"
+        ).fetchone()[0]
+        rows = first_per_key("filename") if dedupe or several else f"SELECT {cast_sql} FROM {src}"
         n = con.execute(f"""INSERT INTO {table} BY NAME SELECT i.* FROM ({rows}) i
                             WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {on})""").fetchone()[0]
     return int(n)
@@ -514,7 +555,7 @@ def _ingest(con: duckdb.DuckDBPyConnection, table: str, files: list[Path], dedup
 
 def merge(db: Path | str | None = None, max_rows: int = 200_000, max_files: int = 64,
           timeout: float = 300.0) -> dict[str, int]:
-    """Ingest every pending part, in short transactions of at most ~`max_rows` prediction rows each.
+    """Ingest every pending part, in short transactions of at most ~`max_rows` prediction (and attribute) rows each.
 
     Each round: open the DB → ingest (anti-join on the key) → commit → delete those parts → close. Parts
     are deleted while the file lock is still held, so a concurrent merger never lists a part that another is
@@ -530,7 +571,7 @@ def merge(db: Path | str | None = None, max_rows: int = 200_000, max_files: int 
             # List under the lock: another merger cannot delete files we are about to read.
             for table in MERGE_ORDER:
                 parts = readable_parts(db, table)
-                files = _take(parts, max_rows, max_files) if table == "predictions" else [p for p, _ in parts]
+                files = _take(parts, max_rows, max_files) if table in UNINDEXED else [p for p, _ in parts]
                 if files:
                     batches[table] = files
             if not batches:

@@ -26,12 +26,15 @@ PAGES = {
         st.Page(VIEWS / "leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),
         st.Page(VIEWS / "errors.py", title="Errors", icon=":material/troubleshoot:"),
         st.Page(VIEWS / "fairness.py", title="Fairness", icon=":material/balance:"),
+        st.Page(VIEWS / "attributes.py", title="Attributes", icon=":material/face_retouching_natural:"),
         st.Page(VIEWS / "uncertainty.py", title="Uncertainty", icon=":material/ssid_chart:"),
         st.Page(VIEWS / "robustness.py", title="Robustness", icon=":material/shield:"),
         st.Page(VIEWS / "generalization.py", title="Generalization", icon=":material/public:"),
     ],
     "Studies": [
         st.Page(VIEWS / "data_studies.py", title="Data studies", icon=":material/science:"),
+        st.Page(VIEWS / "slices.py", title="Slice discovery", icon=":material/manage_search:"),
+        st.Page(VIEWS / "embedding.py", title="Embedding map", icon=":material/scatter_plot:"),
         st.Page(VIEWS / "browser.py", title="Browser", icon=":material/photo_library:"),
     ],
     "Models": [

@@ -55,8 +55,30 @@ def _err(df: pd.DataFrame, col: str) -> dict:
                              arrayminus=(df[col] - df[lo]).to_numpy(), thickness=1.2, width=3))
 
 
+def pareto_mask(x, y, x_higher: bool = False, y_higher: bool = False) -> np.ndarray:
+    """True for the points no other point beats on both axes (at least as good on both, better on one): the Pareto
+    front. `*_higher`: larger is better on that axis (throughput, accuracy); else smaller (cost, error)."""
+    a = np.asarray(x, float) * (-1 if x_higher else 1)
+    b = np.asarray(y, float) * (-1 if y_higher else 1)
+    ok = ~(np.isnan(a) | np.isnan(b))
+    out = np.zeros(len(a), bool)
+    for i in np.flatnonzero(ok):
+        dominated = ok & (a <= a[i]) & (b <= b[i]) & ((a < a[i]) | (b < b[i]))
+        out[i] = not dominated.any()
+    return out
+
+
+HIGHER_IS_BETTER = {"infer_img_s", "gender_acc", "cs5", "acc10", "gender_auc", "f1"}
+
+
+def _short_label(s: str, n: int = 30) -> str:
+    s = str(s)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
 def cost_scatter(lb: pd.DataFrame, x: str, y: str = "mae", labels: dict | None = None) -> go.Figure:
-    """Accuracy vs cost: one point per model (with CI bars), x on a log axis, coloured by kind."""
+    """Accuracy vs cost: one point per model (with CI bars), x on a log axis, coloured by kind; the Pareto front
+    (models no other beats on both axes) joined by a line and labelled with the models' names."""
     d = lb.dropna(subset=[x, y]).copy()
     fig = go.Figure()
     for kind, g in d.groupby("kind", dropna=False, sort=True):
@@ -65,11 +87,40 @@ def cost_scatter(lb: pd.DataFrame, x: str, y: str = "mae", labels: dict | None =
             marker=dict(size=10, line=dict(width=1, color="white")), **_err(g, y),
             hovertemplate="%{text}<br>" + (labels or {}).get(x, x) + "=%{x:.3s}<br>" + (labels or {}).get(y, y)
                           + "=%{y:.3f}<extra></extra>"))
-    if x in ("params", "flops") or (len(d) and d[x].max() / max(d[x].min(), 1e-9) > 30):
+    front = d[pareto_mask(d[x], d[y], x in HIGHER_IS_BETTER, y in HIGHER_IS_BETTER)].sort_values(x)
+    log_x = x in ("params", "flops") or (len(d) and d[x].max() / max(d[x].min(), 1e-9) > 30)
+    if len(front):
+        fig.add_trace(go.Scatter(
+            x=front[x], y=front[y], mode="lines+markers", name="Pareto front", customdata=front["label"],
+            line=dict(color="gray", dash="dot", width=1),
+            marker=dict(size=14, color="rgba(0,0,0,0)", line=dict(width=1.5, color="black")),
+            hovertemplate="%{customdata} (Pareto front)<extra></extra>"))
+        # Names as arrowed labels: below / above in turn at three staggered heights, so neighbours on the front never
+        # print over each other; pointing inwards in the right half, so no name runs off the plot. In a crowd (points
+        # within 4 % of the x range and 8 % of the y range of a named one) only the first is named, the most
+        # accurate and the cheapest first; the others keep their circle and their name on hover.
+        t = (np.log10(front[x].clip(lower=1e-12)) if log_x else front[x].astype(float)).to_numpy()
+        u = front[y].astype(float).to_numpy()
+        span = float(t.max() - t.min()) or 1.0
+        yspan = float(d[y].max() - d[y].min()) or 1.0
+        best = int(np.argmax(u) if y in HIGHER_IS_BETTER else np.argmin(u))
+        cheap = len(t) - 1 if x in HIGHER_IS_BETTER else 0
+        named: list[int] = []
+        for i in dict.fromkeys([best, cheap, *range(len(t))]):
+            if all(abs(t[i] - t[j]) > 0.04 * span or abs(u[i] - u[j]) > 0.08 * yspan for j in named):
+                named.append(i)
+        for k, i in enumerate(sorted(named)):
+            xv, yv, name, tv = front[x].iloc[i], u[i], front["label"].iloc[i], t[i]
+            right = (tv - t.min()) / span > 0.5
+            fig.add_annotation(x=np.log10(xv) if log_x else xv, y=yv, text=_short_label(name), hovertext=str(name),
+                               name="pareto", showarrow=True, arrowhead=0, arrowwidth=1, arrowcolor="gray",
+                               ax=-24 if right else 24, ay=(1 if k % 2 == 0 else -1) * (22 + 16 * ((k // 2) % 3)),
+                               xanchor="right" if right else "left", font=dict(size=11))
+    if log_x:
         fig.update_xaxes(type="log")
     fig.update_xaxes(title=(labels or {}).get(x, x))
     fig.update_yaxes(title=(labels or {}).get(y, y))
-    return _layout(fig, title="Accuracy vs cost (bars: 95 % CI)")
+    return _layout(fig, height=480, title="Accuracy vs cost (bars: 95 % CI; circled and named: the Pareto front)")
 
 
 def slice_bars(df: pd.DataFrame, metric: str, names: dict[str, str], title: str) -> go.Figure:
@@ -182,21 +233,30 @@ def _ordered_sources(col) -> list[str]:
     return sorted(dict.fromkeys(col), key=lambda s: order.index(s) if s in order else len(order))
 
 
+def _lines_per_model(fig: go.Figure, df: pd.DataFrame, facet: str, panels: list, ncol: int, names: dict[str, str],
+                     x: str, y: str, hover: str, mode: str = "lines+markers", error: str | None = None) -> None:
+    """In panel k (row-major, `ncol` wide) one line per model through the rows whose `facet` is panels[k]. A model
+    keeps its colour and has one legend entry across the panels, so clicking it hides the model in all of them.
+    `error`: a column with `_lo`/`_hi` bounds drawn as error bars."""
+    cmap = colors_for(list(dict.fromkeys(df["model_id"])), names)
+    seen = set()
+    for k, panel in enumerate(panels):
+        for mid, g in df[df[facet] == panel].groupby("model_id", sort=False):
+            fig.add_trace(go.Scatter(x=g[x], y=g[y], mode=mode, name=names.get(mid, mid), line=dict(color=cmap[mid]),
+                                     legendgroup=mid, showlegend=mid not in seen, hovertemplate=hover,
+                                     **(_err(g, error) if error else {})), row=k // ncol + 1, col=k % ncol + 1)
+            seen.add(mid)
+
+
 def reliability(cov: pd.DataFrame, names: dict[str, str]) -> go.Figure:
     """Observed vs nominal coverage of Gaussian central intervals, one panel per uncertainty source."""
     sources = _ordered_sources(cov["source"])
     fig, nrow, ncol = _facets(sources, shared_yaxes=True)
-    cmap = colors_for(list(dict.fromkeys(cov["model_id"])), names)
-    seen = set()
-    for k, src in enumerate(sources):
-        r, c = k // ncol + 1, k % ncol + 1
+    for k in range(len(sources)):  # the diagonal first: under the models' lines
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="gray", dash="dash"),
-                                 showlegend=False, hoverinfo="skip"), row=r, col=c)
-        for mid, g in cov[cov["source"] == src].groupby("model_id", sort=False):
-            fig.add_trace(go.Scatter(x=g["nominal"], y=g["observed"], mode="lines+markers", name=names.get(mid, mid),
-                                     line=dict(color=cmap[mid]), legendgroup=mid, showlegend=mid not in seen,
-                                     hovertemplate="nominal %{x:.0%} → observed %{y:.1%}"), row=r, col=c)
-            seen.add(mid)
+                                 showlegend=False, hoverinfo="skip"), row=k // ncol + 1, col=k % ncol + 1)
+    _lines_per_model(fig, cov, "source", sources, ncol, names, "nominal", "observed",
+                     hover="nominal %{x:.0%} → observed %{y:.1%}")
     fig.update_xaxes(range=[0.4, 1.0], tickformat=".0%", tickvals=[0.5, 0.6, 0.7, 0.8, 0.9], title="nominal")
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     fig.update_yaxes(title="observed coverage", col=1)
@@ -209,20 +269,13 @@ def risk_coverage(curves: pd.DataFrame, names: dict[str, str], oracle_for: str |
     real = curves[curves["source"] != "oracle (true error)"]
     sources = _ordered_sources(real["source"])
     fig, nrow, ncol = _facets(sources, shared_yaxes=True)
-    cmap = colors_for(list(dict.fromkeys(curves["model_id"])), names)
-    seen = set()
-    for k, src in enumerate(sources):
-        r, c = k // ncol + 1, k % ncol + 1
-        for mid, g in real[real["source"] == src].groupby("model_id", sort=False):
-            fig.add_trace(go.Scatter(x=g["coverage"], y=g["mae"], mode="lines", name=names.get(mid, mid),
-                                     line=dict(color=cmap[mid]), legendgroup=mid, showlegend=mid not in seen,
-                                     hovertemplate="keep %{x:.0%} → MAE %{y:.2f}"), row=r, col=c)
-            seen.add(mid)
-        o = curves[(curves["source"] == "oracle (true error)") & (curves["model_id"] == oracle_for)]
-        if len(o):
-            fig.add_trace(go.Scatter(x=o["coverage"], y=o["mae"], mode="lines", name="oracle (focus model)",
-                                     line=dict(color="gray", dash="dot"), legendgroup="oracle",
-                                     showlegend=k == 0, hoverinfo="skip"), row=r, col=c)
+    _lines_per_model(fig, real, "source", sources, ncol, names, "coverage", "mae",
+                     hover="keep %{x:.0%} → MAE %{y:.2f}", mode="lines")
+    o = curves[(curves["source"] == "oracle (true error)") & (curves["model_id"] == oracle_for)]
+    for k in range(len(sources) if len(o) else 0):  # the focus model's oracle, the same in every panel
+        fig.add_trace(go.Scatter(x=o["coverage"], y=o["mae"], mode="lines", name="oracle (focus model)",
+                                 line=dict(color="gray", dash="dot"), legendgroup="oracle", showlegend=k == 0,
+                                 hoverinfo="skip"), row=k // ncol + 1, col=k % ncol + 1)
     fig.update_xaxes(range=[0, 1], tickformat=".0%", tickvals=[0.2, 0.4, 0.6, 0.8], title="coverage (kept)")
     steady = curves[curves["coverage"] >= 0.1]["mae"]
     if len(steady):
@@ -273,16 +326,8 @@ def robustness(df: pd.DataFrame, names: dict[str, str], metric: str = "mae") -> 
     nrow = int(np.ceil(len(perts) / ncol)) or 1
     fig = make_subplots(rows=nrow, cols=ncol, subplot_titles=perts, shared_yaxes=True,
                         vertical_spacing=0.18 if nrow > 1 else 0.1)
-    cmap = colors_for(list(dict.fromkeys(df["model_id"])), names)
-    seen = set()
-    for k, pert in enumerate(perts):
-        r, c = k // ncol + 1, k % ncol + 1
-        for mid, g in df[df["perturbation"] == pert].groupby("model_id", sort=False):
-            fig.add_trace(go.Scatter(x=g["severity"], y=g[metric], mode="lines+markers", name=names.get(mid, mid),
-                                     line=dict(color=cmap[mid]), legendgroup=mid, showlegend=mid not in seen,
-                                     **(_err(g, metric) if metric == "mae" else {}),
-                                     hovertemplate="severity %{x} → %{y:.3f}"), row=r, col=c)
-            seen.add(mid)
+    _lines_per_model(fig, df, "perturbation", perts, ncol, names, "severity", metric,
+                     hover="severity %{x} → %{y:.3f}", error=metric if metric == "mae" else None)
     fig.update_xaxes(dtick=1)
     fig.update_xaxes(title="severity (0 = clean)", row=nrow)
     return _layout(fig, height=320 * nrow + 80, legend="right",
@@ -379,3 +424,96 @@ def photo_predictions(df: pd.DataFrame, on_face: bool = True) -> go.Figure:
         return _layout(fig, height=190 + 42 * len(d), showlegend=False,
                        title="NO FACE FOUND: the models' answers for the whole image, not anyone's age or gender")
     return _layout(fig, height=160 + 42 * len(d), showlegend=False)
+
+
+def slice_errors(df: pd.DataFrame, overall: float, unit: str, title: str) -> go.Figure:
+    """Slices found by dashboard.data.slices.search (ranked, largest effect on top): each slice's error as a
+    horizontal bar with its adjusted interval, against the model's overall error (dashed line)."""
+    d = df.iloc[::-1]  # plotly draws the first category at the bottom
+    pct = unit == "share"
+    k = 100.0 if pct else 1.0
+    fig = go.Figure(go.Bar(
+        x=d["error"] * k, y=d["description"], orientation="h", marker_color="#EF553B", customdata=d["n"],
+        error_x=dict(type="data", symmetric=False, array=((d["error_hi"] - d["error"]) * k).to_numpy(),
+                     arrayminus=((d["error"] - d["error_lo"]) * k).to_numpy(), thickness=1.2, width=3),
+        hovertemplate="%{y}<br>error %{x:.2f}" + (" %" if pct else "") + "<br>n=%{customdata}<extra></extra>"))
+    fig.add_vline(x=overall * k, line_dash="dash", line_color="gray",
+                  annotation_text=f"overall {overall * k:.2f}" + (" %" if pct else ""), annotation_position="top")
+    fig.update_xaxes(title="% misclassified" if pct else "mean absolute error (years)", rangemode="tozero")
+    fig.update_yaxes(type="category", automargin=True)
+    return _layout(fig, height=140 + 30 * len(d), title=title, showlegend=False)
+
+
+def attribute_groups(groups: pd.DataFrame, title: str) -> go.Figure:
+    """An attribute's accuracy, TPR and FPR per group (dashboard.data.attributes.fairness "groups"), one bar per
+    group with its 95 % CI whiskers."""
+    metrics = [("accuracy", "accuracy"), ("tpr", "TPR"), ("fpr", "FPR")]
+    fig = go.Figure()
+    for k, g in enumerate(groups.itertuples(index=False)):
+        row = pd.DataFrame({"x": [t for _, t in metrics], "v": [getattr(g, m) for m, _ in metrics],
+                            "v_lo": [getattr(g, f"{m}_lo") for m, _ in metrics],
+                            "v_hi": [getattr(g, f"{m}_hi") for m, _ in metrics]})
+        fig.add_trace(go.Bar(x=row["x"], y=row["v"], name=f"{g.group} (n={g.n})", marker_color=PALETTE[k % 10],
+                             **_err(row, "v"), hovertemplate=f"{g.group}<br>%{{x}} %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(barmode="group", xaxis=dict(type="category"))
+    fig.update_yaxes(range=[0, 1.02], title="rate")
+    return _layout(fig, title=title)
+
+
+def threshold_tradeoff(sweep: pd.DataFrame, current: float, own: float, by: str = "gender") -> go.Figure:
+    """Accuracy and the group gaps (accuracy, TPR, FPR) against the decision threshold
+    (dashboard.data.attributes.tradeoff); the current threshold drawn as a line, the model's own as a dotted one."""
+    fig = go.Figure()
+    lines = [("accuracy", "accuracy", "#636EFA", "solid"), ("accuracy_gap", f"accuracy gap ({by})", "#EF553B", "dash"),
+             ("tpr_gap", f"TPR gap ({by})", "#00CC96", "dash"), ("fpr_gap", f"FPR gap ({by})", "#AB63FA", "dash")]
+    for col, name, color, dash in lines:
+        if col in sweep and sweep[col].notna().any():
+            fig.add_trace(go.Scatter(x=sweep["threshold"], y=sweep[col], name=name, mode="lines+markers",
+                                     line=dict(color=color, dash=dash), marker=dict(size=4),
+                                     hovertemplate=f"t=%{{x:.2f}}<br>{name} %{{y:.3f}}<extra></extra>"))
+    fig.add_vline(x=current, line_color="black", line_width=2,
+                  annotation_text=f"current {current:.2f}", annotation_position="top right")
+    if abs(own - current) > 1e-9:
+        fig.add_vline(x=own, line_color="gray", line_dash="dot",
+                      annotation_text=f"model's {own:.2f}", annotation_position="top left")
+    fig.update_xaxes(title="decision threshold (present when p ≥ t)", range=[0, 1])
+    fig.update_yaxes(title="accuracy / gap", range=[0, 1.02])
+    return _layout(fig, title="Accuracy and fairness gaps vs threshold")
+
+
+def embedding_map(df: pd.DataFrame, colour: str, label: str, categorical: bool, title: str,
+                  highlight: pd.DataFrame | None = None, diverging: bool = False) -> go.Figure:
+    """scattergl of an embedding map (x, y), coloured by `colour` (a colour bar, or one legend entry per level when
+    `categorical`); customdata = (dataset, image_id) for selection; `highlight` rows (a chosen image and its
+    nearest) drawn on top as rings."""
+    fig = go.Figure()
+    def cd(d: pd.DataFrame):
+        return np.stack([d["dataset"].astype(str), d["image_id"].astype(str)], axis=1) if len(d) else None
+
+    hover = ("%{customdata[1]}<br>" + label + ": %{text}<extra></extra>")
+    if categorical:
+        levels = df[colour].astype("string").fillna("unknown")
+        for k, lvl in enumerate(sorted(levels.unique(), key=str)):
+            d = df[levels == lvl]
+            fig.add_trace(go.Scattergl(x=d["x"], y=d["y"], mode="markers", name=str(lvl), customdata=cd(d),
+                                       text=[str(lvl)] * len(d), hovertemplate=hover,
+                                       marker=dict(size=5, opacity=0.75, color=PALETTE[k % len(PALETTE)])))
+    else:
+        v = pd.to_numeric(df[colour], errors="coerce")
+        finite = v.dropna()
+        lo, hi = (float(finite.quantile(0.02)), float(finite.quantile(0.98))) if len(finite) else (0.0, 1.0)
+        if diverging:
+            lo, hi = -max(abs(lo), abs(hi), 1e-9), max(abs(lo), abs(hi), 1e-9)
+        fig.add_trace(go.Scattergl(
+            x=df["x"], y=df["y"], mode="markers", customdata=cd(df), name=label, showlegend=False,
+            text=[f"{a:.3g}" if a == a else "—" for a in v], hovertemplate=hover,
+            marker=dict(size=5, opacity=0.75, color=v.fillna(lo), colorscale="RdBu_r" if diverging else "Turbo",
+                        cmin=lo, cmax=hi if hi > lo else lo + 1, colorbar=dict(title=label[:18]))))
+    if highlight is not None and len(highlight):
+        fig.add_trace(go.Scattergl(x=highlight["x"], y=highlight["y"], mode="markers", name="chosen + nearest",
+                                   customdata=cd(highlight), hovertemplate="%{customdata[1]}<extra></extra>",
+                                   marker=dict(size=[16] + [11] * (len(highlight) - 1), color="rgba(0,0,0,0)",
+                                               line=dict(width=2, color="black"))))
+    fig.update_xaxes(showticklabels=False, title=None, zeroline=False)
+    fig.update_yaxes(showticklabels=False, title=None, zeroline=False, scaleanchor="x", scaleratio=1)
+    return _layout(fig, height=600, title=title, dragmode="lasso")

@@ -74,7 +74,7 @@ def context() -> Ctx:
     options = mode_options(modes)
     mode = ss.get("inference_mode") if ss.get("inference_mode") in options else options[0]
     try:
-        registry = reg.registry_table(reg_ver, mode)
+        registry = _registry_table(reg_ver, mode)
     except Exception as e:  # a broken registry must not take the app down
         st.sidebar.error(f"Cannot read the model registry: {type(e).__name__}: {e}")
         registry = pd.DataFrame()
@@ -87,6 +87,13 @@ def context() -> Ctx:
     return Ctx(db=db, ver=ver, status=status, reg_ver=reg_ver, registry=registry, models=models,
                dataset=ss.get("eval_dataset", "*"), split=ss.get("eval_split", "test"), mode=mode, modes=modes,
                focus=ss.get("model"), compare=tuple(ss.get("models", ())), names=names)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _registry_table(reg_ver: str, mode: str) -> pd.DataFrame:
+    """`registry.registry_table`, cached on the registry's version: `context()` runs three or more times per script
+    run, and building the table from every run record was half of a cached page's own run time."""
+    return reg.registry_table(reg_ver, mode)
 
 
 def unique_names(names: dict) -> dict:
@@ -265,6 +272,19 @@ def selected(c: Ctx, min_models: int = 1) -> tuple:
     return ms
 
 
+def analysis_page(title: str, what: str) -> tuple[Ctx, tuple]:
+    """The head of a page that analyses the compared models' predictions: its title, the context and the compare
+    selection (`selected`). Stops the page, after saying why, without a predictions DB or a benchmarked model."""
+    st.title(title)
+    c = context()
+    if not need_db(c, what):
+        st.stop()
+    models = selected(c)
+    if not models:
+        st.stop()
+    return c, models
+
+
 def mode_caption(c: Ctx) -> str:
     """The inference mode a page shows, as every page states it."""
     from zoo.modes import describe
@@ -276,6 +296,23 @@ def eval_caption(c: Ctx) -> str:
     ds = "all datasets" if c.dataset == "*" else c.dataset
     sp = "all splits" if c.split == "*" else f"{c.split} split"
     return f"Evaluated on **{ds}**, **{sp}**, clean images unless stated. {mode_caption(c)}."
+
+
+def chart(fig, caption: str, where=None, **kw):
+    """Draw a plotly figure and, right under it, the one line saying what it shows and how to read it (issue 21: a
+    caption under every chart). `where`: a column or container (default: the page); `kw` go to `plotly_chart`
+    (key, on_select, ...). Returns what `plotly_chart` returns (the selection event when `on_select` is set)."""
+    where = st if where is None else where
+    event = where.plotly_chart(fig, **{"width": "stretch", **kw})
+    where.caption(caption)
+    return event
+
+
+def glossary(*terms: str, where=None) -> None:
+    """The page's "Glossary" expander: the entries (dashboard/glossary.py) of the terms the page shows."""
+    from dashboard import glossary as G
+
+    (st if where is None else where).expander("Glossary: the terms on this page").markdown(G.markdown(terms))
 
 
 def run_query(fn, *args, **kw):
@@ -290,11 +327,31 @@ def run_query(fn, *args, **kw):
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def model_pool(reg_ver: str):
-    """The app-wide `predict.ModelPool` of this registry version, already loading every runnable model in the
-    background (called from app.py, so loading starts when the app opens, not when a photo arrives)."""
+    """The app-wide `predict.ModelPool` of this registry version, already loading the photo page's default models
+    (`predict.headline_ids`) in the background (called from app.py, so loading starts when the app opens, not when a
+    photo arrives). The rest of the zoo loads when a page asks for it: less work competing with the first page."""
     from dashboard import predict
 
     pool = predict.ModelPool()
     runs, _ = predict.available_models()
-    pool.preload([r["id"] for r in runs])
+    pool.preload(predict.headline_ids(runs))
     return pool
+
+
+def selected_images(event, frame: pd.DataFrame | None = None) -> list[tuple[str, str]]:
+    """(dataset, image_id) of the points a chart's box / lasso / click selection picked, in order, once each: from
+    each point's customdata, else (first trace only) its row of `frame`, the chart's data."""
+    try:
+        points = event.selection.points if event else []
+    except AttributeError:  # a dict-shaped event (older Streamlit, AppTest)
+        points = (event or {}).get("selection", {}).get("points", [])
+    keys = []
+    for p in points or []:
+        cd = p.get("customdata") if isinstance(p, dict) else None
+        if cd and len(cd) == 2:
+            keys.append((str(cd[0]), str(cd[1])))
+        elif frame is not None and isinstance(p, dict) and p.get("point_index") is not None \
+                and p.get("curve_number", 0) == 0:
+            r = frame.iloc[int(p["point_index"])]
+            keys.append((r["dataset"], r["image_id"]))
+    return list(dict.fromkeys(keys))

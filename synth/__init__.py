@@ -8,7 +8,6 @@ Modules
   gan         conditional DCGAN (conditional BatchNorm G, spectral-norm projection D, hinge loss)
   train       the shared resumable training loop (safetensors + state.pt checkpoints, EMA)
   pipeline    a user's LOCAL pretrained diffusers text-to-image pipeline, prompted per age and gender
-  tinypipe    a tiny text-to-image pipeline without `transformers` (offline tests of the pipeline path)
   sample      writes cache/synth/<name>/ PNGs + labels.csv + provenance.json, scanned as dataset synth_<name>
   fidelity    a real-trained zoo model judges a synthetic set: per-bin age MAE, gender agreement, Fréchet distance
 

@@ -2,12 +2,11 @@
 
 Only a folder on disk written by `save_pretrained` is accepted (never a hub id: nothing is downloaded), and it is
 loaded with `local_files_only=True`. Custom pipeline code inside the folder is never executed; the pipeline class
-must be a diffusers class (e.g. StableDiffusionPipeline, which needs `transformers` installed) or this package's
-`TinyTextToImagePipeline` (the offline stand-in used by the tests).
+must be a diffusers class (e.g. StableDiffusionPipeline, which needs `transformers` installed) or one registered
+in `LOCAL_PIPELINES` (the tests register their offline stand-in, tests/synth/tinypipe.py, there).
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import inspect
 import json
@@ -18,8 +17,9 @@ import torch
 
 from zoo.data.cache import square_resize
 
-# Pipeline classes from this package that may be named in a folder's model_index.json (no remote code involved).
-LOCAL_PIPELINES = {"TinyTextToImagePipeline": "synth.tinypipe"}
+# Pipeline classes defined in installed Python code (never in the folder) that a folder's model_index.json may name,
+# besides diffusers' own: class name -> class. None ship with the product.
+LOCAL_PIPELINES: dict[str, type] = {}
 
 PROMPT_TEMPLATE = ("portrait photo of a {age}-year-old {person}, face, close-up, centered, looking at the camera, "
                    "natural light, high detail")
@@ -75,7 +75,7 @@ def _pipeline_class(index: dict):
             raise RuntimeError(f"this pipeline's {comp!r} is a {lib} {spec[1]}, but the `{lib}` package is not "
                                f"installed; install it (`pip install transformers`) to sample from this pipeline")
     if name in LOCAL_PIPELINES:
-        return getattr(importlib.import_module(LOCAL_PIPELINES[name]), name)
+        return LOCAL_PIPELINES[name]
     cls = getattr(diffusers, str(name), None)
     if getattr(cls, "_backends", None):  # diffusers' dummy placeholder for a class whose backend is missing
         raise RuntimeError(f"{name} needs the packages {cls._backends}; install the missing ones to use it")

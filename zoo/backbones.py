@@ -23,20 +23,19 @@ register_backbone = BACKBONES.register
 list_backbones = BACKBONES.names
 
 
-class SeedCNN(nn.Module):
-    """The seed notebooks' plain Keras-style baseline: 4 x (conv-BN-ReLU-pool) with 32/64/128/256 filters, then a
-    dense layer with dropout."""
+class SmallCNN(nn.Module):
+    """The seeds' plain Keras-style CNNs: (conv 3x3 [- BN] - ReLU - 2x2 max-pool) per filter count, the last map
+    average-pooled to a `grid` x `grid` grid and flattened, then dense - ReLU - dropout."""
 
-    def __init__(self, width: int = 32, hidden: int = 256, dropout: float = 0.3):
+    def __init__(self, filters: tuple[int, ...], hidden: int, dropout: float, grid: int = 1, batchnorm: bool = True):
         super().__init__()
         layers, c_in = [], 3
-        for i in range(4):
-            c_out = width * 2**i
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+        for c_out in filters:
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batchnorm),
+                       *([nn.BatchNorm2d(c_out)] if batchnorm else []), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             c_in = c_out
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.dense = nn.Sequential(nn.Linear(c_in, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(grid), nn.Flatten())
+        self.dense = nn.Sequential(nn.Linear(c_in * grid * grid, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.num_features = hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,8 +43,18 @@ class SeedCNN(nn.Module):
 
 
 @register_backbone("seed_cnn")
-def seed_cnn(**kwargs) -> nn.Module:
-    return SeedCNN(**kwargs)
+def seed_cnn(width: int = 32, hidden: int = 256, dropout: float = 0.3) -> nn.Module:
+    """The age seed's baseline: 4 conv-BN stages of 32/64/128/256 filters, global pooling, dense 256."""
+    return SmallCNN(tuple(width * 2**i for i in range(4)), hidden, dropout)
+
+
+@register_backbone("softbio_cnn")
+def softbio_cnn(filters: tuple[int, ...] = (32, 64, 128), hidden: int = 512, dropout: float = 0.5, grid: int = 10,
+                batchnorm: bool = False) -> nn.Module:
+    """The soft-biometric seed's CNN for 80x80 faces: 3 x (conv 3x3 - ReLU - 2x2 max-pool) with 32/64/128 filters,
+    flatten, dense 512, dropout 0.5. At 80 px the last map is 10x10 and flattens as the seed's does; other sizes
+    are pooled to that grid first, so the dense layer (and a checkpoint) fits any input size."""
+    return SmallCNN(tuple(filters), hidden, dropout, grid, batchnorm)
 
 
 def _timm_backbone(timm_name: str) -> Callable[..., nn.Module]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-TASKS = ("age", "gender", "race")
+TASKS = ("age", "gender", "race")  # and attr:NAME (zoo.attributes)
 MIN_IMG_SIZE = 16  # smaller inputs collapse to nothing in the backbones' strided stages
 SOURCE_SYNTAX = "real | synth:<id> | mixed:<fraction>:<id>"
 
@@ -65,16 +65,26 @@ class TrainConfig:
     formulation: str = "dldl"
     formulation_kwargs: dict = field(default_factory=dict)
     age_max: int = 100
-    tasks: list = field(default_factory=lambda: ["age", "gender"])  # any of age, gender, race
-    loss_weights: dict = field(default_factory=lambda: {"age": 1.0, "gender": 1.0, "race": 0.5})
+    # any of age, gender, race, and attr:NAME (a binary attribute in a dataset's extras, or a target below)
+    tasks: list = field(default_factory=lambda: ["age", "gender"])
+    loss_weights: dict = field(default_factory=lambda: {"age": 1.0, "gender": 1.0, "race": 0.5})  # by task; else 1
     gender_loss: str = "bce"
     gender_loss_kwargs: dict = field(default_factory=dict)
+    # Composite attribute targets, declared as data (zoo.attributes): {name: "Blond_Hair | Eyeglasses"} (| & ! ( ))
+    targets: dict = field(default_factory=dict)
+    # Each attribute head's binary loss (zoo.gender registry) and its arguments: {attr:NAME: {name: focal, gamma: 5,
+    # alpha: 0.25, label_smoothing: 0.1}}; a head not named trains with bce.
+    head_losses: dict = field(default_factory=dict)
     dropout: float = 0.2  # before the heads; > 0 enables MC-Dropout at inference
     img_size: int = 64
     augment: str = "light"  # none | light | strong
     train_fraction: float = 1.0
     age_balance: str = "none"  # none | inv_freq | sqrt_inv | lds | balanced_sampler
     gender_balance: str = "none"  # none | undersample | reweight
+    # Balancing by any group column (zoo.balance GROUP_BALANCE): {column: gender | race | <attribute or target>,
+    # strategy: undersample | weights, weights: {female: 1.0, male: 0.1}}; weights apply to every head's loss. With
+    # gender_balance too, it applies to what gender_balance kept.
+    group_balance: dict | None = None
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -85,7 +95,7 @@ class TrainConfig:
     epochs: int = 20
     max_steps: int | None = None  # equal step budget for sweeps; overrides epochs
     batch_size: int = 64
-    patience: int = 6  # early stopping on val MAE (epochs without improvement)
+    patience: int = 6  # early stopping on the val score (epochs without improvement; zoo.train selection)
     ema_decay: float = 0.0  # > 0 evaluates and ships an exponential moving average of the weights (0 = off)
     seed: int = 0
     channels_last: bool = True
@@ -216,7 +226,7 @@ class TrainConfig:
 # Fields added after runs were registered, with the value that reproduces the behaviour from before they existed.
 # At that value they stay out of the identity, so adding a field never changes a registered run's id (and never
 # makes `python -m zoo train` retrain a finished run). A new field goes here, not only into TrainConfig.
-LATER_FIELDS = {"ema_decay": 0.0, "datasets": None}
+LATER_FIELDS = {"ema_decay": 0.0, "datasets": None, "targets": {}, "head_losses": {}, "group_balance": None}
 # Fields that say how a run executes (hardware, compiler), not what it trains: out of the identity at every value, so
 # the same config trained on a CPU, a GPU or under torchrun is the same run (README "Scaling up" says how close their
 # results come).
@@ -318,49 +328,82 @@ def _pretrained(v, cfg) -> str | None:
 
 
 def _tasks(v, cfg) -> str | None:
-    bad = [t for t in v if not isinstance(t, str) or t not in TASKS]
-    if not v or bad or len(set(v)) != len(v):
-        return f"must be a non-empty list of distinct {', '.join(TASKS)} (got {v!r})"
+    from zoo.attributes import is_attribute_task
+
+    bad = [t for t in v if not (isinstance(t, str) and (t in TASKS or is_attribute_task(t)))]
+    if not v or bad or len(set(map(str, v))) != len(v):
+        return f"must be a non-empty list of distinct {', '.join(TASKS)} or attr:NAME (got {v!r})"
     return None
 
 
 def _loss_weights(v, cfg) -> str | None:
-    bad = {k: w for k, w in v.items() if k not in TASKS or isinstance(w, bool) or not isinstance(w, (int, float))
+    tasks = set(TASKS) | {t for t in (cfg.tasks if isinstance(cfg.tasks, list) else []) if isinstance(t, str)}
+    bad = {k: w for k, w in v.items() if k not in tasks or isinstance(w, bool) or not isinstance(w, (int, float))
            or not w >= 0}
-    return f"must map {', '.join(TASKS)} to numbers >= 0 (got {bad!r})" if bad else None
+    return f"must map {', '.join(sorted(tasks))} to numbers >= 0 (got {bad!r})" if bad else None
 
 
-def _freeze(v, cfg) -> str | None:
-    from zoo.optim import parse_freeze
+def _parses(parse, prefix: str = ""):
+    """A check from a parser that raises ValueError (or TypeError) saying what is wrong: `parse(value, config)`."""
 
-    try:
-        parse_freeze(v)
-    except ValueError as e:
-        return str(e)
-    return None
+    def check(v, cfg) -> str | None:
+        try:
+            parse(v, cfg)
+        except (ValueError, TypeError) as e:
+            return f"{prefix}{e}"
+        return None
 
-
-def _source(v, cfg) -> str | None:
-    try:
-        parse_source(v)
-    except ValueError as e:
-        return str(e)
-    return None
+    return check
 
 
-def _datasets(v, cfg) -> str | None:
-    try:
-        cfg.dataset_mix()
-    except (ValueError, TypeError) as e:
-        return f"datasets: {e}"
-    return None
+def _parse_targets(v: dict, cfg) -> None:
+    from zoo.attributes import NAME, parse_target
+
+    for name, expr in v.items():
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a target name (letters, digits, _ . -)")
+        try:
+            parse_target(expr, known=None)  # the names it uses are checked against the data when it is loaded
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+
+
+def _parse_head_losses(v: dict, cfg) -> None:
+    from zoo.attributes import is_attribute_task
+    from zoo.gender import loss_problem
+
+    heads = [t for t in (cfg.tasks if isinstance(cfg.tasks, list) else []) if is_attribute_task(t)]
+    for task, spec in v.items():
+        if task not in heads:
+            raise ValueError(f"{task!r} is not an attribute task of tasks (attribute tasks: {', '.join(heads) or 'none'}"
+                             f"; the gender head takes gender_loss)")
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError(f"{task}: a head loss is a mapping {{name: <binary loss>, ...its arguments}}, got "
+                             f"{spec!r:.60}")
+        problem = loss_problem(spec["name"], {k: a for k, a in spec.items() if k != "name"})
+        if problem:
+            raise ValueError(f"{task}: {problem}")
+
+
+def _parse_loss_kwargs(v: dict, cfg) -> None:
+    from zoo.gender import GENDER_LOSSES, loss_problem
+
+    problem = loss_problem(cfg.gender_loss, v) if cfg.gender_loss in GENDER_LOSSES else None  # else: gender_loss's
+    if problem:
+        raise ValueError(problem)
+
+
+def _group_balance(v, cfg) -> str | None:
+    from zoo.balance import group_spec_problem
+
+    return None if v is None else group_spec_problem(v)
 
 
 # (field, check(value, config) -> problem or None), run only on fields of the right type.
 _CHECKS = [
     ("dataset", _range(bool, "a dataset name")),
-    ("datasets", _datasets),
-    ("source", _source),
+    ("datasets", _parses(lambda v, cfg: cfg.dataset_mix(), "datasets: ")),
+    ("source", _parses(lambda v, cfg: parse_source(v))),
     ("backbone", _one_of(_registered("zoo.backbones", "BACKBONES"))),
     ("pretrained", _pretrained),
     ("formulation", _one_of(_registered("zoo.formulations", "FORMULATIONS"))),
@@ -368,17 +411,21 @@ _CHECKS = [
     ("tasks", _tasks),
     ("loss_weights", _loss_weights),
     ("gender_loss", _one_of(_registered("zoo.gender", "GENDER_LOSSES"))),
+    ("gender_loss_kwargs", _parses(_parse_loss_kwargs, "gender_loss_kwargs: ")),
+    ("targets", _parses(_parse_targets, "targets: ")),
+    ("head_losses", _parses(_parse_head_losses, "head_losses: ")),
     ("dropout", _range(lambda v: 0 <= v < 1, "in [0, 1)")),
     ("img_size", _range(lambda v: v >= MIN_IMG_SIZE, f">= {MIN_IMG_SIZE}")),
     ("augment", _one_of(_registered("zoo.augment", "AUGMENTS"))),
     ("train_fraction", _range(lambda v: 0 < v <= 1, "in (0, 1]")),
     ("age_balance", _one_of(_registered("zoo.balance", "AGE_BALANCE"))),
     ("gender_balance", _one_of(_registered("zoo.balance", "GENDER_BALANCE"))),
+    ("group_balance", _group_balance),
     ("optimizer", _one_of(_registered("zoo.optim", "OPTIMIZERS"))),
     ("lr", _range(lambda v: 0 < v < math.inf, "> 0")),
     ("weight_decay", _range(lambda v: 0 <= v < math.inf, ">= 0")),
     ("backbone_lr_mult", _range(lambda v: 0 < v < math.inf, "> 0")),
-    ("freeze", _freeze),
+    ("freeze", _parses(lambda v, cfg: importlib.import_module("zoo.optim").parse_freeze(v))),
     ("schedule", _one_of(_registered("zoo.optim", "SCHEDULES"))),
     ("warmup_epochs", _range(lambda v: 0 <= v < math.inf, ">= 0")),
     ("epochs", _range(lambda v: v >= 1, ">= 1")),
@@ -407,7 +454,9 @@ def expand_grid(spec: Any, source: str | Path | None = None) -> list[TrainConfig
         raise ConfigError([shape], source)
     overrides = [(f"runs[{i}] {over.get('name', '')}".strip(), over) for i, over in enumerate(runs)]
     keys = list(grid)
-    overrides += [(f"grid {combo}", dict(zip(keys, combo))) for combo in itertools.product(*(grid[k] for k in keys))]
+    if keys:  # product() of nothing is one empty combination: the base alone, which no sweep asked for
+        overrides += [(f"grid {combo}", dict(zip(keys, combo)))
+                      for combo in itertools.product(*(grid[k] for k in keys))]
     configs, problems = [], []
     for label, over in overrides:
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from zoo.inference import EnsemblePredictor, NetworkPredictor, predict_by_mode, to_batch
+from zoo.inference import EnsemblePredictor, NetworkPredictor, embed_batches, predict_by_mode, to_batch
 from zoo.predictor import Predictor
 
 
@@ -32,6 +32,7 @@ class DevicePredictor:
     def __init__(self, inner: NetworkPredictor, device: torch.device, manual: bool | None = None):
         self.inner, self.device = inner, device
         self.img_size, self.id, self.info = inner.img_size, inner.id, inner.info
+        self.attributes, self.targets = inner.attributes, inner.targets
         inner.model.to(device).to(memory_format=torch.channels_last)  # NHWC kernels on both CPU and GPU
         self.amp = device.type == "cuda"
         # CPU uses the predictor's own path; `manual=True` forces the device path on CPU (tests check it there).
@@ -54,6 +55,19 @@ class DevicePredictor:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             r = self.inner._passes(x, mc_dropout, tta)
         return {k: v.float().cpu() for k, v in r.items()}
+
+    def embed(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """`NetworkPredictor.embed` computed on the device (features of the plain view, float32 [B, D])."""
+        if not self.manual:
+            return self.inner.embed(images, batch_size)
+        return embed_batches(self._features, images, batch_size)
+
+    @torch.inference_mode()
+    def _features(self, chunk: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device, non_blocking=True)
+        x = to_batch(x.permute(0, 3, 1, 2).float().div_(255), self.img_size)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            return self.inner.model.features(x).float()
 
 
 def on_device(predictor: Predictor, device: torch.device) -> Predictor:

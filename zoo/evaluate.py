@@ -1,11 +1,13 @@
-"""Evaluate any predictor (single, ensemble, adapted) on a dataset split with the core metrics."""
+"""Evaluate any predictor (single, ensemble, adapted) on a dataset split with the core metrics, and its attribute heads
+(zoo.attributes) with decision thresholds chosen on val (run.json `metrics["attributes"]`)."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from zoo.attributes import attribute_matrix, predictor_attributes, predictor_targets
 from zoo.data.cache import load_images
 from zoo.data.manifest import extras_label, load_manifest
 from zoo.metrics import all_metrics
@@ -50,9 +52,81 @@ def tta_metrics(predictor: ModesPredictor, dataset: str, modes: Iterable[str] = 
 
 def registry_metrics(predictor: ModesPredictor, dataset: str, progress: bool = False) -> dict[str, dict]:
     """run.json's metrics of a model evaluated after training (ensembles, AdaBN): val, and test plain and under
-    every TTA mode (one pass over the widest mode's views)."""
-    return {"val": split_metrics(predictor, dataset, (None,), "val")[None],
-            **by_record_key(split_metrics(predictor, dataset, (None, *TTA_KEYS), progress=progress))}
+    every TTA mode (one pass over the widest mode's views); for a model with attribute outputs, `attributes` (their
+    thresholds chosen on this dataset's val split, `attribute_report`)."""
+    val, *val_labels = split_predictions(predictor, dataset, (None,), "val")
+    test, *test_labels = split_predictions(predictor, dataset, (None, *TTA_KEYS), progress=progress)
+    out = {"val": all_metrics(val[None], *val_labels),
+           **by_record_key({m: all_metrics(p, *test_labels) for m, p in test.items()})}
+    names = predictor_attributes(predictor)
+    if names:
+        targets = predictor_targets(predictor)
+        out["attributes"] = attribute_report(names, split_attribute_labels(dataset, "val", names, targets), val[None],
+                                             split_attribute_labels(dataset, "test", names, targets), test[None])
+    return out
+
+
+def split_attribute_labels(dataset: str, split: str, names: Sequence[str],
+                           targets: Mapping[str, str] | None = None) -> np.ndarray:
+    """float [N, K] labels of attributes / targets `names` on one split (row order of split_predictions); NaN where
+    unknown, and for a name the dataset does not have at all."""
+    f = load_manifest(dataset).frame
+    f = f[f["split"].to_numpy() == split]
+    out = np.full((len(f), len(names)), np.nan)
+    for k, name in enumerate(names):
+        try:
+            out[:, k] = attribute_matrix([f], [name], targets)[0][:, 0]
+        except ValueError:  # not an attribute of this dataset: unknown
+            pass
+    return out
+
+
+def _plain(d: Mapping) -> dict:
+    """numpy scalars -> Python numbers (run.json is JSON)."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in d.items()}
+
+
+def attribute_scores(names: Sequence[str], labels: np.ndarray, pred: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Per attribute head, at threshold 0.5 where `labels` (float [N, K], NaN unknown) are known: `attr:NAME:bacc`
+    (balanced accuracy) and `attr:NAME:auc`, and `attr_bacc`, their mean (the val score of attribute-only models;
+    an attribute whose rows hold one class only, where balanced accuracy is undefined, counts its accuracy)."""
+    from zoo.fairness import binary_metrics
+
+    out, baccs = {}, []
+    for k, name in enumerate(names):
+        y, p = labels[:, k], pred[f"attr:{name}"]
+        known = np.isfinite(y) & np.isfinite(p)
+        if not known.any():
+            continue
+        m = binary_metrics(y[known], p[known], 0.5)
+        out[f"attr:{name}:bacc"], out[f"attr:{name}:auc"] = float(m["balanced_accuracy"]), float(m["roc_auc"])
+        baccs.append(float(m["balanced_accuracy"]) if np.isfinite(m["balanced_accuracy"]) else float(m["accuracy"]))
+    if baccs:
+        out["attr_bacc"] = float(np.mean(baccs))
+    return out
+
+
+def attribute_report(names: Sequence[str], val_labels: np.ndarray, val_pred: Mapping[str, np.ndarray],
+                     test_labels: np.ndarray, test_pred: Mapping[str, np.ndarray]) -> dict[str, dict]:
+    """{name: {"threshold", "val", "test"}} for attribute heads: the decision threshold chosen on val (max accuracy,
+    zoo.fairness.choose_threshold; 0.5 when val has no labels for it) and zoo.fairness.binary_metrics at that
+    threshold on val and test, over the rows whose label is known. Labels: float [N, K] in `names` order; predictions:
+    `attr:NAME` probabilities [N]."""
+    from zoo.fairness import binary_metrics, choose_threshold
+
+    out = {}
+    for k, name in enumerate(names):
+        parts = {}
+        for split, labels, pred in (("val", val_labels, val_pred), ("test", test_labels, test_pred)):
+            y, p = labels[:, k], np.asarray(pred[f"attr:{name}"], float)
+            known = np.isfinite(y) & np.isfinite(p)
+            parts[split] = (y[known].astype(int), p[known])
+        yv, pv = parts["val"]
+        threshold = float(choose_threshold(yv, pv)) if len(yv) else 0.5
+        out[name] = {"threshold": threshold,
+                     **{split: _plain(binary_metrics(y, p, threshold)) if len(y) else {"n": 0}
+                        for split, (y, p) in parts.items()}}
+    return out
 
 
 def add_tta_metrics(run_id: str, root: Path | None = None) -> dict:

@@ -50,7 +50,7 @@ FORMATS = ("onnx", "torchscript")
 DEFAULT_CPU_RUNTIME = "onnx"
 OPSET = 17
 EXPORT_RECIPE = f"zoo-export-v2|opset{OPSET}"  # part of the cache key: change it when the exported graph changes
-OUTPUT_ORDER = ("age", "gender", "race")
+OUTPUT_ORDER = ("age", "gender", "race", "attr")
 PARITY_ATOL = 1e-3  # exported vs eager raw outputs (tests/zoo/test_export.py, acceptance of issue 22)
 
 
@@ -135,7 +135,8 @@ def preprocessing(run: RunRecord | Mapping, model: nn.Module, root: Path | None 
         "zoo.formulation_kwargs": json.dumps(cfg.get("formulation_kwargs") or {}, sort_keys=True),
         "zoo.age_max": str(cfg.get("age_max", 100)), "zoo.outputs": ",".join(heads),
         "zoo.output_meaning": "age: raw formulation outputs (decode with zoo.formulations); gender: logit of "
-                              "P(female); race: logits over zoo.data.readers.RACES; features: the backbone "
+                              "P(female); race: logits over zoo.data.readers.RACES; attr: one logit per attribute "
+                              "head (names in the run's config tasks); features: the backbone "
                               "features the heads read (a last output)",
         "preprocess.img_size": str(prep.img_size),
         "preprocess.input": prep.input,

@@ -6,6 +6,9 @@ Every predictor returns the same dict of [B] float arrays (NaN where a quantity 
   sigma_epistemic  MC-Dropout spread (std over stochastic passes), or the spread across ensemble members
   sigma_tta        spread of the age over test-time-augmentation views
   gender_prob      probability of "female"
+and, for a model with attribute heads (zoo.attributes), one more key per attribute in `predictor.attributes` order:
+  attr:NAME        probability that the attribute (or composite target) holds, averaged over MC passes and views
+`predictor.attributes` is () for a model without; `predictor.targets` maps composite names to their expressions.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from torch import nn
 from zoo.predictor import ModesPredictor, Predictor  # noqa: F401  (the interface every predictor here satisfies)
 
 OUTPUTS = ("age", "sigma_aleatoric", "sigma_epistemic", "sigma_tta", "gender_prob")
+ATTR_PREFIX = "attr:"  # zoo.attributes.ATTR_PREFIX: an attribute's output key (its task name)
 TTA_MODES = ("flip", "flip+crop")
 # How many views each mode uses. Each mode's views are a prefix of the next one's ([x, mirror, crop, crop's mirror]),
 # so one pass over the widest mode's views serves every narrower mode (predict_modes).
@@ -92,12 +96,23 @@ class NetworkPredictor:
         # Dropout inside the backbone (seed_cnn's dense layer) means each MC pass must rerun the whole network;
         # otherwise only the heads see dropout and one backbone pass per view serves every MC pass.
         self._full_mc = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.backbone.modules())
+        self.attributes: tuple[str, ...] = tuple(getattr(model, "attributes", ()))
+        self.targets: dict[str, str] = dict((self.info.get("config") or {}).get("targets") or {})
 
-    def _decode(self, out: dict[str, torch.Tensor], b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _decode(self, out: dict[str, torch.Tensor], b: int) -> dict[str, torch.Tensor]:
+        """Raw head outputs -> age, sigma, gender and `attr:NAME` probabilities, each [B]."""
         nan = torch.full((b,), float("nan"))
         age, sig = self.model.age.decode(out["age"]) if "age" in out else (nan, nan)
         gender = torch.sigmoid(out["gender"].float()) if "gender" in out else nan
-        return age.float(), sig.float(), gender
+        d = {"age": age.float(), "sigma": sig.float(), "gender": gender}
+        if self.attributes:
+            p = torch.sigmoid(out["attr"].float())
+            d.update({ATTR_PREFIX + name: p[:, k] for k, name in enumerate(self.attributes)})
+        return d
+
+    def _stack(self, views: list[list[dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+        """Per view, per pass decoded outputs -> each key stacked [passes, views, B]."""
+        return {k: torch.stack([torch.stack([o[k] for o in passes]) for passes in views], 1) for k in views[0][0]}
 
     @torch.inference_mode()  # no autograd bookkeeping at all (inference only)
     def _passes(self, x: torch.Tensor, mc_dropout: int, tta: str | None) -> dict[str, torch.Tensor]:
@@ -108,26 +123,26 @@ class NetworkPredictor:
             return self._runner_passes(x, n, sample, tta)
         if full:  # otherwise the model stays as __init__ left it (eval): no per-batch walk over its modules
             set_mc_dropout(m, True)
-        ages, sigmas, genders = [], [], []  # per view: [passes, B]
+        views = []  # per view: per pass decoded outputs
         for v in tta_views(x, tta):
             f = None if full else m.features(v)
             outs = [m.heads(m.features(v) if full else f, sample_dropout=sample) for _ in range(n)]
-            a, s, g = zip(*(self._decode(o, v.shape[0]) for o in outs))
-            ages.append(torch.stack(a)), sigmas.append(torch.stack(s)), genders.append(torch.stack(g))
+            views.append([self._decode(o, v.shape[0]) for o in outs])
         if full:
             set_mc_dropout(m, False)
-        return {"age": torch.stack(ages, 1), "sigma": torch.stack(sigmas, 1), "gender": torch.stack(genders, 1)}
+        return self._stack(views)
 
     def _runner_passes(self, x: torch.Tensor, n: int, sample: bool, tta: str | None) -> dict[str, torch.Tensor]:
         """`_passes` with the runner computing the deterministic part: the heads' outputs, or (MC-Dropout, when
         dropout is only before the heads) the backbone features that torch then samples `n` head passes from."""
-        ages, sigmas, genders = [], [], []
+        views = []
         for v in tta_views(x, tta):
             r = self.runner(v)
+            if self.attributes and "attr" not in r and not sample:  # an export without the attribute head: from
+                r = {**r, "attr": self.model.attr(r["features"])}  # the features it reads (eval: no dropout)
             outs = [self.model.heads(r["features"], sample_dropout=True) for _ in range(n)] if sample else [r]
-            a, s, g = zip(*(self._decode(o, v.shape[0]) for o in outs))
-            ages.append(torch.stack(a)), sigmas.append(torch.stack(s)), genders.append(torch.stack(g))
-        return {"age": torch.stack(ages, 1), "sigma": torch.stack(sigmas, 1), "gender": torch.stack(genders, 1)}
+            views.append([self._decode(o, v.shape[0]) for o in outs])
+        return self._stack(views)
 
     def predict(self, images: np.ndarray | torch.Tensor, mc_dropout: int = 0, tta: str | None = None,
                 batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -141,12 +156,36 @@ class NetworkPredictor:
         return predict_by_mode(lambda chunk, n, tta: self._passes(to_batch(chunk, self.img_size), n, tta),
                                images, modes, mc_dropout, batch_size)
 
+    @torch.inference_mode()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """float [B, 3, S, S] batch -> the backbone features the heads read [B, D] (eval mode: no dropout, no TTA);
+        the runner's own output on CPU tensors."""
+        if self.runner is not None and x.device.type == "cpu":
+            return self.runner(x)["features"]
+        return self.model.features(x)
+
+    def embed(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """The penultimate features (what the heads read) of the plain view: float32 [B, D] (the bench's embedding
+        map, `bench.embedding`). One deterministic pass, whatever the inference mode of the predictions."""
+        return embed_batches(lambda chunk: self.features(to_batch(chunk, self.img_size)), images, batch_size)
+
+
+def embed_batches(features: Callable[[np.ndarray | torch.Tensor], torch.Tensor], images: np.ndarray | torch.Tensor,
+                  batch_size: int) -> np.ndarray:
+    """`features(chunk)` over `images` in batches -> float32 numpy [B, D]."""
+    if images.ndim == 3:
+        images = images[None]
+    parts = [features(images[i:i + batch_size]).float().flatten(1).cpu().numpy()
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, 0), np.float32)
+
 
 def predict_by_mode(passes: Callable[..., dict[str, torch.Tensor]], images: np.ndarray | torch.Tensor,
                     modes: Sequence[str | None], mc_dropout: int, batch_size: int,
                     ) -> dict[str | None, dict[str, np.ndarray]]:
     """Batch `images`, run `passes(chunk, mc_dropout, widest mode)` -> CPU outputs [passes, views, B], and reduce
-    them to OUTPUTS for each mode over that mode's views (a prefix of the widest mode's)."""
+    them to OUTPUTS (and `attr:NAME` probabilities) for each mode over that mode's views (a prefix of the widest
+    mode's)."""
     widest = max(_check_modes(modes), key=TTA_VIEWS.get)
     if images.ndim == 3:
         images = images[None]
@@ -155,7 +194,8 @@ def predict_by_mode(passes: Callable[..., dict[str, torch.Tensor]], images: np.n
         r = passes(images[i:i + batch_size], mc_dropout, widest)
         for m in modes:
             parts[m].append(_summarise({k: v[:, :TTA_VIEWS[m]] for k, v in r.items()}, mc_dropout, m))
-    return {m: {k: torch.cat([p[k] for p in parts[m]]).numpy() for k in OUTPUTS} for m in modes}
+    return {m: {k: torch.cat([p[k] for p in parts[m]]).numpy() for k in parts[m][0]} if parts[m] else
+            {k: np.zeros(0, np.float32) for k in OUTPUTS} for m in modes}
 
 
 def _check_modes(modes: Sequence[str | None]) -> Sequence[str | None]:
@@ -175,19 +215,30 @@ def _summarise(r: dict[str, torch.Tensor], mc_dropout: int, tta: str | None) -> 
         "sigma_epistemic": age.mean(1).std(0, unbiased=False) if mc_dropout > 0 else nan,
         "sigma_tta": age.mean(0).std(0, unbiased=False) if tta else nan,
         "gender_prob": r["gender"].mean(dim=(0, 1)),
+        **{k: v.mean(dim=(0, 1)) for k, v in r.items() if k.startswith(ATTR_PREFIX)},  # probabilities averaged
     }
 
 
 class EnsemblePredictor:
-    """Members' mean; epistemic sigma is the spread across members (combined with each member's MC spread)."""
+    """Members' mean; epistemic sigma is the spread across members (combined with each member's MC spread). An
+    attribute's probability is the mean of the members that predict it."""
 
     def __init__(self, members: Sequence[ModesPredictor], model_id: str = "", info: dict | None = None):
+        from zoo.attributes import predictor_attributes, predictor_targets
+
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = list(members)
         self.img_size = max(m.img_size for m in members)
         self.id = model_id
         self.info = info or {}
+        self.attributes = tuple(dict.fromkeys(a for m in self.members for a in predictor_attributes(m)))
+        self.targets: dict[str, str] = {}
+        for m in self.members:  # one name, one meaning: members may not define a target differently
+            for name, expr in predictor_targets(m).items():
+                if self.targets.setdefault(name, expr) != expr:
+                    raise ValueError(f"ensemble members define target {name!r} differently: "
+                                     f"{self.targets[name]!r} vs {expr!r}")
 
     predict_photos = predict_photos
 
@@ -200,6 +251,17 @@ class EnsemblePredictor:
         outs = [m.predict_modes(images, modes, mc_dropout, batch_size) for m in self.members]
         return {mode: _combine([o[mode] for o in outs]) for mode in modes}
 
+    def embed(self, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Members' features concatenated, each member's block L2-normalised per image: float32 [B, sum D].
+        Concatenated, not averaged: members differ in width (resnet18 512, Lite0 1280) and even at equal width their
+        axes are unrelated, so a mean would mix incomparable coordinates; normalised blocks weigh every member
+        equally, and a squared distance is the sum of the members' own (cosine-like) squared distances."""
+        blocks = []
+        for m in self.members:
+            f = m.embed(images, batch_size)
+            blocks.append(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12))
+        return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
+
 
 def _combine(outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Members' predictions of the same images -> the ensemble's."""
@@ -211,4 +273,6 @@ def _combine(outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         "sigma_epistemic": np.sqrt(stack["age"].var(0) + within.mean(0)),
         "sigma_tta": stack["sigma_tta"].mean(0),
         "gender_prob": stack["gender_prob"].mean(0),
+        **{k: np.mean([o[k] for o in outs if k in o], axis=0)
+           for k in dict.fromkeys(k for o in outs for k in o if k.startswith(ATTR_PREFIX))},
     }

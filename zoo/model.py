@@ -1,4 +1,5 @@
-"""The network: backbone → dropout → task heads (age formulation, gender logit, race logits).
+"""The network: backbone → dropout → task heads (age formulation, gender logit, race logits, one logit per attribute
+task: `attr`, [B, K] in the order of `model.attributes`).
 
 Input normalisation lives inside the model so every caller feeds plain [0, 1] RGB and a checkpoint carries what it
 needs to be used correctly.
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.attributes import task_attributes
 from zoo.backbones import create_backbone
 from zoo.config import TrainConfig
 from zoo.data.readers import RACES
@@ -28,13 +30,16 @@ class AgeGenderModel(nn.Module):
             if "age" in self.tasks else None
         self.gender = nn.Linear(dim, 1) if "gender" in self.tasks else None
         self.race = nn.Linear(dim, len(RACES)) if "race" in self.tasks else None
+        self.attributes = task_attributes(self.tasks)
+        self.attr = nn.Linear(dim, len(self.attributes)) if self.attributes else None
         if load_pretrained and cfg.pretrained and cfg.pretrained != "imagenet":
             self.warm_start_heads(cfg.pretrained)
 
     def warm_start_heads(self, path: str) -> list[str]:
         """Continue from a zoo checkpoint's heads too (progressive resizing: the same network, a larger input), so
         the new run does not spend its first epoch re-learning them. Heads whose shapes differ (another formulation
-        or age range) keep their fresh init. Returns the head tensors loaded."""
+        or age range) keep their fresh init; attribute heads always do (a checkpoint does not say which attribute
+        each of its logits is). Returns the head tensors loaded."""
         if not str(path).endswith(".safetensors"):
             return []
         from safetensors.torch import load_file
@@ -59,6 +64,8 @@ class AgeGenderModel(nn.Module):
             out["gender"] = self.gender(f).squeeze(1)
         if self.race is not None:
             out["race"] = self.race(f)
+        if self.attr is not None:
+            out["attr"] = self.attr(f)
         return out
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

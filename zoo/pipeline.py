@@ -34,7 +34,7 @@ class FaceRow:
     box: tuple[float, float, float, float] | None = None  # x, y, w, h in the photo's pixels
     score: float | None = None
     reason: str = ""  # why there is no face / no prediction
-    predictions: dict[str, dict[str, float]] = field(default_factory=dict)  # model id -> age, sigma, p_female
+    predictions: dict[str, dict[str, float]] = field(default_factory=dict)  # model id -> age, sigma, p_female, attr:*
     seconds: float = 0.0  # detection + every model, for this photo (on its first row)
     crop: np.ndarray | None = field(default=None, repr=False)
     detected: Face | None = field(default=None, repr=False)
@@ -69,7 +69,8 @@ def _summary(out: dict[str, np.ndarray], i: int) -> dict[str, float]:
     from zoo.inference import total_sigma
 
     sigma = float(total_sigma(out["sigma_aleatoric"][i], out["sigma_epistemic"][i]))
-    return {"age": float(out["age"][i]), "sigma": sigma, "p_female": float(out["gender_prob"][i])}
+    attrs = {k: float(v[i]) for k, v in out.items() if k.startswith("attr:")}  # attribute heads' probabilities
+    return {"age": float(out["age"][i]), "sigma": sigma, "p_female": float(out["gender_prob"][i]), **attrs}
 
 
 class Pipeline:

@@ -1,6 +1,7 @@
-"""A registered run as a typed record: `RunRecord.load` is the one place a `run.json` is parsed, `to_row()` the one
-place a run becomes a bench `models` row, and `preprocessing()` the one place a run's input recipe (size, resize and
-crop rule, framing, face pipeline) is derived. Light: no torch, no cv2 (the dashboard reads runs without them).
+"""A registered run as a typed record: `RunRecord.load` / `from_json` are the one place a `run.json` is parsed
+(`from_row`: its copy in a bench `models` row's `info`), `to_row()` the one place a run becomes a bench `models`
+row, and `preprocessing()` the one place a run's input recipe (size, resize and crop rule, framing, face pipeline)
+is derived. Light: no torch, no cv2 (the dashboard reads runs without them).
 
 Writers (the trainer, `zoo ensemble`, AdaBN) still build the record as a dict and write it with
 `zoo.registry.write_run`; `RunRecord.to_dict()` gives back exactly the file's content.
@@ -101,6 +102,23 @@ class RunRecord:
         return cls(**known, extra={k: v for k, v in d.items() if k not in _FIELDS}, present=tuple(d))
 
     @classmethod
+    def from_json(cls, text: str | bytes) -> RunRecord:
+        """The record of a run.json's text. ValueError: not JSON, or not a run record."""
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> RunRecord | None:
+        """The run record a bench `models` row carries in `info` (what `to_row` wrote); None where it carries none:
+        an external peer's description, an empty or unreadable `info`."""
+        info = row.get("info")
+        try:
+            if isinstance(info, (str, bytes)) and info:
+                return cls.from_json(info)
+            return cls.from_dict(info) if isinstance(info, Mapping) else None
+        except (ValueError, TypeError):
+            return None
+
+    @classmethod
     def load(cls, path_or_id: str | Path, root: Path | None = None) -> RunRecord:
         """The record of a run.json path, a run folder, or a model id (in the registry at `root`). The only parser
         of run.json. KeyError: no such model; ValueError: not a run record."""
@@ -115,7 +133,7 @@ class RunRecord:
             p = p / RUN_FILE
         if not p.is_file():
             raise KeyError(f"no run record {p}")
-        return cls.from_dict(json.loads(p.read_text()))
+        return cls.from_json(p.read_text())
 
     @classmethod
     def load_all(cls, root: Path | None = None) -> list[RunRecord]:

@@ -1,8 +1,13 @@
 """Training: one config → one registered run, resumable after a crash or `kill -9`.
 
 Each epoch ends with an atomic `state.pt` (model, optimiser, schedule, RNG, history), so re-running the same command
-continues from the last finished epoch. The best epoch (val MAE) is kept as fp16 safetensors; on completion the run
-is evaluated on the test split and `run.json` is written, which is what makes it part of the registry.
+continues from the last finished epoch. The best epoch is kept as fp16 safetensors; on completion the run is evaluated
+on the test split and `run.json` is written, which is what makes it part of the registry.
+
+Model selection, early stopping and the plateau schedule follow one val score: the MAE when the model has an age head
+and the primary dataset's val split has ages; else gender accuracy; else the mean balanced accuracy of the attribute
+heads (at 0.5). Attribute heads (`attr:NAME` tasks) then get their decision thresholds chosen on val (every dataset's
+val split that has their labels) and reported on test: run.json `metrics["attributes"]`.
 
 Devices: `device` (config or `--device`) is auto | cpu | cuda | cuda:N. On CUDA the feeder hands over uint8 batches in
 pinned memory, copied without blocking and augmented on the GPU, and the step runs under autocast (bf16 where
@@ -42,14 +47,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from zoo.attributes import attribute_matrix, task_attributes
 from zoo.augment import augment_batch
-from zoo.balance import balance
+from zoo.balance import GROUP_NAMES, balance
 from zoo.config import TrainConfig, parse_source
 from zoo.data.cache import load_images, to_tensor
 from zoo.data.manifest import Manifest, extras_label, load_manifest
 from zoo.data.readers import RACES
 from zoo.runs import RunRecord
-from zoo.evaluate import TTA_KEYS, by_record_key
+from zoo.evaluate import TTA_KEYS, attribute_report, attribute_scores, by_record_key
 from zoo.gender import create_gender_loss
 from zoo.inference import NetworkPredictor, predict_by_mode, to_batch
 from zoo.metrics import all_metrics
@@ -73,6 +79,9 @@ class TrainData:
     young: np.ndarray | None = None  # float [N], the `Young` attribute where a dataset has it (CelebA-HQ), else NaN
     other_tests: dict[str, np.ndarray] = field(default_factory=dict)  # test split of each non-primary dataset
     probs: np.ndarray | None = None  # per train row: sampling probability from the dataset weights (None: uniform)
+    attrs: np.ndarray | None = None  # float [N, K]: labels of the attribute tasks (model.attributes order), NaN unknown
+    groups: np.ndarray | None = None  # float [N]: group codes of `group_balance`'s column (zoo.balance), NaN unknown
+    other_vals: dict[str, np.ndarray] = field(default_factory=dict)  # val split of each non-primary dataset
 
 
 def _labels(m: Manifest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,8 +114,11 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
     `datasets` adds the train splits of further datasets (their test splits are evaluated too)."""
     mix = cfg.dataset_mix()
     real = load_manifest(cfg.dataset)
+    manifests = [real] + [load_manifest(d["name"]) for d in mix[1:]]
+    labels = _attribute_labels(cfg, manifests)  # before any decoding: an unknown attribute name fails fast
     images = load_images(real, cfg.img_size, progress=progress, framing=mix[0]["framing"])
     age, gender, race = _labels(real)
+    lab = labels[0]
     young = extras_label(real.frame, "Young")
     split = real.frame["split"].to_numpy()
     train = _subset(np.flatnonzero(split == "train"), cfg.train_fraction, cfg.seed)
@@ -122,25 +134,46 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
         images = np.concatenate([images, s_images[pick]])
         age, gender, race = (np.concatenate([a, b[pick]]) for a, b in ((age, s_age), (gender, s_gender), (race, s_race)))
         young = np.concatenate([young, np.full(len(pick), np.nan)])
+        lab = np.concatenate([lab, np.full((len(pick), lab.shape[1]), np.nan)])
         syn_idx = offset + np.arange(len(pick))
         train = syn_idx if kind == "synth" else np.concatenate([train, syn_idx])
-    parts, other_tests = [(train, mix[0]["weight"])], {}
-    for d in mix[1:]:
-        m = load_manifest(d["name"])
+    parts, other_tests, other_vals = [(train, mix[0]["weight"])], {}, {}
+    for d, m, mlab in zip(mix[1:], manifests[1:], labels[1:]):
         offset = len(images)
         images = np.concatenate([images, load_images(m, cfg.img_size, progress=progress, framing=d["framing"])])
         a, g, r = _labels(m)
         y = extras_label(m.frame, "Young")
-        age, gender, race, young = (np.concatenate(p) for p in ((age, a), (gender, g), (race, r), (young, y)))
+        age, gender, race, young, lab = (np.concatenate(p) for p in ((age, a), (gender, g), (race, r), (young, y),
+                                                                     (lab, mlab)))
         s = m.frame["split"].to_numpy()
         parts.append((offset + _subset(np.flatnonzero(s == "train"), cfg.train_fraction, cfg.seed), d["weight"]))
         other_tests[d["name"]] = offset + np.flatnonzero(s == "test")
+        other_vals[d["name"]] = offset + np.flatnonzero(s == "val")
     probs = None
     if len(parts) > 1:  # each dataset's share of the draws is its weight, whatever its size
         train = np.concatenate([p for p, _ in parts])
         total = sum(w for _, w in parts)
         probs = np.concatenate([np.full(len(p), w / total / len(p)) for p, w in parts])
-    return TrainData(images, age, gender, race, train, val, test, data_hash(cfg), young, other_tests, probs)
+    k = len(task_attributes(cfg.tasks))
+    column = (cfg.group_balance or {}).get("column")
+    groups = (None if column is None else gender if column == "gender" else np.where(race >= 0, race, np.nan)
+              if column == "race" else lab[:, k])
+    return TrainData(images, age, gender, race, train, val, test, data_hash(cfg), young, other_tests, probs,
+                     lab[:, :k] if k else None, groups, other_vals)
+
+
+def _attribute_labels(cfg: TrainConfig, manifests: list[Manifest]) -> list[np.ndarray]:
+    """Per manifest, float [N, K (+1)]: the attribute tasks' labels (and an attribute group column's, last)."""
+    names = list(task_attributes(cfg.tasks))
+    column = (cfg.group_balance or {}).get("column")
+    if column is not None and column not in GROUP_NAMES:
+        names.append(column)
+    if not names:
+        return [np.zeros((len(m.frame), 0)) for m in manifests]
+    try:
+        return attribute_matrix([m.frame for m in manifests], names, cfg.targets)
+    except ValueError as e:
+        raise ValueError(f"{' + '.join(m.dataset for m in manifests)}: {e}") from None
 
 
 # ---- devices and torchrun -------------------------------------------------------------------------------------------
@@ -244,12 +277,14 @@ class BatchFeeder:
 
     `pin`: batches stay uint8 NHWC and go into pinned memory unaugmented, for a non-blocking copy to the GPU, which
     augments them (`Trainer._to_device`). `shard` = (rank, world): every process draws the same global order (same
-    seeded generator) and takes the strided slice rank::world of each global batch of `batch_size`."""
+    seeded generator) and takes the strided slice rank::world of each global batch of `batch_size`.
+    `sample_weights`: per-sample weights of every head's loss (group balancing), batch key `sw`; None: none."""
 
     def __init__(self, data: TrainData, idx: np.ndarray, weights: np.ndarray, gender_weights: np.ndarray,
                  probs: np.ndarray | None, batch_size: int, augment: str, rng: np.random.Generator,
-                 pin: bool = False, shard: tuple[int, int] = (0, 1)):
+                 pin: bool = False, shard: tuple[int, int] = (0, 1), sample_weights: np.ndarray | None = None):
         self.data, self.idx, self.w, self.gw, self.probs = data, idx, weights, gender_weights, probs
+        self.sw = sample_weights
         self.bs, self.augment, self.rng, self.pin, self.shard = batch_size, augment, rng, pin, shard
         if batch_size % shard[1]:
             raise ValueError(f"batch size {batch_size} is not divisible by the {shard[1]} torchrun processes; the "
@@ -262,6 +297,10 @@ class BatchFeeder:
         b = {"age": torch.from_numpy(d.age[ix]).float(), "gender": torch.from_numpy(d.gender[ix]).float(),
              "race": torch.from_numpy(d.race[ix]).long(), "w": torch.from_numpy(self.w[pos]).float(),
              "gw": torch.from_numpy(self.gw[pos]).float()}
+        if self.sw is not None:
+            b["sw"] = torch.from_numpy(self.sw[pos]).float()
+        if d.attrs is not None:
+            b["attr"] = torch.from_numpy(d.attrs[ix]).float()
         if self.pin:
             return {"x": torch.from_numpy(d.images[ix]).pin_memory(), **{k: v.pin_memory() for k, v in b.items()}}
         return {"x": augment_batch(to_tensor(d.images[ix]), self.augment), **b}
@@ -356,6 +395,10 @@ class Trainer:
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
                     if cfg.ema_decay > 0 else None)
         self.gender_loss = create_gender_loss(cfg.gender_loss, **cfg.gender_loss_kwargs)
+        # one binary loss per attribute head (config head_losses; bce where none is named)
+        self.attr_losses = [create_gender_loss(**{"name": "bce", **cfg.head_losses.get(f"attr:{n}", {})})
+                            for n in self.model.attributes]
+        self.select = self._selection()
         back = [p for p in self.model.backbone.parameters() if p.requires_grad]
         heads = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
         groups = [{"params": heads, "lr": cfg.lr}]
@@ -366,22 +409,25 @@ class Trainer:
         self.opt = OPTIMIZERS.get(cfg.optimizer)(groups, cfg.weight_decay)
         if self.data.probs is not None and cfg.age_balance != "none":
             raise ValueError("age_balance is not supported with several datasets yet (their ages are partly unknown)")
+        codes = self.data.groups[self.data.train] if self.data.groups is not None else None
         bal = balance(self.data.age[self.data.train], self.data.gender[self.data.train], cfg.age_balance,
-                      cfg.gender_balance, cfg.seed)
+                      cfg.gender_balance, cfg.seed, codes, cfg.group_balance)
         probs = bal.probs
         if self.data.probs is not None:  # dataset weights
             probs = self.data.probs[bal.keep] / self.data.probs[bal.keep].sum()
         self.rng = np.random.default_rng(cfg.seed)
         self.feeder = BatchFeeder(self.data, self.data.train[bal.keep], bal.weights, bal.gender_weights, probs,
                                   min(cfg.batch_size, len(bal.keep)), cfg.augment, self.rng, pin=cuda,
-                                  shard=(self.rank, self.world))
+                                  shard=(self.rank, self.world),
+                                  sample_weights=bal.sample_weights if cfg.group_balance is not None else None)
         self.fwd: nn.Module = self.model  # the training forward pass: the model, wrapped by DDP and/or compiled
         if self.world > 1:
             t = self.data.train
             # A task whose label some training images lack can leave its head out of a rank's step (masked loss).
             gaps = (("age" in cfg.tasks and np.isnan(self.data.age[t]).any())
                     or ("gender" in cfg.tasks and np.isnan(self.data.gender[t]).any())
-                    or ("race" in cfg.tasks and (self.data.race[t] < 0).any()))
+                    or ("race" in cfg.tasks and (self.data.race[t] < 0).any())
+                    or (self.data.attrs is not None and np.isnan(self.data.attrs[t]).any()))
             self.fwd = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None,
                                                find_unused_parameters=bool(gaps))
         if cfg.compile:
@@ -393,6 +439,20 @@ class Trainer:
         self.warmup = round(cfg.warmup_epochs * steps)
         self.step, self.epoch, self.best_mae, self.best_epoch, self.plateau = 0, 0, float("inf"), -1, [1.0, 0]
         self.history: list[dict] = []
+
+    def _selection(self) -> str:
+        """The val score that selects the best epoch (and drives early stopping and the plateau schedule): the first
+        of age MAE, gender accuracy, mean attribute balanced accuracy whose task the model has and whose labels the
+        primary dataset's val split has."""
+        d, v = self.data, self.data.val
+        if "age" in self.cfg.tasks and np.isfinite(d.age[v]).any():
+            return "mae"
+        if "gender" in self.cfg.tasks and np.isfinite(d.gender[v]).any():
+            return "gender_acc"
+        if d.attrs is not None and np.isfinite(d.attrs[v]).any():
+            return "attr_bacc"
+        raise ValueError(f"no task of {self.cfg.tasks} has labels in the val split of {self.cfg.dataset}, so no epoch "
+                         f"can be selected; make a dataset with such labels the primary `dataset`")
 
     @property
     def net(self) -> AgeGenderModel:
@@ -448,21 +508,31 @@ class Trainer:
         out = self.fwd(b["x"].contiguous(memory_format=torch.channels_last) if cfg.channels_last else b["x"])
         out = {k: v.float() for k, v in out.items()}  # losses in fp32 under autocast (a no-op in fp32)
         loss = torch.zeros((), device=b["x"].device)
+        sw = b.get("sw")  # group balancing: per-sample weights of every head's loss
         if m.age is not None:
             known = torch.isfinite(b["age"])  # datasets without ages (CelebA-HQ) train the other tasks only
             if known.any():
+                w = b["w"] if sw is None else b["w"] * sw
                 loss = loss + cfg.loss_weights.get("age", 1.0) * m.age.loss(out["age"][known], b["age"][known],
-                                                                             b["w"][known])
+                                                                             w[known])
         if m.gender is not None:
             known = ~torch.isnan(b["gender"])
             if known.any():
+                w = b["gw"] if sw is None else b["gw"] * sw
                 loss = loss + cfg.loss_weights.get("gender", 1.0) * self.gender_loss(
-                    out["gender"][known], b["gender"][known], b["gw"][known])
+                    out["gender"][known], b["gender"][known], w[known])
         if m.race is not None:
             known = b["race"] >= 0
             if known.any():
-                loss = loss + cfg.loss_weights.get("race", 0.5) * nn.functional.cross_entropy(
-                    out["race"][known], b["race"][known])
+                ce = nn.functional.cross_entropy(out["race"][known], b["race"][known], reduction="none")
+                race = ce.mean() if sw is None else (ce * sw[known]).sum() / sw[known].sum().clamp_min(1e-12)
+                loss = loss + cfg.loss_weights.get("race", 0.5) * race
+        for k, name in enumerate(m.attributes):  # each head masked where its label is unknown (another dataset's)
+            y = b["attr"][:, k]
+            known = ~torch.isnan(y)
+            if known.any():
+                loss = loss + cfg.loss_weights.get(f"attr:{name}", 1.0) * self.attr_losses[k](
+                    out["attr"][known, k], y[known], None if sw is None else sw[known])
         return loss
 
     def _set_lr(self) -> None:
@@ -527,11 +597,24 @@ class Trainer:
         dt = time.perf_counter() - t0
         return {"train_loss": train_loss, "train_img_s": seen * self.world / dt, "train_s": dt}
 
-    def evaluate(self, idx: np.ndarray) -> dict:
-        return self.evaluate_modes(idx, (None,))[None]
+    def evaluate(self, idx: np.ndarray, attributes: bool = False) -> dict:
+        """Metrics of one split; `attributes` adds each attribute head's balanced accuracy and ROC AUC at 0.5 and their
+        mean (`attr_bacc`), where the rows have its labels."""
+        return self._metrics(self.predictions(idx)[None], idx, attributes)
 
     def evaluate_modes(self, idx: np.ndarray, modes: tuple[str | None, ...]) -> dict[str | None, dict]:
-        """Metrics on the training device, in fp32 (the NetworkPredictor's own passes and reductions)."""
+        return {m: self._metrics(p, idx) for m, p in self.predictions(idx, modes).items()}
+
+    def _metrics(self, pred: dict[str, np.ndarray], idx: np.ndarray, attributes: bool = False) -> dict:
+        young = self.data.young[idx] if self.data.young is not None else None
+        out = all_metrics(pred, self.data.age[idx], self.data.gender[idx], young)
+        if attributes and self.data.attrs is not None:
+            out.update(attribute_scores(self.net.attributes, self.data.attrs[idx], pred))
+        return out
+
+    def predictions(self, idx: np.ndarray, modes: tuple[str | None, ...] = (None,)) -> dict[str | None, dict]:
+        """{TTA mode: predictions} on the training device, in fp32 (the NetworkPredictor's own passes and
+        reductions)."""
         pred = NetworkPredictor(self.net, self.cfg.img_size)
         if self.device.type == "cpu":
             preds = pred.predict_modes(self.data.images[idx], modes)
@@ -542,8 +625,23 @@ class Trainer:
                 return {k: v.float().cpu() for k, v in pred._passes(x, mc_dropout, tta).items()}
 
             preds = predict_by_mode(passes, self.data.images[idx], modes, 0, 256)
-        young = self.data.young[idx] if self.data.young is not None else None
-        return {m: all_metrics(p, self.data.age[idx], self.data.gender[idx], young) for m, p in preds.items()}
+        return preds
+
+    def _attribute_report(self, val_pred: dict, test_pred: dict, other_tests: dict) -> dict:
+        """Thresholds chosen on the val splits of every dataset of the mix that has attribute labels; test metrics on
+        their test splits (zoo.evaluate.attribute_report)."""
+        d = self.data
+        labelled = lambda idx: np.isfinite(d.attrs[idx]).any()  # noqa: E731
+        val = [(d.val, val_pred)] + [(idx, self.predictions(idx)[None]) for idx in d.other_vals.values()
+                                     if labelled(idx)]
+        test = [(d.test, test_pred)] + [(idx, p) for idx, p in other_tests.values() if labelled(idx)]
+
+        def pool(parts):
+            idx = np.concatenate([i for i, _ in parts])
+            return d.attrs[idx], {f"attr:{n}": np.concatenate([p[f"attr:{n}"] for _, p in parts])
+                                  for n in self.net.attributes}
+
+        return attribute_report(self.net.attributes, *pool(val), *pool(test))
 
     def _barrier(self) -> None:
         if self.world > 1 and self.device.type == "cuda":
@@ -576,7 +674,7 @@ class Trainer:
             print(f"{self.id}: resuming after epoch {self.epoch} (step {self.step})")
         while self.epoch < self.epochs and self.step < self.total_steps:
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
-            val = self.evaluate(self.data.val) if self.rank == 0 else None
+            val = self.evaluate(self.data.val, attributes=True) if self.rank == 0 else None
             if self.world > 1:  # rank 0's metrics: every rank takes the same selection and schedule decisions
                 box = [val]
                 dist.broadcast_object_list(box, src=0)
@@ -584,8 +682,7 @@ class Trainer:
             row.update({f"val_{k}": v for k, v in val.items() if k not in ("n", "n_gender")})
             row["lr"] = self.opt.param_groups[0]["lr"]
             self.epoch += 1
-            # Select on val MAE; gender-only models (whose age outputs are NaN) on val gender accuracy.
-            score = val["mae"] if "age" in self.cfg.tasks else -val["gender_acc"]
+            score = val["mae"] if self.select == "mae" else -val[self.select]  # lower is better (`_selection`)
             if score < self.best_mae:
                 self.best_mae, self.best_epoch = score, self.epoch
                 if self.rank == 0:
@@ -603,8 +700,9 @@ class Trainer:
                 (self.dir / "history.csv.tmp").replace(self.dir / "history.csv")
             self._barrier()  # the epoch's state is on disk before any rank goes on (a restart resumes from it)
             if self.progress:
+                attr = f" attribute bal. acc {val['attr_bacc']:.3f}" if "attr_bacc" in val else ""
                 print(f"{self.id} epoch {self.epoch}: loss {row['train_loss']:.3f} val MAE {val.get('mae', float('nan')):.2f}"
-                      f" gender acc {val.get('gender_acc', float('nan')):.3f} ({row['train_img_s']:.0f} img/s)")
+                      f" gender acc {val.get('gender_acc', float('nan')):.3f}{attr} ({row['train_img_s']:.0f} img/s)")
             if self.epoch - self.best_epoch >= self.cfg.patience:
                 break
         return self._finish()
@@ -626,10 +724,15 @@ class Trainer:
                              f"lr); nothing to register")
         self.net.load_state_dict({k: v.float() if v.is_floating_point() else v
                                     for k, v in load_file(str(self.dir / "best.safetensors")).items()})
-        metrics = {"val": self.evaluate(self.data.val),  # the test modes share their views
-                   **by_record_key(self.evaluate_modes(self.data.test, (None, *TTA_KEYS)))}
-        if self.data.other_tests:  # the other datasets of the mix, each on its own test split
-            metrics["test_by_dataset"] = {name: self.evaluate(idx) for name, idx in self.data.other_tests.items()}
+        val_pred = self.predictions(self.data.val)[None]
+        test_preds = self.predictions(self.data.test, (None, *TTA_KEYS))  # the test modes share their views
+        metrics = {"val": self._metrics(val_pred, self.data.val),
+                   **by_record_key({m: self._metrics(p, self.data.test) for m, p in test_preds.items()})}
+        other_tests = {name: (idx, self.predictions(idx)[None]) for name, idx in self.data.other_tests.items()}
+        if other_tests:  # the other datasets of the mix, each on its own test split
+            metrics["test_by_dataset"] = {name: self._metrics(p, idx) for name, (idx, p) in other_tests.items()}
+        if self.net.attributes:
+            metrics["attributes"] = self._attribute_report(val_pred, test_preds[None], other_tests)
         # cost on one CPU process, whatever trained it: comparable across the registry
         cpu_net = self.net if self.device.type == "cpu" else copy.deepcopy(self.net).cpu()
         record = {

@@ -9,7 +9,6 @@ Names differ from bench.metrics where the meaning differs: `model_scores` (bench
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -20,10 +19,14 @@ from bench import store
 from dashboard.data.db import DBBusy, connect, query, sql
 from dashboard.data.stats import COVERAGE_Z, Z95, auc_hanley_mcneil, mean_ci, wilson
 from zoo.data.manifest import AGE_GROUPS
+from zoo.runs import RunRecord
 
 AGE_GROUP_NAMES = [g[2] for g in AGE_GROUPS]  # as bench.metrics.AGE_GROUP_NAMES
 # Tables and columns a readable DB has: the bench's schema (bench.store.TABLES), never a copy of it.
 TABLES = {t: set(store.columns(t)) for t in store.TABLES}
+# Tables a DB written before they existed lacks (every bench write adds them): it is still readable, and the
+# queries of such a table (dashboard.data.attributes) return nothing.
+OPTIONAL_TABLES = ("attributes", "embeddings")
 # Uncertainty sources: label -> SQL expression (NULL where not available).
 SIGMA_SOURCES = {
     "aleatoric": "sigma_aleatoric",
@@ -185,13 +188,15 @@ def db_status(db: str, ver: str) -> dict:
     try:
         with connect(db) as con:
             tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-            missing = [t for t in TABLES if t not in tables]
+            missing = [t for t in TABLES if t not in tables and t not in OPTIONAL_TABLES]
             if missing:
                 return {"state": "invalid" if tables else "empty",
                         "message": f"`{db}` has no table(s) {', '.join(missing)}: it is not (yet) a predictions "
                                    "database (see bench/SCHEMA.md)."}
             bad = []
             for t, cols in TABLES.items():
+                if t not in tables:  # an optional one (above)
+                    continue
                 have = {r[0] for r in con.execute(
                     "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [t]).fetchall()}
                 if cols - have:
@@ -223,22 +228,24 @@ def models(db: str, ver: str) -> pd.DataFrame:
         SELECT m.*, coalesce(c.n_rows, 0) AS n_rows FROM models m
         LEFT JOIN (SELECT model_id, count(*) AS n_rows FROM predictions GROUP BY model_id) c USING (model_id)
         ORDER BY m.model_id""")
-    info = [json.loads(x) if isinstance(x, str) and x else (x if isinstance(x, dict) else {}) for x in df["info"]]
-    df["parent"] = [i.get("parent") for i in info]
-    df["adapted_to"] = [(i.get("data") or {}).get("adapted_to") for i in info]
-    df["members"] = [",".join(i.get("members", [])) for i in info]
+    runs = [RunRecord.from_row(row) for row in df.to_dict("records")]  # None: a peer (no run record in info)
+    df["parent"] = [r.parent if r else None for r in runs]
+    df["adapted_to"] = [r.adapted_to if r else None for r in runs]
+    df["members"] = [",".join(r.members) if r else "" for r in runs]
     df["label"] = [n if n and n != m else m for n, m in zip(df["name"], df["model_id"])]
     return df
 
 
 @query
 def eval_sets(db: str, ver: str) -> pd.DataFrame:
-    """(dataset, split) pairs with clean predictions: images, rows."""
+    """(dataset, split) pairs with clean predictions: images, rows. Sets with ages first (an age tool opens on a set
+    whose MAE it can show), then the largest."""
     return sql(db, """
         WITH c AS (SELECT dataset, image_id, count(*) AS rows FROM predictions WHERE perturbation = 'none'
                    GROUP BY ALL)
         SELECT c.dataset, i.split, count(*) AS images, sum(c.rows) AS rows
-        FROM c JOIN images i USING (dataset, image_id) GROUP BY ALL ORDER BY images DESC""")
+        FROM c JOIN images i USING (dataset, image_id) GROUP BY ALL
+        ORDER BY count(i.age) > 0 DESC, images DESC""")
 
 
 @query
@@ -550,6 +557,37 @@ def browser_rows(db: str, ver: str, model: str, dataset: str, split: str, filter
 
 
 @query
+def images_by_key(db: str, ver: str, image_keys: tuple) -> pd.DataFrame:
+    """The images rows (labels and measured attributes: every column of bench.store.TABLES['images']) of the given
+    ((dataset, image_id), ...) keys, for the Browser's full-image view and its list of flagged labels."""
+    keys = pd.DataFrame(list(image_keys), columns=["dataset", "image_id"]).astype(str)
+    with connect(db) as con:
+        con.register("keys", keys)
+        try:
+            return con.execute("SELECT i.* FROM images i JOIN keys k USING (dataset, image_id) "
+                               "ORDER BY i.dataset, i.image_id").df()
+        finally:
+            con.unregister("keys")
+
+
+@query
+def image_predictions(db: str, ver: str, dataset: str, image_id: str, models: tuple, perturbation: str = "none",
+                      severity: int = 0, mode: str | None = None) -> pd.DataFrame:
+    """Each given model's prediction for one image in one inference mode, with its uncertainties: on the clean image
+    and, when asked, at one perturbation and severity (the Browser's full-image view)."""
+    mw, mp = _mode_where(mode)
+    mc, mprm = _models_clause(models)
+    return sql(db, f"""
+        SELECT p.model_id, m.kind, p.perturbation, p.severity, p.age_pred, p.age_pred - i.age AS err,
+               p.sigma_aleatoric, p.sigma_epistemic, p.sigma_tta, p.gender_prob
+        FROM predictions p JOIN images i USING (dataset, image_id) LEFT JOIN models m USING (model_id)
+        WHERE {mw} AND p.dataset = ? AND p.image_id = ? {mc}
+          AND ((p.perturbation = 'none' AND p.severity = 0) OR (p.perturbation = ? AND p.severity = ?))
+        ORDER BY p.perturbation <> 'none', p.model_id""",
+               mp + [dataset, image_id] + mprm + [perturbation, int(severity)])
+
+
+@query
 def clean_scores(db: str, ver: str, split: str = "test", mode: str | None = None) -> pd.DataFrame:
     """Per (model, eval dataset): clean MAE with CI and gender accuracy, for the data studies and cross-dataset."""
     where, prm = _eval_where("*", split, mode=mode)
@@ -603,3 +641,81 @@ def generalization(db: str, ver: str, split: str = "test", mode: str | None = No
 @query
 def bench_runs(db: str, ver: str) -> pd.DataFrame:
     return sql(db, "SELECT * FROM bench_runs ORDER BY started DESC")
+
+
+@query
+def slice_frame(db: str, ver: str, model: str, dataset: str, split: str, mode: str | None = None) -> pd.DataFrame:
+    """One row per clean image one model predicted on (dataset, split) in one inference mode: its labels, image
+    attributes and the prediction, for the slice search (dashboard.data.slices bins and searches these columns)."""
+    where, prm = _eval_where(dataset, split, mode=mode)
+    return sql(db, f"""
+        SELECT p.dataset, p.image_id, i.age, i.gender, i.race, i.brightness, i.contrast, i.blur, i.jpeg_quality,
+               i.face_size, i.background, i.face_score, i.face_found, p.age_pred, p.gender_prob
+        FROM predictions p JOIN images i USING (dataset, image_id)
+        WHERE {where} AND p.model_id = ? ORDER BY p.dataset, p.image_id""", prm + [model])
+
+
+# ------------------------------------------------------------------------------------------------ embedding maps
+def _has_embeddings(con) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'embeddings'")
+                .fetchone()[0])
+
+
+@query
+def embedding_maps(db: str, ver: str) -> pd.DataFrame:
+    """(model_id, dataset, method, n) of every embedding map in the DB (`bench run --embed`); empty for a DB written
+    before the table existed."""
+    with connect(db) as con:
+        if not _has_embeddings(con):
+            return pd.DataFrame(columns=["model_id", "dataset", "method", "n"])
+        return con.execute("SELECT e.model_id, e.dataset, min(e.method) AS method, count(*) AS n "
+                           "FROM embeddings e GROUP BY ALL ORDER BY e.model_id, e.dataset").df()
+
+
+# images columns the map can be coloured by, besides the labels and the model's errors
+EMBEDDING_IMAGE_COLUMNS = ("brightness", "contrast", "blur", "jpeg_quality", "resolution", "face_size", "background",
+                           "face_score", "face_found", "is_synthetic")
+
+
+@query
+def embedding_map(db: str, ver: str, model: str, dataset: str, split: str = "*",
+                  mode: str | None = None) -> pd.DataFrame:
+    """One row per image of a model's embedding map of `dataset` (`split` '*' = all): its point (x, y), labels
+    (age, age group, gender, race), measured attributes, the model's clean prediction in one inference mode (NULL
+    where it has none in that mode) with its error, and every numeric or yes/no key of the image's `extras` (CelebA
+    attributes) as a column of its own."""
+    mw, mp = _mode_where(mode)
+    cond, prm = "", [model, dataset]
+    if split and split != "*":
+        cond, prm = " AND i.split = ?", prm + [split]
+    cols = ", ".join(f"i.{c}" for c in EMBEDDING_IMAGE_COLUMNS)
+    with connect(db) as con:
+        if not _has_embeddings(con):
+            return pd.DataFrame(columns=["dataset", "image_id", "method", "x", "y"])
+        df = con.execute(f"""
+            SELECT e.dataset, e.image_id, e.method, e.x, e.y, i.split, i.path, i.age, {AGE_GROUP_SQL} AS age_group,
+                   {GENDER_SQL} AS gender, {RACE_SQL} AS race, {cols}, i.extras,
+                   p.age_pred, p.age_pred - i.age AS err, abs(p.age_pred - i.age) AS abs_err, p.gender_prob,
+                   CASE WHEN p.gender_prob IS NULL OR i.gender IS NULL THEN NULL
+                        ELSE (p.gender_prob >= 0.5) <> (i.gender = 1) END AS gender_wrong
+            FROM embeddings e JOIN images i USING (dataset, image_id)
+                 LEFT JOIN predictions p ON p.model_id = e.model_id AND p.dataset = e.dataset
+                      AND p.image_id = e.image_id AND p.perturbation = 'none' AND p.severity = 0 AND {mw}
+            WHERE e.model_id = ? AND e.dataset = ?{cond} ORDER BY e.image_id""", mp + prm).df()
+    return _expand_extras(df)
+
+
+def _expand_extras(df: pd.DataFrame) -> pd.DataFrame:
+    """The `extras` JSON column replaced by one column per key whose values are numbers or yes/no (a key that
+    clashes with a column keeps the column)."""
+    import json
+
+    parsed = [json.loads(x) if isinstance(x, str) and x else {} for x in df.pop("extras")] if "extras" in df else []
+    keys = dict.fromkeys(k for d in parsed if isinstance(d, dict) for k in d)
+    for k in keys:
+        if k in df.columns:
+            continue
+        vals = [d.get(k) if isinstance(d, dict) else None for d in parsed]
+        if all(v is None or (isinstance(v, (int, float, bool)) and not isinstance(v, str)) for v in vals):
+            df[k] = pd.to_numeric(pd.Series(vals, index=df.index, dtype="object"), errors="coerce")
+    return df

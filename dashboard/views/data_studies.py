@@ -1,7 +1,7 @@
 """Data studies: one section per data decision, built from whatever the registry and the DB hold."""
 import streamlit as st
 
-from dashboard import charts, common
+from dashboard import charts, common, glossary
 from dashboard.data import queries as Q, studies
 
 st.title("Data studies")
@@ -22,16 +22,26 @@ if frame.empty:
         common.need_db(c, "the data studies")
     st.stop()
 
+FACTOR_TERMS = {"augment": "augmentation", "train_fraction": "learning curve", "age_balance": "age balance",
+                "gender_balance": "gender balance", "data_source": "data source", "init": "init"}
+common.glossary("MAE", "gender accuracy", "95 % CI", *FACTOR_TERMS.values(), "inv_freq", "sqrt_inv", "lds",
+                "balanced_sampler", "undersample", "reweight", "label fidelity", "gender agreement", "Fréchet distance",
+                "AdaBN")
 metric = st.radio("Metric", ["mae", "gender_acc"], horizontal=True, key="ds_metric",
-                  format_func={"mae": "age MAE", "gender_acc": "gender accuracy"}.get)
+                  format_func={"mae": "age MAE", "gender_acc": "gender accuracy"}.get,
+                  help=glossary.help("MAE", "gender accuracy"))
 
 for factor, (title, expected, numeric) in studies.STUDY_FACTORS.items():
-    st.subheader(title)
+    st.subheader(title, help=glossary.help(FACTOR_TERMS[factor]) if factor in FACTOR_TERMS else None)
     res = studies.study(frame, factor)
     rows = res["rows"]
     if len(rows) and rows[metric].notna().any():
-        st.plotly_chart(charts.study_chart(rows, factor, metric, numeric=numeric, order=expected), width="stretch",
-                        key=f"ds_{factor}")
+        better = "lower" if metric == "mae" else "higher"
+        common.chart(charts.study_chart(rows, factor, metric, numeric=numeric, order=expected),
+                     f"Each point: one run's {'age MAE' if metric == 'mae' else 'gender accuracy'} ({better} is "
+                     f"better, whiskers: 95 % CI) at one value of {factor}. Points of one colour differ only in "
+                     f"{factor}, so compare within a colour; overlapping whiskers mean no clear effect.",
+                     key=f"ds_{factor}")
         with st.expander("Runs in this comparison"):
             st.dataframe(rows[["label", factor, "group", "mae", "mae_lo", "mae_hi", "gender_acc", "origin",
                                "model_id"]], hide_index=True, width="stretch")
@@ -56,16 +66,21 @@ for k, rec in enumerate(sets):
     st.markdown(f"**{rec['name']}** · generator `{rec.get('generator')}` · judged by `{rec.get('model')}`")
     cols = st.columns(4)
     cols[0].metric("age MAE, intended vs predicted", f"{syn.get('mae', float('nan')):.1f} y",
-                   help=f"The same model on real test faces: {real.get('mae', float('nan')):.1f} y")
+                   help=glossary.help("label fidelity") + f" The same model on real test faces: "
+                                                          f"{real.get('mae', float('nan')):.1f} y.")
     cols[1].metric("gender agreement", f"{100 * syn.get('gender_agreement', float('nan')):.1f} %",
-                   help=f"On real test faces: {100 * real.get('gender_agreement', float('nan')):.1f} %")
+                   help=glossary.help("gender agreement") + " On real test faces: "
+                        f"{100 * real.get('gender_agreement', float('nan')):.1f} %.")
     cols[2].metric("Fréchet distance to real test", f"{fd.get('fd_synthetic_vs_real_test', float('nan')):.1f}",
-                   help="On the judging backbone's features; lower = closer to real faces")
-    cols[3].metric("real train → real test (baseline)", f"{fd.get('fd_real_train_vs_real_test', float('nan')):.1f}")
+                   help=glossary.help("Fréchet distance") + " Measured on the judging backbone's features.")
+    cols[3].metric("real train → real test (baseline)", f"{fd.get('fd_real_train_vs_real_test', float('nan')):.1f}",
+                   help="The Fréchet distance between two real sets (train vs test): how close 'close' can be.")
     left, right = st.columns([3, 2])
     if len(rec["per_bin"]):
-        left.plotly_chart(charts.synthetic_fidelity(rec["per_bin"], "Label fidelity per age bin"), width="stretch",
-                          key=f"ds_synth_{k}")
+        common.chart(charts.synthetic_fidelity(rec["per_bin"], "Label fidelity per age bin"),
+                     "Per age bin: how far the judging model's age lands from the age each synthetic face was asked "
+                     "for (red), beside its error on real test faces of that bin (blue, the floor). Red close to "
+                     "blue = the generator draws that age faithfully.", where=left, key=f"ds_synth_{k}")
     if rec["grid_path"] is not None:
         right.image(str(rec["grid_path"]), caption="Samples: one row per age bin (0-2 … 70+), 6 male | 6 female",
                     width="stretch")
@@ -79,11 +94,14 @@ evals = sorted(scores["eval_dataset"].unique())
 trains = sorted(frame["train_dataset"].dropna().unique())
 left, right = st.columns(2)
 if len(cd["plain"]):
-    left.plotly_chart(charts.heatmap(cd["plain"], "Best single network (no adaptation)"), width="stretch",
-                      key="ds_cross_plain")
+    common.chart(charts.heatmap(cd["plain"], "Best single network (no adaptation)"),
+                 "MAE of the best single network trained on each dataset (row) when evaluated on each dataset "
+                 "(column); green is better. Off the diagonal is the cost of a new dataset.", where=left,
+                 key="ds_cross_plain")
 if len(cd["adabn"]):
-    right.plotly_chart(charts.heatmap(cd["adabn"], "Best AdaBN-adapted network"), width="stretch",
-                       key="ds_cross_adabn")
+    common.chart(charts.heatmap(cd["adabn"], "Best AdaBN-adapted network"),
+                 "The same after AdaBN (BatchNorm statistics re-estimated on the target dataset's unlabelled "
+                 "images): cells greener than on the left are gaps AdaBN closed.", where=right, key="ds_cross_adabn")
 else:
     right.warning("**No AdaBN-adapted models benchmarked yet.** Create one with "
                   "`python -m zoo adapt MODEL_ID --to appa` and benchmark it on the target dataset.")

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, common
+from dashboard import charts, common, glossary
 from dashboard.data import queries as Q, registry
 
 st.title("Generalization")
@@ -24,7 +24,10 @@ st.caption(f"Clean images, **{'all splits' if c.split == '*' else c.split + ' sp
 
 METRICS = {"gender accuracy": ("gender_acc", ".1%"), "age MAE (years)": ("mae", ".2f"),
            "AUC of age for Young": ("young_auc", ".3f")}
-metric = st.radio("Metric", list(METRICS), horizontal=True, key="gen_metric")
+common.glossary("MAE", "gender accuracy", "Young AUC", "95 % CI", "faces found", "fallback crop", "AdaBN",
+                "single-dataset twin")
+metric = st.radio("Metric", list(METRICS), horizontal=True, key="gen_metric",
+                  help=glossary.help("gender accuracy", "MAE", "Young AUC"))
 col, fmt = METRICS[metric]
 ids = [m for m in common.selected(c) if m in set(g["model_id"])] or list(g["model_id"].unique())
 show = g[g["model_id"].isin(ids)].copy()
@@ -39,9 +42,9 @@ if mat.notna().any().any():
     fig.data[0].colorbar.title = metric
     if col != "mae":  # higher is better: reverse the colours
         fig.data[0].colorscale = "RdYlGn"
-    st.plotly_chart(fig, width="stretch", key="gen_matrix")
-    st.caption("Each cell: the model (row) evaluated on a dataset's split (column). Green is better. The table below "
-               "gives every number with its 95 % confidence interval.")
+    common.chart(fig, f"Each cell: the {metric} of the model (row) evaluated on a dataset's split (column). Green is "
+                      "better; a row that turns red on one dataset does not generalise to it. The table below gives "
+                      "every number with its 95 % confidence interval.", key="gen_matrix")
 else:
     st.info(f"No {metric} for these models: the datasets they were benched on lack the label.")
 
@@ -64,8 +67,12 @@ def table(frame: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+HELP = {"faces found": st.column_config.TextColumn(help=glossary.help("faces found")),
+        "MAE [95 % CI]": st.column_config.TextColumn(help=glossary.help("MAE", "95 % CI")),
+        "gender acc [95 % CI]": st.column_config.TextColumn(help=glossary.help("gender accuracy", "95 % CI")),
+        "Young AUC [95 % CI]": st.column_config.TextColumn(help=glossary.help("Young AUC", "95 % CI"))}
 st.dataframe(table(show.sort_values(["eval_dataset", "gender_acc"], ascending=[True, False])), hide_index=True,
-             width="stretch", key="gen_table")
+             width="stretch", key="gen_table", column_config=HELP)
 
 st.subheader("Side by side: AdaBN variants and single-dataset twins")
 rel = registry.relations(c.reg_ver)
@@ -83,7 +90,7 @@ else:
     t = table(pairs)
     t.insert(0, "role", pairs["role"].to_numpy())
     t.insert(0, "pair", pairs["pair"].to_numpy())
-    st.dataframe(t, hide_index=True, width="stretch", key="gen_pairs")
+    st.dataframe(t, hide_index=True, width="stretch", key="gen_pairs", column_config=HELP)
     st.caption("AdaBN: the same weights with BatchNorm statistics re-estimated on the target dataset's unlabelled "
                "train images. Single-dataset twin: the same recipe and step budget trained on the primary dataset "
                "alone, so the pair shows what the added training data changed.")

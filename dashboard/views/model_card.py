@@ -4,10 +4,11 @@ import json
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, common
+from dashboard import charts, common, glossary
 from dashboard.data import queries as Q
 from dashboard.data import registry
 from zoo.modes import metrics_key
+from zoo.runs import RunRecord
 
 st.title("Model card")
 c = common.context()
@@ -16,17 +17,13 @@ if not mid:
     st.info("No models yet: nothing to describe. " + common.TRAIN_HINT)
     st.stop()
 
-# `run`: a plain dict of what the card shows: a registered run's run.json content (RunRecord.to_dict), else the DB
-# `models` row's `info` JSON (a peer's description, or a run no longer in the registry); None when neither.
+# `run`: a plain dict of what the card shows: a registered run's run.json content (RunRecord.to_dict), else the run
+# record in the DB `models` row's `info` (a run no longer in the registry); None when neither (an external peer).
 record = next((r for r in registry.registry_runs(c.reg_ver) if r.id == mid), None)
-run: dict | None = record.to_dict() if record is not None else None
 db_row = c.models[c.models["model_id"] == mid].iloc[0] if len(c.models) and mid in set(c.db_models) else None
-if run is None and db_row is not None and isinstance(db_row.get("info"), str):
-    try:
-        info = json.loads(db_row["info"])
-        run = info if isinstance(info, dict) and info else None
-    except ValueError:
-        run = None
+if record is None and db_row is not None:
+    record = RunRecord.from_row(db_row)
+run: dict | None = record.to_dict() if record is not None else None
 st.subheader(c.label(mid))
 st.caption(f"`{mid}` · pick another model in the sidebar (Focus model) or on the Leaderboard · "
            + common.mode_caption(c))
@@ -34,11 +31,12 @@ st.caption(f"`{mid}` · pick another model in the sidebar (Focus model) or on th
 kind = (run or {}).get("kind") or (db_row["kind"] if db_row is not None else "?")
 cfg = (run or {}).get("config", {}) or {}
 m1, m2, m3, m4 = st.columns(4)
-m1.metric("kind", kind)
+m1.metric("kind", kind, help=glossary.help("kind"))
 params = (run or {}).get("params") or (db_row["params"] if db_row is not None else None)
-m2.metric("parameters", f"{params / 1e6:.2f} M" if pd.notna(params) and params else "—")  # NA: peers
+m2.metric("parameters", f"{params / 1e6:.2f} M" if pd.notna(params) and params else "—",  # NA: peers
+          help=glossary.help("params"))
 ips = (run or {}).get("infer_img_s") or (db_row["infer_img_s"] if db_row is not None else None)
-m3.metric("images / s", f"{ips:.0f}" if pd.notna(ips) and ips else "—")
+m3.metric("images / s", f"{ips:.0f}" if pd.notna(ips) and ips else "—", help=glossary.help("img/s"))
 key = metrics_key(c.mode, "test")  # run.json's test metrics of the sidebar's inference mode, if it has them
 test = (((run or {}).get("metrics") or {}).get(key) or {}) if key else {}
 # The Leaderboard's number for this mode: the bench's when it has rows in it, else run.json's (B5)
@@ -49,12 +47,17 @@ no_age = "age" not in (cfg.get("tasks") or ["age"]) or (len(row) and pd.isna(row
 if no_age:  # a gender-only model: no "MAE nan", no empty age charts (B4)
     m4.metric(f"MAE ({c.mode})", "no age head")
 elif len(row):
-    m4.metric(f"MAE (bench, eval set, {c.mode})", f"{row['mae'].iloc[0]:.2f}")
+    m4.metric(f"MAE (bench, eval set, {c.mode})", f"{row['mae'].iloc[0]:.2f}", help=glossary.help("MAE"))
 elif test.get("mae") is not None:
-    m4.metric(f"test MAE (run.json, {c.mode})", f"{test['mae']:.2f}")
+    m4.metric(f"test MAE (run.json, {c.mode})", f"{test['mae']:.2f}", help=glossary.help("MAE"))
 else:
     m4.metric(f"test MAE ({c.mode})", "—")
 
+# the names this card shows (its kind, formulation, backbone, balancing) with their glossary entries
+named = [kind] + [cfg.get(k) for k in ("backbone", "formulation", "gender_loss", "age_balance", "gender_balance")]
+common.glossary("kind", *[n for n in named if isinstance(n, str) and n != "none" and glossary.has(n)], "MAE",
+                "params", "img/s", "train loss", "val MAE", "learning rate", "best epoch", "95 % CI", "AdaBN",
+                "BN recalibration")
 if kind == "ensemble":
     st.markdown("**Members:** " + ", ".join(f"`{m}`" for m in (run or {}).get("members", [])))
 if kind == "adapted":
@@ -114,7 +117,10 @@ NO_RUN = {  # why a kind of model has no history.csv, pointing only at what that
 st.subheader("Training curves")
 hist = registry.history(mid)
 if hist is not None and len(hist):
-    st.plotly_chart(charts.training_curves(hist), width="stretch", key="card_curves")
+    common.chart(charts.training_curves(hist),
+                 "Per epoch (history.csv): training loss, validation MAE (the star marks the best epoch, whose "
+                 "weights were kept), validation gender accuracy and the learning rate. A val MAE that turns up "
+                 "while the train loss keeps falling is overfitting.", key="card_curves")
     with st.expander("history.csv"):
         st.dataframe(hist, hide_index=True, width="stretch")
 elif kind in NO_RUN:
@@ -138,8 +144,9 @@ else:
         for by, where in (("age group", a), ("gender", b), ("race", d)):
             sub = g[g["by"] == by]
             if len(sub) and not no_age:
-                where.plotly_chart(charts.group_bars(sub, "mae", c.names, f"MAE by {by} (95 % CI)"),
-                                   width="stretch", key=f"card_{by}")
+                common.chart(charts.group_bars(sub, "mae", c.names, f"MAE by {by} (95 % CI)"),
+                             f"This model's MAE per {by if by.endswith('group') else by + ' group'} with 95 % CI whiskers; equal heights = equally "
+                             "accurate for every group.", where=where, key=f"card_{by}")
         cols = ["by", "grp", "n", "mae", "mae_lo", "mae_hi", "bias", "gender_acc", "gender_acc_lo", "gender_acc_hi"]
         if no_age:  # the gender columns only, counted on gender predictions, not an age n of 0
             st.caption("No age head: per-group gender accuracy only.")

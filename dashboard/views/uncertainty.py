@@ -1,18 +1,15 @@
 """Uncertainty: coverage / reliability, risk–coverage, and the uncertainty sources side by side."""
 import streamlit as st
 
-from dashboard import charts, common
+from dashboard import charts, common, glossary
 from dashboard.data import queries as Q, stats
 
-st.title("Uncertainty")
-c = common.context()
-if not common.need_db(c, "uncertainty analysis"):
-    st.stop()
-models = common.selected(c)
-if not models:
-    st.stop()
+c, models = common.analysis_page("Uncertainty", "uncertainty analysis")
 st.caption(common.eval_caption(c) + " Sources: the formulation's own σ (aleatoric), MC-Dropout spread, TTA spread, "
            "ensemble member spread, and aleatoric ⊕ epistemic. Intervals assume a Gaussian μ ± zσ.")
+common.glossary("σ", "aleatoric", "epistemic", "MC-Dropout", "TTA", "ensemble spread", "total (aleatoric ⊕ epistemic)",
+                "coverage", "calibration error", "reliability", "risk–coverage", "AURC", "oracle", "RMSE", "ECE",
+                "DLDL", "gaussian_nll", "laplace_nll")
 
 summary = common.run_query(Q.uncertainty_summary, c.db, c.ver, models, c.dataset, c.split, mode=c.mode)
 if summary is None or not len(summary):
@@ -27,7 +24,9 @@ missing = [s for s in Q.SIGMA_SOURCES if s not in have]
 if missing:
     st.caption("Not available for the selected models: " + ", ".join(missing)
                + (" (ensemble spread needs an ensemble in the selection)" if "ensemble spread" in missing else ""))
-sources = st.multiselect("Sources", have, default=have, key="unc_sources")
+sources = st.multiselect("Sources", have, default=have, key="unc_sources",
+                         help=glossary.help("aleatoric", "MC-Dropout", "TTA", "ensemble spread",
+                                            "total (aleatoric ⊕ epistemic)"))
 sel = summary[summary["source"].isin(sources)]
 
 st.subheader("Side by side")
@@ -36,35 +35,46 @@ if area is not None:
     t = t.merge(area, on=["model_id", "source"], how="left")
 t.insert(0, "model", [c.label(m) for m in t["model_id"]])
 st.dataframe(t.drop(columns="model_id"), hide_index=True, width="stretch", column_config={
-    "mean_sigma": st.column_config.NumberColumn("mean σ", format="%.2f"),
-    "rmse": st.column_config.NumberColumn("RMSE", format="%.2f"),
-    "cov_68": st.column_config.NumberColumn("cover 68%", format="%.3f"),
-    "cov_90": st.column_config.NumberColumn("cover 90%", format="%.3f"),
-    "cov_95": st.column_config.NumberColumn("cover 95%", format="%.3f"),
-    "calib_error": st.column_config.NumberColumn("mean |cover − nominal|", format="%.3f"),
-    "aurc": st.column_config.NumberColumn("AURC (MAE)", format="%.3f",
-                                          help="area under the risk–coverage curve; lower is better"),
+    "source": st.column_config.TextColumn(help=glossary.help("aleatoric", "epistemic")),
+    "n": st.column_config.NumberColumn(help=glossary.help("n")),
+    "mean_sigma": st.column_config.NumberColumn("mean σ", format="%.2f", help=glossary.help("σ")),
+    "rmse": st.column_config.NumberColumn("RMSE", format="%.2f", help=glossary.help("RMSE")),
+    **{f"cov_{p}": st.column_config.NumberColumn(f"cover {p}%", format="%.3f", help=glossary.help("coverage"))
+       for p in (68, 90, 95)},
+    "calib_error": st.column_config.NumberColumn("mean |cover − nominal|", format="%.3f",
+                                                 help=glossary.help("calibration error")),
+    "aurc": st.column_config.NumberColumn("AURC (MAE)", format="%.3f", help=glossary.help("AURC")),
 })
 
 st.subheader("Coverage (reliability)")
 cov = stats.coverage_long(sel)
-st.plotly_chart(charts.reliability(cov, c.names), width="stretch", key="unc_rel")
+common.chart(charts.reliability(cov, c.names),
+             "One panel per uncertainty source: the share of true ages inside each model's μ ± zσ interval "
+             "(observed) against the share it should hold (nominal). On the dashed diagonal the σ are honest; below "
+             "it the model is over-confident, above it under-confident.", key="unc_rel")
 
 if curves is not None and len(curves):
     st.subheader("Risk–coverage")
     rc = curves[curves["source"].isin(sources + ["oracle (true error)"])]
     focus = c.focus if c.focus in models else models[0]
-    st.plotly_chart(charts.risk_coverage(rc, c.names, oracle_for=focus), width="stretch", key="unc_rc")
-    st.caption("Each curve keeps the images with the smallest σ first. A flat curve means σ does not rank errors; "
-               "the dotted oracle ranks by the true error (the best any σ could do) for the focus model.")
+    common.chart(charts.risk_coverage(rc, c.names, oracle_for=focus),
+                 "Each curve keeps the images with the smallest σ first: the MAE of the kept images (up) against the "
+                 "share kept (across). A curve rising from low means σ ranks errors well; a flat one means it does "
+                 "not. The dotted oracle ranks by the true error (the best any σ could do) for the focus model.",
+                 key="unc_rc")
     st.subheader("σ vs observed error")
-    st.plotly_chart(charts.sigma_vs_error(rc, c.names, focus), width="stretch", key="unc_sig")
+    common.chart(charts.sigma_vs_error(rc, c.names, focus),
+                 f"For the focus model ({c.label(focus)}): images grouped by predicted σ, each group's mean σ "
+                 "(across) against its observed error (RMSE, up), one line per source. On the diagonal σ means what "
+                 "it says; above it the model underestimates its error.", key="unc_sig")
 
 gc = common.run_query(Q.gender_calibration, c.db, c.ver, models, c.dataset, c.split, mode=c.mode)
 if gc is not None and len(gc):
     st.subheader("Gender probability calibration")
     ece = (gc.assign(w=gc["n"] * (gc["prob"] - gc["observed"]).abs()).groupby("model_id")
            .apply(lambda d: d["w"].sum() / d["n"].sum(), include_groups=False))
-    st.plotly_chart(charts.gender_reliability(gc, c.names), width="stretch", key="unc_gender")
-    st.caption("Expected calibration error (10 bins): "
-               + ", ".join(f"{c.label(m)} {v:.3f}" for m, v in ece.items()))
+    common.chart(charts.gender_reliability(gc, c.names),
+                 "Images binned by predicted P(female) (across) against the share of women in each bin (up): on the "
+                 "diagonal a 70 % prediction is right 70 % of the time. Expected calibration error (ECE, 10 bins; "
+                 "0 is perfect): " + ", ".join(f"{c.label(m)} {v:.3f}" for m, v in ece.items()) + ".",
+                 key="unc_gender")

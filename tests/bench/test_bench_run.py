@@ -127,7 +127,8 @@ def test_run_fills_every_row_once_and_a_second_run_computes_nothing(zoo_env, tmp
     expected = len(ids) * N_IMAGES * (1 + 2 * 3)
     assert s["rows"] == expected and s["skipped"] == {}
     counts = store.table_counts(db)
-    assert counts == {"models": 2, "images": N_IMAGES, "predictions": expected, "bench_runs": 1}
+    assert counts == {"models": 2, "images": N_IMAGES, "predictions": expected, "attributes": 0, "embeddings": 0,
+                      "bench_runs": 1}
     assert _duplicates(db) == 0
     assert store.list_parts(db, "predictions") == []
     n_rows, finished, options = _q(db, "SELECT n_rows, finished, options FROM bench_runs")[0]
@@ -694,3 +695,232 @@ def test_each_inference_mode_is_its_own_set_of_rows(zoo_env, tmp_path, capsys):
         col = column.get(mode)
         if col and pd.notna(readme.loc[mid, col]):
             assert abs(lb["mae"].iloc[0] - readme.loc[mid, col]) < 1e-3, (mode, lb["mae"].iloc[0], readme.loc[mid])
+
+
+# ---------------------------------------------------------------------------------------- attribute heads (issue 20)
+N_CELEB = 30
+ATTR_KEY = KEY + ", mode, attribute"
+TARGETS = {"blond_or_glasses": "Blond_Hair | Eyeglasses"}
+
+
+def _celeb_face(rng: np.random.Generator, blond: int, glasses: int, size: int = 40) -> np.ndarray:
+    img = rng.integers(60, 120, (size, size, 3)).astype(np.float32)
+    cv2.circle(img, (size // 2, size // 2), size // 3, (150, 160, 190), -1)
+    if blond:  # a yellow band on top (BGR)
+        img[: size // 5] = (40, 230, 240)
+    if glasses:  # a dark bar across the eyes
+        img[size // 2 - 3: size // 2 + 2, 6:-6] = 5
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def attr_model(zoo_env):
+    """A CelebA-HQ-style dataset (40 attributes in the reader's file format, images/N.jpg) and a tiny trained model
+    with gender and two attribute heads, one of them the composite `blond_or_glasses`, in zoo_env's registry."""
+    from zoo.config import TrainConfig
+    from zoo.data.adapters.celebahq import ATTRIBUTE_FILE, N_ATTRIBUTES
+    from zoo.data.manifest import scan
+    from zoo.train import train
+
+    root = zoo_env["base"] / "celeb"
+    (root / "images").mkdir(parents=True)
+    names = ["Blond_Hair", "Eyeglasses", "Male"] + [f"Attr_{k}" for k in range(N_ATTRIBUTES - 3)]
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(N_CELEB):
+        blond, glasses, male = (int(v) for v in rng.random(3) < (0.35, 0.3, 0.5))
+        cv2.imwrite(str(root / "images" / f"{i}.jpg"), _celeb_face(rng, blond, glasses))
+        vals = [blond, glasses, male] + [int(v) for v in rng.integers(0, 2, N_ATTRIBUTES - 3)]
+        rows.append(f"{i}.jpg " + " ".join("1" if v else "-1" for v in vals))
+    (root / ATTRIBUTE_FILE).write_text(f"{N_CELEB}\n{' '.join(names)}\n" + "\n".join(rows) + "\n")
+    scan("celebahq", root, progress=False, framing="aligned")
+    cfg = TrainConfig(name="tiny-attr", dataset="celebahq",
+                      tasks=["gender", "attr:blond_or_glasses", "attr:Eyeglasses"], targets=TARGETS,
+                      backbone="seed_cnn", backbone_kwargs={"width": 8, "hidden": 32}, img_size=32, epochs=1,
+                      batch_size=8, lr=3e-3, warmup_epochs=0.5, dropout=0.3, seed=3)
+    return train(cfg, progress=False)["id"]
+
+
+def _attr_duplicates(db: Path) -> int:
+    return _q(db, f"SELECT count(*) FROM (SELECT {ATTR_KEY} FROM attributes GROUP BY ALL HAVING count(*) > 1)")[0][0]
+
+
+def test_attribute_rows_once_per_key_with_labels_and_a_repeat_adds_nothing(zoo_env, attr_model, tmp_path):
+    """A model with attribute heads gets one `attributes` row per prediction and head: its probability (what the
+    predictor gives on the cached images) and the image's label (the composite evaluated from the extras; NULL on a
+    dataset without it); a model without heads gets none; a repeated run adds nothing."""
+    from bench.run import run
+    from zoo.attributes import attribute_labels
+    from zoo.data.cache import load_images
+    from zoo.data.manifest import load_manifest
+    from zoo.registry import load
+
+    db = tmp_path / "b.duckdb"
+    age_model = zoo_env["ids"][0]
+    s = run(_opts(db, [attr_model, age_model], datasets=["celebahq", "utkface:test"], perturb="blur"))
+    n_utk_test = int((load_manifest("utkface").frame["split"] == "test").sum())
+    expected = (N_CELEB + n_utk_test) * (1 + 3) * 2  # images x (clean + 3 blur severities) x 2 heads
+    assert s["skipped"] == {} and s["attribute_rows"] == expected
+    assert store.table_counts(db)["attributes"] == expected and _attr_duplicates(db) == 0
+    assert store.list_parts(db, "attributes") == []
+    assert _q(db, "SELECT DISTINCT model_id, mode, bench_run = (SELECT run_id FROM bench_runs) FROM attributes") == \
+        [(attr_model, "plain", True)]
+    # every attribute row has its prediction row, with the same key
+    assert _q(db, f"""SELECT count(*) FROM attributes a ANTI JOIN predictions p
+                      USING (model_id, dataset, image_id, perturbation, severity, mode)""")[0][0] == 0
+
+    m = load_manifest("celebahq")
+    for name in ("blond_or_glasses", "Eyeglasses"):
+        want = dict(zip(m.frame["image_id"], attribute_labels(m.frame, name, TARGETS)))
+        got = dict(_q(db, f"SELECT image_id, label FROM attributes WHERE dataset = 'celebahq' AND attribute = '{name}' "
+                          "AND perturbation = 'none'"))
+        assert got == {k: int(v) for k, v in want.items()}
+    assert _q(db, "SELECT count(*), count(label) FROM attributes WHERE dataset = 'utkface'")[0] == \
+        (n_utk_test * 4 * 2, 0)  # UTKFace has no such label: NULL, probabilities still there
+    out = load(attr_model).predict(np.array(load_images(m, 32, progress=False)))
+    got = dict(_q(db, "SELECT image_id, prob FROM attributes WHERE dataset = 'celebahq' AND perturbation = 'none' "
+                      "AND attribute = 'blond_or_glasses'"))
+    assert np.allclose([got[i] for i in m.frame["image_id"]], out["attr:blond_or_glasses"], atol=1e-4)
+    assert _q(db, f"SELECT count(gender_prob) FROM predictions WHERE model_id = '{attr_model}'")[0][0] > 0
+
+    again = run(_opts(db, [attr_model, age_model], datasets=["celebahq", "utkface:test"], perturb="blur"))
+    assert again["rows"] == again["attribute_rows"] == 0
+    assert store.table_counts(db)["attributes"] == expected and _attr_duplicates(db) == 0
+
+
+def test_attribute_rows_resume_after_an_interrupt_and_a_lost_part(zoo_env, attr_model, tmp_path, monkeypatch):
+    """Ctrl-C mid-run publishes the buffered attribute rows with their predictions; attribute rows lost afterwards
+    (a quarantined part) are recomputed by the next run; each ends with every key exactly once."""
+    import duckdb
+
+    import bench.run as br
+
+    real_load, calls = br.load_model, [0]
+
+    def load_model(mid, device, *runtime):
+        lm = real_load(mid, device, *runtime)
+        inner = lm.predictor.predict
+
+        def predict(*a, **kw):
+            calls[0] += 1
+            if calls[0] == 3:
+                raise KeyboardInterrupt
+            return inner(*a, **kw)
+
+        lm.predictor.predict = predict
+        return lm
+
+    monkeypatch.setattr(br, "load_model", load_model)
+    db = tmp_path / "b.duckdb"
+    opts = dict(datasets=["celebahq"], perturb="blur")
+    with pytest.raises(KeyboardInterrupt):
+        br.run(_opts(db, [attr_model], flush_seconds=1e6, merge_seconds=1e6, **opts))
+    assert store.table_counts(db)["attributes"] == 2 * 8 * 2  # two batches of 8, two heads: published on the way out
+    monkeypatch.setattr(br, "load_model", real_load)
+    expected = N_CELEB * 4 * 2
+    s = br.run(_opts(db, [attr_model], **opts))
+    assert s["attribute_rows"] == expected - 32 and store.table_counts(db)["attributes"] == expected
+
+    con = duckdb.connect(str(db))  # as if a part of 5 images' blur@2 attribute rows had been lost
+    lost = con.execute("""DELETE FROM attributes WHERE perturbation = 'blur' AND severity = 2 AND image_id IN
+                          (SELECT DISTINCT image_id FROM attributes ORDER BY image_id LIMIT 5)""").fetchone()[0]
+    con.close()
+    assert lost == 5 * 2
+    n_pred = store.table_counts(db)["predictions"]
+    s = br.run(_opts(db, [attr_model], **opts))
+    assert s["attribute_rows"] == lost and s["inserted"] == 0  # its prediction rows were there: kept, not doubled
+    assert store.table_counts(db)["attributes"] == expected and store.table_counts(db)["predictions"] == n_pred
+    assert _attr_duplicates(db) == 0 and _duplicates(db) == 0
+
+
+# ---------------------------------------------------------------------------------------------- embedding maps
+def _maps(db: Path) -> dict:
+    """model_id -> {image_id: (method, x, y)} of the `embeddings` table."""
+    out: dict = {}
+    for mid, iid, method, x, y in _q(db, "SELECT model_id, image_id, method, x, y FROM embeddings"):
+        out.setdefault(mid, {})[iid] = (method, x, y)
+    return out
+
+
+def test_embed_writes_each_map_once_and_a_repeated_run_adds_nothing(zoo_env, tmp_path):
+    """`--embed`: one map per (model, dataset), one row per clean image, the projection of the model's own features
+    (PCA here: 24 images); an ensemble's features are its members' concatenated; a repeated run writes nothing."""
+    from bench.embedding import project
+    from bench.run import run
+    from zoo.data.cache import load_images
+    from zoo.data.manifest import load_manifest
+    from zoo.ensemble import make_ensemble
+    from zoo.registry import load
+
+    ids = zoo_env["ids"]
+    ens = make_ensemble(ids, progress=False)["id"]
+    db = tmp_path / "b.duckdb"
+    s = run(_opts(db, [*ids, ens], perturb="blur", embed=True))
+    assert s["skipped"] == {} and set(s["embedded"]) == {f"{m}@utkface" for m in [*ids, ens]}
+    dims = {k.split("@")[0]: v["dims"] for k, v in s["embedded"].items()}
+    assert dims[ens] == dims[ids[0]] + dims[ids[1]]  # concatenated, not averaged
+    maps = _maps(db)
+    mf = load_manifest("utkface")
+    assert {m: len(v) for m, v in maps.items()} == {m: N_IMAGES for m in [*ids, ens]}
+    assert set(maps[ids[0]]) == set(mf.frame["image_id"])
+    assert {meth for v in maps.values() for meth, _, _ in v.values()} == {"pca"}
+    assert _q(db, "SELECT count(*) FROM (SELECT model_id, dataset, image_id FROM embeddings GROUP BY ALL "
+                  "HAVING count(*) > 1)")[0][0] == 0
+    assert json.loads(_q(db, "SELECT options FROM bench_runs")[0][0])["embed"] is True
+    # the stored map is the projection of the model's own features of the clean cached images (eager here, the
+    # bench's runtime there: equal within float tolerance)
+    imgs = np.array(load_images(mf, 32, progress=False))
+    want, _ = project(load(ids[0]).embed(imgs))
+    got = np.array([maps[ids[0]][i][1:] for i in mf.frame["image_id"]])
+    assert np.allclose(got, want, atol=1e-3)
+    assert np.ptp(got, axis=0).min() > 0  # spread out, not a point
+
+    again = run(_opts(db, [*ids, ens], perturb="blur", embed=True))
+    assert again["embedded"] == {} and again["rows"] == 0
+    assert store.table_counts(db)["embeddings"] == 3 * N_IMAGES and store.list_parts(db, "embeddings") == []
+    assert _maps(db) == maps
+    plain = run(_opts(db, ids, perturb="blur"))  # without --embed: no map work at all
+    assert plain["embedded"] == {}
+
+
+def test_embed_refits_a_partial_map_whole_and_replayed_parts_leave_one_row_per_key(zoo_env, tmp_path):
+    from bench.run import BenchInputError, run
+
+    mid = zoo_env["ids"][0]
+    db = tmp_path / "b.duckdb"
+    first = run(_opts(db, [mid], embed=True, limit=10))
+    assert first["embedded"][f"{mid}@utkface"]["images"] == 10 and store.table_counts(db)["embeddings"] == 10
+    old = _maps(db)[mid]
+    full = run(_opts(db, [mid], embed=True))  # the stored map lacks images: refitted over all of them
+    assert full["rows"] == N_IMAGES - 10 and full["embedded"][f"{mid}@utkface"]["images"] == N_IMAGES
+    new = _maps(db)[mid]
+    assert len(new) == N_IMAGES and store.table_counts(db)["embeddings"] == N_IMAGES
+    assert any(new[i] != old[i] for i in old)  # the 10 old rows were replaced by the refit, not kept beside it
+
+    # A run killed after publishing its map but before the merge deleted the part (or a copied shard folder):
+    # the same rows arrive again; the merge keeps one row per key, and a run over pending parts computes nothing.
+    rows = pd.DataFrame([(mid, "utkface", i, m, x, y) for i, (m, x, y) in new.items()],
+                        columns=store.columns("embeddings"))
+    store.write_part(db, "embeddings", rows, tag="replay-1")
+    store.write_part(db, "embeddings", rows.assign(x=rows["x"] + 1), tag="replay-2")  # newest wins
+    assert run(_opts(db, [mid], embed=True))["embedded"] == {}  # the pending parts count as done
+    assert store.table_counts(db)["embeddings"] == N_IMAGES and store.list_parts(db, "embeddings") == []
+    assert _maps(db)[mid] == {i: (m, pytest.approx(x + 1), y) for i, (m, x, y) in new.items()}
+
+    with pytest.raises(BenchInputError, match="--embed"):  # a shard cannot fit a map over every image
+        run(_opts(tmp_path / "c.duckdb", [mid], embed=True, shard=(0, 2)))
+
+
+def test_device_embed_matches_the_predictor(zoo_env):
+    """The device path of `embed` (forced on the CPU) gives the predictor's own features."""
+    import torch
+
+    from zoo.device import DevicePredictor
+    from zoo.registry import load
+
+    imgs = np.random.default_rng(1).integers(0, 255, (5, 40, 40, 3), dtype=np.uint8)
+    ref = load(zoo_env["ids"][1])
+    dev = DevicePredictor(load(zoo_env["ids"][1]), torch.device("cpu"), manual=True)
+    a, b = ref.embed(imgs), dev.embed(imgs, batch_size=2)
+    assert a.shape == b.shape and a.shape[0] == 5 and a.dtype == np.float32
+    assert np.allclose(a, b, atol=1e-4)

@@ -14,12 +14,14 @@ import pytest
 from bench import store
 from bench.perturb import get_perturbation, list_perturbations
 from dashboard import demo
-from dashboard.data import db as DB, queries as Q
+from dashboard.data import attributes as A, db as DB, queries as Q
 from zoo.data.manifest import AGE_GROUPS
 from zoo.data.readers import RACES
 
 from conftest import REPO  # noqa: E402
-ALIASES = {"p": "predictions", "i": "images", "m": "models"}  # the dashboard's SQL aliases
+ALIASES = {"p": "predictions", "i": "images", "m": "models", "a": "attributes",  # the dashboard's SQL aliases
+           "e": "embeddings"}
+QUERY_MODULES = ("queries.py", "attributes.py")  # dashboard/data modules holding SQL
 
 
 def _describe(db: Path | str) -> dict[str, list[tuple[str, str]]]:
@@ -85,11 +87,11 @@ def _sql_strings(source: str) -> list[str]:
 
 
 def query_drift(source: str, schema: dict[str, list[tuple[str, str]]]) -> list[str]:
-    """`p.col` / `i.col` / `m.col` references in the dashboard's SQL that the schema does not have."""
+    """`p.col` / `i.col` / `m.col` / `a.col` / `e.col` references in the dashboard's SQL that the schema lacks."""
     cols = {t: {c for c, _ in schema[t]} for t in schema}
     missing = set()
     for s in _sql_strings(source):
-        for alias, col in re.findall(r"\b([pim])\.([A-Za-z_]\w*)", s):
+        for alias, col in re.findall(r"\b([pimae])\.([A-Za-z_]\w*)", s):
             if col not in cols[ALIASES[alias]]:
                 missing.add(f"{alias}.{col} ({ALIASES[alias]})")
     return sorted(missing)
@@ -98,7 +100,8 @@ def query_drift(source: str, schema: dict[str, list[tuple[str, str]]]) -> list[s
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("schema") / "bench.duckdb"
-    demo.write_predictions_db(path, demo.demo_models(), demo.make_images(400, seed=3), seed=3, pert_images=20)
+    demo.write_predictions_db(path, demo.demo_models() + demo.demo_attribute_models(), demo.make_images(400, seed=3),
+                              seed=3, pert_images=20)
     return path
 
 
@@ -137,7 +140,7 @@ def test_demo_refuses_perturbations_the_bench_does_not_have(tmp_path):
 
 
 def test_dashboard_columns_come_from_the_schema():
-    source = (REPO / "dashboard" / "data" / "queries.py").read_text()
+    source = "\n".join((REPO / "dashboard" / "data" / m).read_text() for m in QUERY_MODULES)
     assert query_drift(source, _schema()) == []
     assert Q.TABLES == {t: set(store.columns(t)) for t in store.TABLES}  # db_status checks the schema itself
     # A schema without a column the dashboard reads (or a query reading a column the schema lacks) fails:
@@ -145,6 +148,10 @@ def test_dashboard_columns_come_from_the_schema():
     assert query_drift(source, dropped) == ["i.blur (images)"]
     assert query_drift(source + '\nX = "SELECT p.no_such_col FROM predictions p"\n', _schema()) == \
         ["p.no_such_col (predictions)"]
+    no_label = {t: [(c, ty) for c, ty in cols if (t, c) != ("attributes", "label")] for t, cols in _schema().items()}
+    assert query_drift(source, no_label) == ["a.label (attributes)"]
+    no_x = {t: [(c, ty) for c, ty in cols if (t, c) != ("embeddings", "x")] for t, cols in _schema().items()}
+    assert query_drift(source, no_x) == ["e.x (embeddings)"]
 
 
 def test_every_dashboard_query_runs_on_the_schema(demo_db):
@@ -165,6 +172,57 @@ def test_every_dashboard_query_runs_on_the_schema(demo_db):
         fn.raw(db, ver, models, "utkface", "test")
     Q.scatter_sample.raw(db, ver, models[0], "utkface", "test", 50)
     Q.browser_rows.raw(db, ver, models[0], "utkface", "test", (("age group", "60+"),), limit=5)
+    sets = A.attribute_sets.raw(db, ver)
+    assert set(sets["model_id"]) == {m["model_id"] for m in demo.demo_attribute_models()}
+    for split in ("test", "*"):
+        rows = A.attribute_rows.raw(db, ver, "blond_or_glasses", "utkface", split)
+        assert len(rows) and rows["label"].notna().any()
+    t = tuple((m, 0.5) for m in sorted(set(sets["model_id"])))
+    assert len(A.leaderboard.raw(db, ver, "blond_or_glasses", "utkface", "test", t, n_boot=20)) == len(t)
+    assert len(A.fairness.raw(db, ver, "Smiling", "utkface", "test", t[0][0], 0.5, n_boot=20)["groups"])
+    A.tradeoff.raw(db, ver, "Eyeglasses", "utkface", "test", t[0][0], thresholds=(0.3, 0.6))
+    maps = Q.embedding_maps.raw(db, ver)
+    zoo_models = {m["model_id"] for m in demo.demo_models() + demo.demo_attribute_models() if m["source"] != "peer"}
+    assert set(maps["model_id"]) == zoo_models and set(maps["dataset"]) == {"utkface", "appa"}
+    emb = Q.embedding_map.raw(db, ver, maps["model_id"].iloc[0], "utkface", "test")
+    assert len(emb) and emb["abs_err"].notna().all() and {"Smiling", "brightness", "age_group"} <= set(emb.columns)
+
+
+def test_a_db_from_before_the_attributes_table_is_readable(demo_db, tmp_path):
+    """The shipped DB and any other written before attribute heads: still `ok`, and the attribute queries return
+    nothing (the next bench write adds the table)."""
+    old = tmp_path / "old.duckdb"
+    old.write_bytes(demo_db.read_bytes())
+    con = duckdb.connect(str(old))
+    try:
+        con.execute("DROP TABLE attributes")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    db, ver = str(old), DB.db_version(old)
+    assert Q.db_status.raw(db, ver)["state"] == "ok"
+    assert A.attribute_sets.raw(db, ver).empty
+    assert A.attribute_rows.raw(db, ver, "Smiling", "utkface", "test").empty
+    store.init_db(old)  # what any bench write connection does
+    assert store.table_counts(old)["attributes"] == 0
+
+
+def test_a_db_from_before_the_embeddings_table_is_readable(demo_db, tmp_path):
+    """The shipped DB before `bench run --embed` existed: still `ok`, no map (the next bench write adds the table)."""
+    old = tmp_path / "old.duckdb"
+    old.write_bytes(demo_db.read_bytes())
+    con = duckdb.connect(str(old))
+    try:
+        con.execute("DROP TABLE embeddings")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    db, ver = str(old), DB.db_version(old)
+    assert Q.db_status.raw(db, ver)["state"] == "ok"
+    assert Q.embedding_maps.raw(db, ver).empty
+    assert Q.embedding_map.raw(db, ver, "any", "utkface").empty
+    store.init_db(old)
+    assert store.table_counts(old)["embeddings"] == 0
 
 
 def test_db_status_names_a_missing_schema_column(demo_db, tmp_path):

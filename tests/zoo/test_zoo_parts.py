@@ -20,15 +20,19 @@ def test_run_id_is_config_plus_data_hash():
 
 
 def test_fields_added_later_keep_registered_run_ids():
-    from dataclasses import fields
+    from dataclasses import MISSING, fields
 
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                for f in fields(TrainConfig)}
     assert all(defaults[k] == off for k, off in LATER_FIELDS.items())
     old = TrainConfig().identity()  # a config from before the later fields existed has none of them
     assert not set(LATER_FIELDS) & set(old)
     assert TrainConfig.from_dict(old).run_id("d") == TrainConfig().run_id("d")
     assert TrainConfig(ema_decay=0.99).identity()["ema_decay"] == 0.99
     assert TrainConfig(ema_decay=0.99).run_id("d") != TrainConfig().run_id("d")
+    on = TrainConfig(tasks=["attr:x"], targets={"x": "A | B"}, head_losses={"attr:x": {"name": "focal"}},
+                     group_balance={"column": "gender", "strategy": "undersample"})
+    assert {"targets", "head_losses", "group_balance"} <= set(on.identity())
 
 
 def test_every_shipped_run_id_is_reproduced_by_its_config():
@@ -50,6 +54,7 @@ def test_config_rejects_unknown_keys_and_expands_sweeps():
     assert {(c.augment, c.train_fraction) for c in cfgs[1:]} == {("none", 0.1), ("none", 1.0), ("strong", 0.1),
                                                                  ("strong", 1.0)}
     assert TrainConfig.from_dict(yaml_roundtrip(cfgs[1])) == cfgs[1]
+    assert [c.name for c in expand_grid({"base": {}, "runs": [{"name": "a"}, {"name": "b"}]})] == ["a", "b"]
 
 
 def yaml_roundtrip(cfg):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoo.data.adapters.generic import RowError, number_or_text, parse_age, parse_race, read_table
+from zoo.data.adapters.generic import RowError, label_files, number_or_text, parse_age, parse_race, read_table
 from zoo.data.readers import ReadResult, Record, ScanIssue, outside_root, register_reader
 
 SPLITS = {"train": "train", "valid": "val", "test": "test"}  # file suffix -> our split name
@@ -30,18 +30,9 @@ def _number(value: str) -> float | None:
 @register_reader("appa")
 def read_appa(root: Path) -> ReadResult:
     root = Path(root)
+    gt_files, issues = label_files(root, {s: f"gt_avg_{s}.csv" for s in SPLITS}, "APPA-REAL")
     records: list[Record] = []
-    issues: list[ScanIssue] = []
-    present = [s for s in SPLITS if (root / f"gt_avg_{s}.csv").is_file()]
-    if not present:
-        raise FileNotFoundError(f"{root} holds no APPA-REAL label file (gt_avg_train.csv, gt_avg_valid.csv, "
-                                f"gt_avg_test.csv)")
-    for part in SPLITS:
-        gt_file = root / f"gt_avg_{part}.csv"
-        if part not in present:
-            issues.append(ScanIssue(gt_file.name, f"label file missing: the {part} split is not scanned",
-                                    excluded=False))
-            continue
+    for part, gt_file in gt_files.items():
         gt = read_table(gt_file, GT_COLUMNS)
         cat_file = root / f"allcategories_{part}.csv"
         if cat_file.is_file():

@@ -11,7 +11,8 @@ import hashlib
 import re
 from pathlib import Path
 
-from zoo.data.adapters.generic import RowError, number_or_text, parse_race, read_table, relative_image_path
+from zoo.data.adapters.generic import (RowError, label_files, number_or_text, parse_race, read_table,
+                                       relative_image_path)
 from zoo.data.readers import ReadResult, Record, ScanIssue, register_reader
 
 COLUMNS = ("file", "age", "gender", "race")  # service_test is optional (extras)
@@ -57,19 +58,10 @@ def train_or_val(file: str) -> str:
 @register_reader("fairface")
 def read_fairface(root: Path) -> ReadResult:
     root = Path(root)
+    found, issues = label_files(root, {p: f"fairface_label_{p}.csv" for p in PARTS}, "FairFace")
     records: list[Record] = []
-    issues: list[ScanIssue] = []
-    present = [p for p in PARTS if (root / f"fairface_label_{p}.csv").is_file()]
-    if not present:
-        raise FileNotFoundError(f"{root} holds no FairFace label file (fairface_label_train.csv, "
-                                f"fairface_label_val.csv)")
     seen: set[str] = set()
-    for part in PARTS:
-        label_file = root / f"fairface_label_{part}.csv"
-        if part not in present:
-            issues.append(ScanIssue(label_file.name, f"label file missing: the official {part} set is not scanned",
-                                    excluded=False))
-            continue
+    for part, label_file in found.items():
         table = read_table(label_file, COLUMNS)
         for i, row in enumerate(table.to_dict("records")):
             where = row["file"] or f"{label_file.name} row {i + 2}"

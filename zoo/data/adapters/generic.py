@@ -51,6 +51,17 @@ def read_table(path: Path, required: tuple[str, ...] | list[str]) -> pd.DataFram
     return table.apply(lambda col: col.str.strip())
 
 
+def label_files(root: Path, files: dict[str, str], dataset: str) -> tuple[dict[str, Path], list[ScanIssue]]:
+    """The label files of a dataset shipped as one CSV per split that exist (split -> path, in `files`' order), and
+    a kept ScanIssue for each missing one (its split is not scanned); none at all: a FileNotFoundError naming them."""
+    found = {part: root / name for part, name in files.items() if (root / name).is_file()}
+    if not found:
+        raise FileNotFoundError(f"{root} holds no {dataset} label file ({', '.join(files.values())})")
+    issues = [ScanIssue(name, f"label file missing: the {part} split is not scanned", excluded=False)
+              for part, name in files.items() if part not in found]
+    return found, issues
+
+
 def parse_age(value: str, what: str = "age") -> float:
     try:
         age = float(value)

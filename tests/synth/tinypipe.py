@@ -4,9 +4,10 @@ Stable Diffusion pipelines need `transformers` (CLIPTextModel, CLIPTokenizer), w
 (diffusers then only exposes dummy classes), so `synth.pipeline` cannot be tested offline with a tiny SD pipeline.
 This stand-in keeps SD's structure and call signature — word tokenizer built from a vocab list + text encoder ->
 `UNet2DConditionModel` cross-attention -> `AutoencoderKL` latents, a diffusers scheduler, `save_pretrained` /
-`from_pretrained` folders with `model_index.json` — so the same prompt-driven code path is exercised. It is a test
-and smoke-test tool; real synthetic faces come from a user's local pretrained pipeline (e.g. Stable Diffusion, with
-`transformers` installed) or from `synth.ddpm` / `synth.gan`.
+`from_pretrained` folders with `model_index.json` — so the same prompt-driven code path is exercised. A test fixture:
+the tests register it in `synth.pipeline.LOCAL_PIPELINES`; the product does not ship it. Real synthetic faces come
+from a user's local pretrained pipeline (e.g. Stable Diffusion, with `transformers` installed) or from `synth.ddpm` /
+`synth.gan`.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ class TinyTextToImagePipeline(DiffusionPipeline):
 
 
 def build_tiny_pipeline(vocab: list[str], size: int = 16, seed: int = 0) -> TinyTextToImagePipeline:
-    """A randomly initialised pipeline of ~250k parameters producing `size` px images (tests, smoke tests)."""
+    """A randomly initialised pipeline of ~250k parameters producing `size` px images."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)

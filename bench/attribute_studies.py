@@ -1,0 +1,236 @@
+"""Issue 20's attribute studies as tables with 95 % CIs, from the bench DB's rows on each dataset's committed test
+split (decision thresholds from each run's val split, as its run.json records them):
+
+  backbone  the soft-biometric seed's CNN vs ImageNet EfficientNet-Lite0 frozen / fine-tuned on `blond_or_glasses`
+  fairness  the seed's imbalance strategies one at a time, plus group thresholds post-processed on the unweighted
+            model's val predictions (fairlearn's ThresholdOptimizer, equalized odds)
+  sharing   one multi-task network against its single-task twins, task by task
+
+A study is its sweep file (zoo/configs/attr_*_study.yaml): each of its runs is found in the registry by its config's
+identity, so a table shows exactly the study's runs, at the budget the file gives them all. Runs not trained or not
+benched yet are listed as missing, never silently dropped."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import store
+from zoo.config import TrainConfig, expand_grid, read_yaml
+from zoo.fairness import attribute_report, group_thresholds
+from zoo.paths import REPO
+from zoo.runs import RunRecord
+
+STUDIES = {"blond_or_glasses": REPO / "zoo" / "configs" / "attr_blond_or_glasses_study.yaml",
+           "sharing": REPO / "zoo" / "configs" / "attr_multitask_study.yaml"}
+ATTRIBUTE = "blond_or_glasses"
+DATASET = "celebahq"
+MODE = "flip"  # how the study models are benched (`bench run --tta flip`): the DB rows the tables read
+N_BOOT = 1000
+DISPLAY_HIDDEN = ("model_id", "accuracy", "f1", "gap")  # kept for tests and sorting, not shown
+
+
+def study_runs(name: str, runs: list[RunRecord] | None = None) -> dict[str, RunRecord | None]:
+    """Study run name (e.g. "backbone/softbio_cnn") -> its newest registered run, None where not trained yet."""
+    runs = RunRecord.load_all() if runs is None else runs
+    by_identity: dict[str, RunRecord] = {}
+    for r in sorted((r for r in runs if r.kind == "single"), key=lambda r: r.created or ""):
+        try:
+            by_identity[repr(TrainConfig.from_dict(r.config).identity())] = r
+        except ValueError:
+            continue  # a run of an older config format: not part of any study file here
+    return {c.name: by_identity.get(repr(c.identity())) for c in expand_grid(read_yaml(STUDIES[name]))}
+
+
+def _ci(d: dict, scale: float = 100.0, digits: int = 1) -> str:
+    """"93.1 [92.4, 93.8]" from a {"value", "lo", "hi"} entry (percent by default)."""
+    v, lo, hi = (d.get(k) for k in ("value", "lo", "hi"))
+    if v is None or not np.isfinite(v):
+        return "–"
+    return f"{v * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
+
+
+def attribute_rows(con, model_ids: list[str], attribute: str, dataset: str = DATASET,
+                   mode: str = MODE) -> pd.DataFrame:
+    """One row per (model, clean image): split, prob, label (0/1, NaN unknown), gender (female/male), race."""
+    if not model_ids:
+        return pd.DataFrame(columns=["model_id", "image_id", "split", "prob", "label", "gender", "race"])
+    marks = ", ".join("?" for _ in model_ids)
+    return con.execute(
+        f"SELECT a.model_id, a.image_id, i.split, a.prob, a.label, "
+        f"CASE i.gender WHEN 1 THEN 'female' WHEN 0 THEN 'male' END AS gender, i.race "
+        f"FROM attributes a JOIN images i ON a.dataset = i.dataset AND a.image_id = i.image_id "
+        f"WHERE a.dataset = ? AND a.attribute = ? AND a.perturbation = 'none' AND a.mode = ? "
+        f"AND a.model_id IN ({marks})", [dataset, attribute, mode, *model_ids]).df()
+
+
+def _threshold(run: RunRecord, attribute: str) -> float:
+    return float(((run.metrics.get("attributes") or {}).get(attribute) or {}).get("threshold", 0.5))
+
+
+def _report(rows: pd.DataFrame, threshold: float) -> dict:
+    test = rows[rows["split"] == "test"]
+    return attribute_report(test["label"].to_numpy(float), test["prob"].to_numpy(float), threshold,
+                            groups={"gender": test["gender"].to_numpy(object)}, n_boot=N_BOOT)
+
+
+def _frame(rows: list[dict], missing: list[str]) -> pd.DataFrame:
+    out = pd.DataFrame(rows)
+    out.attrs["missing"] = missing  # study runs without a trained model or bench rows
+    return out
+
+
+def backbone_table(con, runs: dict[str, RunRecord | None]) -> pd.DataFrame:
+    """Accuracy, balanced accuracy, F1 (at the run's val threshold) and ROC AUC on test, with 95 % CIs."""
+    out, missing = [], []
+    for name, run in runs.items():
+        if not name.startswith("backbone/"):
+            continue
+        rows = attribute_rows(con, [run.id], ATTRIBUTE) if run else pd.DataFrame()
+        if run is None or not (rows["split"] == "test").any():
+            missing.append(name)
+            continue
+        r = _report(rows, _threshold(run, ATTRIBUTE))["overall"]
+        out.append({"run": name, "model_id": run.id, "n": int(r["n"]["value"]),
+                    "accuracy %": _ci(r["accuracy"]), "balanced acc. %": _ci(r["balanced_accuracy"]),
+                    "F1": _ci(r["f1"], 1, 3), "ROC AUC": _ci(r["roc_auc"], 1, 3),
+                    "accuracy": r["accuracy"]["value"], "f1": r["f1"]["value"]})
+    return _frame(out, missing)
+
+
+def _fairness_row(label: str, model_id: str, rep: dict, base_acc: float | None) -> dict:
+    by = rep["by_group"].get("gender", {})
+    acc = rep["overall"]["accuracy"]["value"]
+    return {"strategy": label, "model_id": model_id, "accuracy %": _ci(rep["overall"]["accuracy"]),
+            "women %": _ci(by.get("female", {}).get("accuracy", {})),
+            "men %": _ci(by.get("male", {}).get("accuracy", {})),
+            "accuracy gap (pp)": _ci(rep["gaps"]["gender"]["accuracy"]),
+            "TPR gap (pp)": _ci(rep["gaps"]["gender"]["tpr"]), "FPR gap (pp)": _ci(rep["gaps"]["gender"]["fpr"]),
+            "cost (pp)": "–" if base_acc is None else f"{(base_acc - acc) * 100:+.1f}",
+            "accuracy": acc, "gap": rep["gaps"]["gender"]["accuracy"]["value"]}
+
+
+def fairness_table(con, runs: dict[str, RunRecord | None]) -> pd.DataFrame:
+    """Per strategy: accuracy overall, of women and of men, and the gender gaps in accuracy, TPR (equal opportunity)
+    and FPR (with TPR: equalized odds), each with a 95 % CI; `cost` is the accuracy given up against "none"."""
+    plan = [("none", "backbone/softbio_cnn")] + [(n.split("/", 1)[1], n) for n in runs if n.startswith("fairness/")]
+    out, missing, base, base_rows = [], [], None, None
+    for label, name in plan:
+        run = runs.get(name)
+        rows = attribute_rows(con, [run.id], ATTRIBUTE) if run else pd.DataFrame()
+        if run is None or not (rows["split"] == "test").any():
+            missing.append(name)
+            continue
+        rep = _report(rows, _threshold(run, ATTRIBUTE))
+        if label == "none":
+            base, base_rows = rep["overall"]["accuracy"]["value"], rows
+        out.append(_fairness_row(label, run.id, rep, base))
+    if base_rows is not None and (base_rows["split"] == "val").any():
+        # Post-processing: group thresholds fitted on the unweighted model's val predictions, applied on test.
+        val, test = (base_rows[(base_rows["split"] == s) & base_rows["label"].notna() & base_rows["gender"].notna()]
+                     for s in ("val", "test"))
+        fitted = group_thresholds(val["label"].to_numpy(float), val["prob"].to_numpy(float),
+                                  val["gender"].to_numpy(object), constraint="equalized_odds")
+        decided = fitted.predict(test["prob"].to_numpy(float), test["gender"].to_numpy(object)).astype(float)
+        rep = attribute_report(test["label"].to_numpy(float), decided, 0.5,
+                               groups={"gender": test["gender"].to_numpy(object)}, n_boot=N_BOOT)
+        out.append(_fairness_row("post-processed thresholds (equalized odds)", out[0]["model_id"], rep, base))
+    elif base_rows is not None:
+        missing.append("post-processed thresholds (no val rows: bench the none model on celebahq:val)")
+    return _frame(out, missing)
+
+
+def _age_rows(con, model_ids: list[str], dataset: str, mode: str = MODE) -> pd.DataFrame:
+    marks = ", ".join("?" for _ in model_ids)
+    return con.execute(
+        f"SELECT p.model_id, p.age_pred, p.gender_prob, i.age, i.gender FROM predictions p JOIN images i "
+        f"ON p.dataset = i.dataset AND p.image_id = i.image_id WHERE p.dataset = ? AND i.split = 'test' "
+        f"AND p.perturbation = 'none' AND p.mode = ? AND p.model_id IN ({marks})", [dataset, mode, *model_ids]).df()
+
+
+def _bootstrap(values: np.ndarray, stat, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    draws = [stat(values[rng.integers(0, len(values), len(values))]) for _ in range(n_boot)]
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return {"value": float(stat(values)), "lo": float(lo), "hi": float(hi)}
+
+
+def sharing_table(con, runs: dict[str, RunRecord | None]) -> pd.DataFrame:
+    """Task by task on each dataset's test split: the multi-task network next to the single-task twin trained on
+    that task's dataset alone at the same budget (UTKFace age MAE and gender accuracy; CelebA-HQ gender accuracy and
+    each attribute's accuracy and F1), with 95 % CIs. Sharing helps a task where `multi-task` beats `single-task`."""
+    multi = runs.get("multitask/all")
+    twins = {"utkface": runs.get("single/utkface-age-gender"), "celebahq": runs.get("single/celebahq-attributes")}
+    missing = [n for n, r in runs.items() if r is None]
+    if multi is None:
+        return _frame([], missing)
+    out = []
+    for dataset, twin in twins.items():
+        ids = [multi.id] + ([twin.id] if twin else [])
+        preds = _age_rows(con, ids, dataset)
+        cells = {}
+        for mid in ids:
+            p = preds[preds["model_id"] == mid]
+            cells[mid] = {}
+            if dataset == "utkface" and p["age"].notna().any():
+                err = np.abs(p["age_pred"] - p["age"]).dropna().to_numpy()
+                cells[mid]["age MAE (years)"] = _ci(_bootstrap(err, np.mean), 1, 2)
+            g = p.dropna(subset=["gender", "gender_prob"])
+            if len(g):
+                hit = ((g["gender_prob"] >= 0.5).astype(int) == g["gender"]).to_numpy(float)
+                cells[mid]["gender accuracy %"] = _ci(_bootstrap(hit, np.mean))
+        for (metric, a), b in [((k, v), cells.get(twin.id, {}).get(k, "–") if twin else "–")
+                               for k, v in cells.get(multi.id, {}).items()]:
+            out.append({"dataset": dataset, "task": metric, "multi-task": a, "single-task": b})
+    attrs = [t.split(":", 1)[1] for t in TrainConfig.from_dict(multi.config).tasks if t.startswith("attr:")]
+    twin = twins["celebahq"]
+    for attr in attrs:
+        cells = {}
+        for run in (multi, twin):
+            if run is None:
+                continue
+            rows = attribute_rows(con, [run.id], attr, mode=MODE)
+            if (rows["split"] == "test").any():
+                cells[run.id] = _report(rows, _threshold(run, attr))["overall"]
+        for metric, key, scale, digits in (("accuracy %", "accuracy", 100.0, 1), ("F1", "f1", 1.0, 3)):
+            out.append({"dataset": DATASET, "task": f"{attr} {metric}",
+                        "multi-task": _ci(cells[multi.id][key], scale, digits) if multi.id in cells else "–",
+                        "single-task": _ci(cells[twin.id][key], scale, digits) if twin and twin.id in cells else "–"})
+    return _frame(out, missing)
+
+
+def study_tables(db: Path | str | None = None) -> dict[str, pd.DataFrame]:
+    """Every study table ("backbone", "fairness", "sharing") from the bench DB; each frame's `attrs["missing"]`
+    lists the study runs it could not show yet."""
+    runs = RunRecord.load_all()
+    blond, sharing = study_runs("blond_or_glasses", runs), study_runs("sharing", runs)
+    con = store.connect_read(db)
+    try:
+        if "attributes" not in set(con.execute("SELECT table_name FROM information_schema.tables").df()["table_name"]):
+            empty = _frame([], list(blond) + list(sharing))
+            return {"backbone": empty, "fairness": empty, "sharing": empty}
+        return {"backbone": backbone_table(con, blond), "fairness": fairness_table(con, blond),
+                "sharing": sharing_table(con, sharing)}
+    finally:
+        con.close()
+
+
+def markdown(tables: dict[str, pd.DataFrame]) -> str:
+    """The README block: one markdown table per study (the display columns), and what is still missing."""
+    titles = {"backbone": "blond_or_glasses on CelebA-HQ test: the seed's CNN vs ImageNet Lite0 (equal budget)",
+              "fairness": "Gender fairness of blond_or_glasses (the seed's CNN; strategies at equal budget)",
+              "sharing": "Multi-task vs single-task twins (equal budget), each dataset's test split"}
+    out = []
+    for key, title in titles.items():
+        frame = tables.get(key, pd.DataFrame())
+        out.append(f"**{title}**\n")
+        if len(frame):
+            cols = [c for c in frame.columns if c not in DISPLAY_HIDDEN]
+            out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for _, r in frame.iterrows()]
+        missing = frame.attrs.get("missing") or []
+        if missing:
+            out.append(f"\nNot trained or not benched yet: {', '.join(missing)}.")
+        out.append("")
+    return "\n".join(out).strip()
