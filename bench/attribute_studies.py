@@ -11,12 +11,16 @@ identity, so a table shows exactly the study's runs, at the budget the file give
 benched yet are listed as missing, never silently dropped."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bench import store
+from bench.metrics import metrics_with_ci
+from bench.report import load_predictions
 from zoo.config import TrainConfig, expand_grid, read_yaml
 from zoo.fairness import attribute_report, group_thresholds
 from zoo.paths import REPO
@@ -51,22 +55,33 @@ def _ci(d: dict, scale: float = 100.0, digits: int = 1) -> str:
     return f"{v * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
 
 
-def attribute_rows(con, model_ids: list[str], attribute: str, dataset: str = DATASET,
-                   mode: str = MODE) -> pd.DataFrame:
-    """One row per (model, clean image): split, prob, label (0/1, NaN unknown), gender (female/male), race."""
-    if not model_ids:
-        return pd.DataFrame(columns=["model_id", "image_id", "split", "prob", "label", "gender", "race"])
-    marks = ", ".join("?" for _ in model_ids)
-    return con.execute(
-        f"SELECT a.model_id, a.image_id, i.split, a.prob, a.label, "
-        f"CASE i.gender WHEN 1 THEN 'female' WHEN 0 THEN 'male' END AS gender, i.race "
-        f"FROM attributes a JOIN images i ON a.dataset = i.dataset AND a.image_id = i.image_id "
-        f"WHERE a.dataset = ? AND a.attribute = ? AND a.perturbation = 'none' AND a.mode = ? "
-        f"AND a.model_id IN ({marks})", [dataset, attribute, mode, *model_ids]).df()
+ROW_COLUMNS = ["model_id", "dataset", "image_id", "split", "path", "prob", "label", "gender", "race"]
+
+
+def attribute_rows(con, attribute: str, dataset: str, mode: str | None, models: Sequence[str] | None = None,
+                   split: str | None = None) -> pd.DataFrame:
+    """One row per (model, clean image) of `attribute` on `dataset` in inference mode `mode` (the bench DB's
+    `attributes` ⋈ `images`; `split` None: every split): probability, label (0/1, NaN unknown), path, gender
+    ("female" / "male" / None) and race (None unknown), ordered by model and image. The Attributes page reads its
+    rows through this too."""
+    where, prm = ["a.perturbation = 'none'", "a.attribute = ?", "a.dataset = ?", "a.mode = ?"], [attribute, dataset,
+                                                                                                   mode]
+    if split:
+        where.append("i.split = ?")
+        prm.append(split)
+    if models is not None:
+        where.append(f"a.model_id IN ({', '.join('?' * len(models))})" if models else "FALSE")
+        prm += list(models)
+    return con.execute(f"""
+        SELECT a.model_id, a.dataset, a.image_id, i.split, i.path, a.prob, a.label::DOUBLE AS label,
+               CASE i.gender WHEN 1 THEN 'female' WHEN 0 THEN 'male' END AS gender, i.race
+        FROM attributes a JOIN images i USING (dataset, image_id)
+        WHERE {' AND '.join(where)} ORDER BY a.model_id, a.image_id""", prm).df()[ROW_COLUMNS]
 
 
 def _threshold(run: RunRecord, attribute: str) -> float:
-    return float(((run.metrics.get("attributes") or {}).get(attribute) or {}).get("threshold", 0.5))
+    t = run.attribute_threshold(attribute)
+    return 0.5 if t is None else t  # as the Attributes page, for a run that chose none
 
 
 def _report(rows: pd.DataFrame, threshold: float) -> dict:
@@ -87,7 +102,7 @@ def backbone_table(con, runs: dict[str, RunRecord | None]) -> pd.DataFrame:
     for name, run in runs.items():
         if not name.startswith("backbone/"):
             continue
-        rows = attribute_rows(con, [run.id], ATTRIBUTE) if run else pd.DataFrame()
+        rows = attribute_rows(con, ATTRIBUTE, DATASET, MODE, [run.id]) if run else pd.DataFrame()
         if run is None or not (rows["split"] == "test").any():
             missing.append(name)
             continue
@@ -118,7 +133,7 @@ def fairness_table(con, runs: dict[str, RunRecord | None]) -> pd.DataFrame:
     out, missing, base, base_rows = [], [], None, None
     for label, name in plan:
         run = runs.get(name)
-        rows = attribute_rows(con, [run.id], ATTRIBUTE) if run else pd.DataFrame()
+        rows = attribute_rows(con, ATTRIBUTE, DATASET, MODE, [run.id]) if run else pd.DataFrame()
         if run is None or not (rows["split"] == "test").any():
             missing.append(name)
             continue
@@ -141,22 +156,12 @@ def fairness_table(con, runs: dict[str, RunRecord | None]) -> pd.DataFrame:
     return _frame(out, missing)
 
 
-def _age_rows(con, model_ids: list[str], dataset: str, mode: str = MODE) -> pd.DataFrame:
-    marks = ", ".join("?" for _ in model_ids)
-    return con.execute(
-        f"SELECT p.model_id, p.age_pred, p.gender_prob, i.age, i.gender FROM predictions p JOIN images i "
-        f"ON p.dataset = i.dataset AND p.image_id = i.image_id WHERE p.dataset = ? AND i.split = 'test' "
-        f"AND p.perturbation = 'none' AND p.mode = ? AND p.model_id IN ({marks})", [dataset, mode, *model_ids]).df()
+def _with_ci(m: dict, key: str) -> dict:
+    """bench.metrics' `key`, `key_lo`, `key_hi` as a {"value", "lo", "hi"} entry."""
+    return {"value": m.get(key), "lo": m.get(f"{key}_lo"), "hi": m.get(f"{key}_hi")}
 
 
-def _bootstrap(values: np.ndarray, stat, n_boot: int = N_BOOT, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    draws = [stat(values[rng.integers(0, len(values), len(values))]) for _ in range(n_boot)]
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return {"value": float(stat(values)), "lo": float(lo), "hi": float(hi)}
-
-
-def sharing_table(con, runs: dict[str, RunRecord | None]) -> pd.DataFrame:
+def sharing_table(db: Path | str | None, runs: dict[str, RunRecord | None]) -> pd.DataFrame:
     """Task by task on each dataset's test split: the multi-task network next to the single-task twin trained on
     that task's dataset alone at the same budget (UTKFace age MAE and gender accuracy; CelebA-HQ gender accuracy and
     each attribute's accuracy and F1), with 95 % CIs. Sharing helps a task where `multi-task` beats `single-task`."""
@@ -168,18 +173,15 @@ def sharing_table(con, runs: dict[str, RunRecord | None]) -> pd.DataFrame:
     out = []
     for dataset, twin in twins.items():
         ids = [multi.id] + ([twin.id] if twin else [])
-        preds = _age_rows(con, ids, dataset)
+        preds = load_predictions(db, dataset=dataset, split="test", mode=MODE)
         cells = {}
         for mid in ids:
-            p = preds[preds["model_id"] == mid]
+            m = metrics_with_ci(preds[preds["model_id"] == mid], n_boot=N_BOOT)
             cells[mid] = {}
-            if dataset == "utkface" and p["age"].notna().any():
-                err = np.abs(p["age_pred"] - p["age"]).dropna().to_numpy()
-                cells[mid]["age MAE (years)"] = _ci(_bootstrap(err, np.mean), 1, 2)
-            g = p.dropna(subset=["gender", "gender_prob"])
-            if len(g):
-                hit = ((g["gender_prob"] >= 0.5).astype(int) == g["gender"]).to_numpy(float)
-                cells[mid]["gender accuracy %"] = _ci(_bootstrap(hit, np.mean))
+            if dataset == "utkface" and np.isfinite(m["mae"]):
+                cells[mid]["age MAE (years)"] = _ci(_with_ci(m, "mae"), 1, 2)
+            if m["n_gender"]:
+                cells[mid]["gender accuracy %"] = _ci(_with_ci(m, "gender_acc"))
         for (metric, a), b in [((k, v), cells.get(twin.id, {}).get(k, "–") if twin else "–")
                                for k, v in cells.get(multi.id, {}).items()]:
             out.append({"dataset": dataset, "task": metric, "multi-task": a, "single-task": b})
@@ -190,7 +192,8 @@ def sharing_table(con, runs: dict[str, RunRecord | None]) -> pd.DataFrame:
         for run in (multi, twin):
             if run is None:
                 continue
-            rows = attribute_rows(con, [run.id], attr, mode=MODE)
+            with closing(store.connect_read(db)) as con:
+                rows = attribute_rows(con, attr, DATASET, MODE, [run.id])
             if (rows["split"] == "test").any():
                 cells[run.id] = _report(rows, _threshold(run, attr))["overall"]
         for metric, key, scale, digits in (("accuracy %", "accuracy", 100.0, 1), ("F1", "f1", 1.0, 3)):
@@ -205,15 +208,12 @@ def study_tables(db: Path | str | None = None) -> dict[str, pd.DataFrame]:
     lists the study runs it could not show yet."""
     runs = RunRecord.load_all()
     blond, sharing = study_runs("blond_or_glasses", runs), study_runs("sharing", runs)
-    con = store.connect_read(db)
-    try:
+    with closing(store.connect_read(db)) as con:
         if "attributes" not in set(con.execute("SELECT table_name FROM information_schema.tables").df()["table_name"]):
             empty = _frame([], list(blond) + list(sharing))
             return {"backbone": empty, "fairness": empty, "sharing": empty}
-        return {"backbone": backbone_table(con, blond), "fairness": fairness_table(con, blond),
-                "sharing": sharing_table(con, sharing)}
-    finally:
-        con.close()
+        tables = {"backbone": backbone_table(con, blond), "fairness": fairness_table(con, blond)}
+    return {**tables, "sharing": sharing_table(db, sharing)}
 
 
 def markdown(tables: dict[str, pd.DataFrame]) -> str:

@@ -74,7 +74,7 @@ def context() -> Ctx:
     options = mode_options(modes)
     mode = ss.get("inference_mode") if ss.get("inference_mode") in options else options[0]
     try:
-        registry = _registry_table(reg_ver, mode)
+        registry = reg.registry_table(reg_ver, mode)
     except Exception as e:  # a broken registry must not take the app down
         st.sidebar.error(f"Cannot read the model registry: {type(e).__name__}: {e}")
         registry = pd.DataFrame()
@@ -87,13 +87,6 @@ def context() -> Ctx:
     return Ctx(db=db, ver=ver, status=status, reg_ver=reg_ver, registry=registry, models=models,
                dataset=ss.get("eval_dataset", "*"), split=ss.get("eval_split", "test"), mode=mode, modes=modes,
                focus=ss.get("model"), compare=tuple(ss.get("models", ())), names=names)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _registry_table(reg_ver: str, mode: str) -> pd.DataFrame:
-    """`registry.registry_table`, cached on the registry's version: `context()` runs three or more times per script
-    run, and building the table from every run record was half of a cached page's own run time."""
-    return reg.registry_table(reg_ver, mode)
 
 
 def unique_names(names: dict) -> dict:

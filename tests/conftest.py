@@ -79,3 +79,22 @@ def dashboard_env(monkeypatch):
         monkeypatch.delenv("ZOO_BENCH_DB", raising=False)
         monkeypatch.setenv("ZOO_SHARED_DATA", str(folder / "no-shared-data"))
     return point_at
+
+
+def write_judged_synth_set(artifacts: Path, model: str, name: str = "gan-demo") -> Path:
+    """A synthetic set's fidelity report and sample grid under `artifacts`/synth/`name`, as `python -m synth fidelity`
+    writes them (judged by `model`), for the dashboard's Data studies page."""
+    import json
+
+    from synth.fidelity import label_fidelity, write_grid
+
+    rng = np.random.default_rng(0)
+    age, gender = rng.integers(1, 90, 60).astype(float), rng.integers(0, 2, 60)
+    folder = artifacts / "synth" / name
+    rec = {"name": name, "generator": name, "model": model,
+           "synthetic": label_fidelity(age + rng.normal(0, 8, 60), rng.random(60), age, gender),
+           "real_test": label_fidelity(age + rng.normal(0, 4, 60), gender * 0.9 + 0.05, age, gender),
+           "feature_distance": {"fd_synthetic_vs_real_test": 41.5, "fd_real_train_vs_real_test": 3.2},
+           "grid": write_grid(folder / "grid.png", rng.integers(0, 255, (60, 32, 32, 3), np.uint8), age, gender)}
+    (folder / "fidelity.json").write_text(json.dumps(rec))
+    return folder

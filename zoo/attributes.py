@@ -228,24 +228,12 @@ def attribute_matrix(frames: list[pd.DataFrame], names: Iterable[str], targets: 
 
 
 # ---- what a model predicts ----------------------------------------------------------------------------------------
-def config_attributes(config: Mapping) -> tuple[str, ...]:
-    """The attribute heads of a run's config (run.json `config`), in head order."""
-    return task_attributes(config.get("tasks") or ())
-
-
 def predictor_attributes(predictor: Any) -> tuple[str, ...]:
-    """A predictor's attribute outputs (`attr:NAME` keys of predict()): its `attributes`, else its run's config."""
-    names = getattr(predictor, "attributes", None)
-    if names is not None:
-        return tuple(names)
-    info = getattr(predictor, "info", None) or {}
-    return config_attributes(info.get("config") or {}) if isinstance(info, Mapping) else ()
+    """A predictor's attribute outputs (`attr:NAME` keys of predict()): networks, devices and ensembles say so in
+    `attributes`; peers have none."""
+    return tuple(getattr(predictor, "attributes", ()))
 
 
 def predictor_targets(predictor: Any) -> dict[str, str]:
     """The composite targets a predictor's attribute names stand for (name -> expression)."""
-    t = getattr(predictor, "targets", None)
-    if t is not None:
-        return dict(t)
-    info = getattr(predictor, "info", None) or {}
-    return dict((info.get("config") or {}).get("targets") or {}) if isinstance(info, Mapping) else {}
+    return dict(getattr(predictor, "targets", {}))

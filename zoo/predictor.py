@@ -7,7 +7,9 @@ DevicePredictor`) and an external peer (`zoo.peers`). `zoo.load(model_id)` retur
 Optional members some predictors add, which callers reach with `getattr`: `framing` (a peer that finds and aligns
 faces itself: which images it takes), `predict_modes` (several TTA modes from one pass), `predict_photos` (whole
 photos through `zoo.pipeline`), `model_row()` (a peer's row of the bench's `models` table), `embed(images)`
-(the penultimate features, float32 [B, D], for the bench's embedding map; zoo networks and ensembles, not peers).
+(the penultimate features, float32 [B, D], for the bench's embedding map; zoo networks and ensembles, not peers),
+`attributes` and `targets` (attribute heads, `attr:NAME` outputs of predict(), and the composite targets they stand
+for; networks, devices and ensembles).
 """
 from __future__ import annotations
 

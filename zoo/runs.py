@@ -197,6 +197,15 @@ class RunRecord:
     def val_mae(self) -> float | None:
         return (self.metrics.get("val") or {}).get("mae")
 
+    def attribute_threshold(self, name: str) -> float | None:
+        """The decision threshold its training chose on val for attribute head `name` (`metrics.attributes`), or
+        None when it chose none (not an attribute model, or an unreadable value)."""
+        try:
+            t = float(self.metrics["attributes"][name]["threshold"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return t if 0.0 <= t <= 1.0 else None
+
     @property
     def checkpoint_file(self) -> str:
         return self.checkpoint or "best.safetensors"

@@ -18,14 +18,13 @@ import numpy as np
 import pandas as pd
 
 from dashboard.data.db import connect, query
-from dashboard.data.queries import GENDER_SQL, _mode_where
+from dashboard.data.queries import DEFAULT_MODE_SQL, _mode_where
 
 DEFAULT_THRESHOLD = 0.5  # for a model whose run record chose none on val
 N_BOOT = 1000  # bootstrap resamples behind every interval (zoo.fairness.attribute_report)
 # Thresholds the accuracy / fairness trade-off is drawn at (each a zoo.fairness.binary_metrics per group).
 SWEEP = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
 GROUPS = ("gender", "race")  # fairness columns, each used where the images know it
-ROW_COLUMNS = ["model_id", "dataset", "image_id", "split", "path", "prob", "label", "gender", "race"]
 
 
 def _has_table(con) -> bool:
@@ -63,40 +62,27 @@ def attribute_sets(db: str, ver: str, mode: str | None = None) -> pd.DataFrame:
 def attribute_rows(db: str, ver: str, attribute: str, dataset: str, split: str, models: tuple | None = None,
                    mode: str | None = None) -> pd.DataFrame:
     """One row per (model, clean image) of `attribute` on (dataset, split; "*" = all splits): the probability, the
-    image's label (NaN unknown), its path and its gender ("male" / "female" / None) and race (None unknown)."""
-    mw, mp = _mode_where(mode, "a")
-    where, prm = [mw, "a.perturbation = 'none'", "a.attribute = ?", "a.dataset = ?"], [*mp, attribute, dataset]
-    if split and split != "*":
-        where.append("i.split = ?")
-        prm.append(split)
-    if models is not None:
-        where.append(f"a.model_id IN ({', '.join('?' * len(models))})" if models else "FALSE")
-        prm += list(models)
+    image's label (NaN unknown), its path and its gender ("male" / "female" / None) and race (None unknown); in
+    `mode`, or the DB's most common inference mode (`bench.attribute_studies.attribute_rows`)."""
+    from bench.attribute_studies import ROW_COLUMNS, attribute_rows as rows
+
     with connect(db) as con:
         if not _has_table(con):
             return pd.DataFrame(columns=ROW_COLUMNS)
-        df = con.execute(f"""
-            SELECT a.model_id, a.dataset, a.image_id, i.split, i.path, a.prob, a.label::DOUBLE AS label,
-                   {GENDER_SQL} AS gender, i.race
-            FROM attributes a JOIN images i USING (dataset, image_id)
-            WHERE {' AND '.join(where)} ORDER BY a.model_id, a.image_id""", prm).df()
-    df["gender"] = df["gender"].where(df["gender"] != "unknown", None)
-    return df[ROW_COLUMNS]
+        mode = mode or next(iter(con.execute(DEFAULT_MODE_SQL).fetchall()), (None,))[0]
+        return rows(con, attribute, dataset, mode, models, None if split == "*" else split)
 
 
 def model_thresholds(models: pd.DataFrame, attribute: str) -> dict[str, tuple[float, str]]:
-    """model_id -> (decision threshold, where it comes from): the one its training run chose on val (run.json
-    `metrics.attributes.<attribute>.threshold`, kept in `models.info`), else DEFAULT_THRESHOLD."""
+    """model_id -> (decision threshold, where it comes from): the one its training run chose on val
+    (`RunRecord.attribute_threshold`, from `models.info`), else DEFAULT_THRESHOLD."""
     from zoo.runs import RunRecord
 
     out = {}
     for row in models.to_dict("records"):
         rec = RunRecord.from_row(row)  # None: no run record (a peer)
-        try:
-            t = float(rec.metrics["attributes"][attribute]["threshold"])
-            out[row["model_id"]] = (t, "val") if 0.0 <= t <= 1.0 else (DEFAULT_THRESHOLD, "default")
-        except (AttributeError, KeyError, TypeError, ValueError):
-            out[row["model_id"]] = (DEFAULT_THRESHOLD, "default")
+        t = rec.attribute_threshold(attribute) if rec is not None else None
+        out[row["model_id"]] = (DEFAULT_THRESHOLD, "default") if t is None else (t, "val")
     return out
 
 

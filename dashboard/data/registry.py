@@ -46,7 +46,7 @@ def relations(ver: str) -> pd.DataFrame:
     return model_relations(registry_runs(ver))
 
 
-def registry_table(ver: str, mode: str = PLAIN) -> pd.DataFrame:
+def _registry_table_impl(ver: str, mode: str = PLAIN) -> pd.DataFrame:
     """Registered runs as leaderboard-like rows (test metrics from run.json in inference mode `mode`: plain, flip or
     flip+crop, `zoo.modes.metrics_key`; NaN in modes run.json has no metrics for; no CIs: no per-image
     predictions)."""
@@ -64,6 +64,11 @@ def registry_table(ver: str, mode: str = PLAIN) -> pd.DataFrame:
                      "parent": r.parent, "adapted_to": r.adapted_to,
                      "members": ",".join(r.members), "budget": _budget(r.config)})
     return pd.DataFrame(rows)
+
+
+# Cached on the registry's version like `registry_runs`: every page's context asks for it several times per run.
+registry_table = (st.cache_data(show_spinner=False, max_entries=16)(_registry_table_impl) if st is not None
+                  else _registry_table_impl)
 
 
 def leaderboard_board(lb: pd.DataFrame, registry: pd.DataFrame) -> pd.DataFrame:

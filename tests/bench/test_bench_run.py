@@ -508,12 +508,11 @@ def test_a_bad_image_is_left_out_and_the_rest_is_benched(zoo_env, tmp_path, caps
         shutil.copy(saved, path)
 
 
-def test_an_interrupted_run_publishes_its_buffered_rows(zoo_env, tmp_path, monkeypatch):
-    """KeyboardInterrupt mid-run (rows only buffered: no flush or merge due for long): they are published and
-    merged on the way out, and a re-run computes exactly the rest."""
+def _interrupt_at_predict_call(monkeypatch, n: int):
+    """Every model bench.run loads raises KeyboardInterrupt (Ctrl-C) at the n-th predict call of the run; returns
+    the real loader, to put back for the resumed run."""
     import bench.run as br
 
-    ids = zoo_env["ids"]
     real_load, calls = br.load_model, [0]
 
     def load_model(mid, device, *runtime):
@@ -522,7 +521,7 @@ def test_an_interrupted_run_publishes_its_buffered_rows(zoo_env, tmp_path, monke
 
         def predict(*a, **kw):
             calls[0] += 1
-            if calls[0] == 4:
+            if calls[0] == n:
                 raise KeyboardInterrupt
             return inner(*a, **kw)
 
@@ -530,6 +529,16 @@ def test_an_interrupted_run_publishes_its_buffered_rows(zoo_env, tmp_path, monke
         return lm
 
     monkeypatch.setattr(br, "load_model", load_model)
+    return real_load
+
+
+def test_an_interrupted_run_publishes_its_buffered_rows(zoo_env, tmp_path, monkeypatch):
+    """KeyboardInterrupt mid-run (rows only buffered: no flush or merge due for long): they are published and
+    merged on the way out, and a re-run computes exactly the rest."""
+    import bench.run as br
+
+    ids = zoo_env["ids"]
+    real_load = _interrupt_at_predict_call(monkeypatch, 4)
     db = tmp_path / "b.duckdb"
     with pytest.raises(KeyboardInterrupt):
         br.run(_opts(db, ids, perturb="blur", flush_seconds=1e6, merge_seconds=1e6))
@@ -766,7 +775,7 @@ def test_attribute_rows_once_per_key_with_labels_and_a_repeat_adds_nothing(zoo_e
     assert _q(db, "SELECT DISTINCT model_id, mode, bench_run = (SELECT run_id FROM bench_runs) FROM attributes") == \
         [(attr_model, "plain", True)]
     # every attribute row has its prediction row, with the same key
-    assert _q(db, f"""SELECT count(*) FROM attributes a ANTI JOIN predictions p
+    assert _q(db, """SELECT count(*) FROM attributes a ANTI JOIN predictions p
                       USING (model_id, dataset, image_id, perturbation, severity, mode)""")[0][0] == 0
 
     m = load_manifest("celebahq")
@@ -795,22 +804,7 @@ def test_attribute_rows_resume_after_an_interrupt_and_a_lost_part(zoo_env, attr_
 
     import bench.run as br
 
-    real_load, calls = br.load_model, [0]
-
-    def load_model(mid, device, *runtime):
-        lm = real_load(mid, device, *runtime)
-        inner = lm.predictor.predict
-
-        def predict(*a, **kw):
-            calls[0] += 1
-            if calls[0] == 3:
-                raise KeyboardInterrupt
-            return inner(*a, **kw)
-
-        lm.predictor.predict = predict
-        return lm
-
-    monkeypatch.setattr(br, "load_model", load_model)
+    real_load = _interrupt_at_predict_call(monkeypatch, 3)
     db = tmp_path / "b.duckdb"
     opts = dict(datasets=["celebahq"], perturb="blur")
     with pytest.raises(KeyboardInterrupt):

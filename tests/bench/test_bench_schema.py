@@ -21,7 +21,8 @@ from zoo.data.readers import RACES
 from conftest import REPO  # noqa: E402
 ALIASES = {"p": "predictions", "i": "images", "m": "models", "a": "attributes",  # the dashboard's SQL aliases
            "e": "embeddings"}
-QUERY_MODULES = ("queries.py", "attributes.py")  # dashboard/data modules holding SQL
+# modules holding the dashboard's SQL (the Attributes page reads its rows through bench.attribute_studies)
+QUERY_MODULES = ("dashboard/data/queries.py", "dashboard/data/attributes.py", "bench/attribute_studies.py")
 
 
 def _describe(db: Path | str) -> dict[str, list[tuple[str, str]]]:
@@ -140,7 +141,7 @@ def test_demo_refuses_perturbations_the_bench_does_not_have(tmp_path):
 
 
 def test_dashboard_columns_come_from_the_schema():
-    source = "\n".join((REPO / "dashboard" / "data" / m).read_text() for m in QUERY_MODULES)
+    source = "\n".join((REPO / m).read_text() for m in QUERY_MODULES)
     assert query_drift(source, _schema()) == []
     assert Q.TABLES == {t: set(store.columns(t)) for t in store.TABLES}  # db_status checks the schema itself
     # A schema without a column the dashboard reads (or a query reading a column the schema lacks) fails:
@@ -188,17 +189,23 @@ def test_every_dashboard_query_runs_on_the_schema(demo_db):
     assert len(emb) and emb["abs_err"].notna().all() and {"Smiling", "brightness", "age_group"} <= set(emb.columns)
 
 
-def test_a_db_from_before_the_attributes_table_is_readable(demo_db, tmp_path):
-    """The shipped DB and any other written before attribute heads: still `ok`, and the attribute queries return
-    nothing (the next bench write adds the table)."""
+def _altered_copy(demo_db: Path, tmp_path: Path, sql: str) -> Path:
+    """A copy of the demo DB changed by one statement: a DB written by an older version of the schema."""
     old = tmp_path / "old.duckdb"
     old.write_bytes(demo_db.read_bytes())
     con = duckdb.connect(str(old))
     try:
-        con.execute("DROP TABLE attributes")
+        con.execute(sql)
         con.execute("CHECKPOINT")
     finally:
         con.close()
+    return old
+
+
+def test_a_db_from_before_the_attributes_table_is_readable(demo_db, tmp_path):
+    """The shipped DB and any other written before attribute heads: still `ok`, and the attribute queries return
+    nothing (the next bench write adds the table)."""
+    old = _altered_copy(demo_db, tmp_path, "DROP TABLE attributes")
     db, ver = str(old), DB.db_version(old)
     assert Q.db_status.raw(db, ver)["state"] == "ok"
     assert A.attribute_sets.raw(db, ver).empty
@@ -209,14 +216,7 @@ def test_a_db_from_before_the_attributes_table_is_readable(demo_db, tmp_path):
 
 def test_a_db_from_before_the_embeddings_table_is_readable(demo_db, tmp_path):
     """The shipped DB before `bench run --embed` existed: still `ok`, no map (the next bench write adds the table)."""
-    old = tmp_path / "old.duckdb"
-    old.write_bytes(demo_db.read_bytes())
-    con = duckdb.connect(str(old))
-    try:
-        con.execute("DROP TABLE embeddings")
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
+    old = _altered_copy(demo_db, tmp_path, "DROP TABLE embeddings")
     db, ver = str(old), DB.db_version(old)
     assert Q.db_status.raw(db, ver)["state"] == "ok"
     assert Q.embedding_maps.raw(db, ver).empty
@@ -226,14 +226,7 @@ def test_a_db_from_before_the_embeddings_table_is_readable(demo_db, tmp_path):
 
 
 def test_db_status_names_a_missing_schema_column(demo_db, tmp_path):
-    old = tmp_path / "old.duckdb"
-    old.write_bytes(demo_db.read_bytes())
-    con = duckdb.connect(str(old))
-    try:
-        con.execute("ALTER TABLE images DROP COLUMN face_h")
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
+    old = _altered_copy(demo_db, tmp_path, "ALTER TABLE images DROP COLUMN face_h")
     st = Q.db_status.raw(str(old), DB.db_version(old))
     assert st["state"] == "invalid" and "images lacks face_h" in st["message"]
 

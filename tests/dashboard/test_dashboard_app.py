@@ -12,7 +12,7 @@ from PIL import Image
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from conftest import REPO, db_writer  # noqa: E402
+from conftest import REPO, db_writer, write_judged_synth_set  # noqa: E402
 from dashboard import demo  # noqa: E402
 
 APP = REPO / "dashboard" / "app.py"
@@ -105,19 +105,10 @@ def test_data_studies_show_synthetic_fidelity_and_sample_grid(artifacts, env, tm
     import json
     import shutil
 
-    from synth.fidelity import label_fidelity, write_grid
-
     folder = tmp_path / "artifacts"
     shutil.copytree(artifacts["dir"], folder)
-    rng = np.random.default_rng(0)
-    age, gender = rng.integers(1, 90, 60).astype(float), rng.integers(0, 2, 60)
-    out = folder / "synth" / "gan-demo"
-    rec = {"name": "gan-demo", "generator": "gan-demo", "model": artifacts["registry"][0],
-           "synthetic": label_fidelity(age + rng.normal(0, 8, 60), rng.random(60), age, gender),
-           "real_test": label_fidelity(age + rng.normal(0, 4, 60), gender * 0.9 + 0.05, age, gender),
-           "feature_distance": {"fd_synthetic_vs_real_test": 41.5, "fd_real_train_vs_real_test": 3.2},
-           "grid": write_grid(out / "grid.png", rng.integers(0, 255, (60, 32, 32, 3), np.uint8), age, gender)}
-    (out / "fidelity.json").write_text(json.dumps(rec))
+    synth_set = write_judged_synth_set(folder, artifacts["registry"][0])
+    rec = json.loads((synth_set / "fidelity.json").read_text())
     (folder / "synth" / "broken").mkdir()
     (folder / "synth" / "broken" / "fidelity.json").write_text("{half a fi")  # skipped, not fatal
     env(folder)

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from conftest import REPO, make_jpeg  # noqa: E402
+from conftest import REPO, make_jpeg, write_judged_synth_set  # noqa: E402
 from dashboard import charts, glossary  # noqa: E402
 
 APP = REPO / "dashboard" / "app.py"
@@ -35,20 +35,11 @@ def artifacts(tmp_path_factory):
     import duckdb
 
     from dashboard import demo
-    from synth.fidelity import label_fidelity, write_grid
 
     out = tmp_path_factory.mktemp("gloss") / "artifacts"
     info = demo.write_demo_artifacts(out, n_images=150, n_models=6, perturbations={"blur": 2, "jpeg": 2},
                                      pert_images=15)
-    rng = np.random.default_rng(0)
-    age, gender = rng.integers(1, 90, 60).astype(float), rng.integers(0, 2, 60)
-    folder = out / "synth" / "gan-demo"
-    rec = {"name": "gan-demo", "generator": "gan-demo", "model": info["registry"][0],
-           "synthetic": label_fidelity(age + rng.normal(0, 8, 60), rng.random(60), age, gender),
-           "real_test": label_fidelity(age + rng.normal(0, 4, 60), gender * 0.9 + 0.05, age, gender),
-           "feature_distance": {"fd_synthetic_vs_real_test": 41.5, "fd_real_train_vs_real_test": 3.2},
-           "grid": write_grid(folder / "grid.png", rng.integers(0, 255, (60, 32, 32, 3), np.uint8), age, gender)}
-    (folder / "fidelity.json").write_text(json.dumps(rec))
+    write_judged_synth_set(out, info["registry"][0])
     con = duckdb.connect(str(out / "bench.duckdb"))
     con.execute("DELETE FROM predictions WHERE model_id = 'mnv3-l1' AND perturbation <> 'none'")
     con.execute("CHECKPOINT")
