@@ -40,7 +40,9 @@ def load_predictions(db: Path | str, dataset: str | None = None, perturbation: s
             LEFT JOIN models m USING (model_id)
             WHERE {' AND '.join(where)}
             QUALIFY row_number() OVER (PARTITION BY p.model_id, p.dataset, p.image_id, p.perturbation, p.severity,
-                                                    p.mode ORDER BY p.bench_run) = 1""", params).df()
+                                                    p.mode ORDER BY p.bench_run) = 1
+            -- a fixed row order: bootstrap CIs drawn from these rows are then the same after a DB is compacted
+            ORDER BY p.model_id, p.dataset, p.image_id, p.perturbation, p.severity, p.mode""", params).df()
     finally:
         con.close()
 

@@ -7,7 +7,8 @@
 1. Generates a predictions DB per bench/SCHEMA.md (dashboard.demo: ~50 models, ~24k images, clean predictions on
    val + test and 5 perturbations x 4 severities on the test images) with `--rows` rows.
 2. Times every query each page runs, uncached (the functions under `st.cache_data`), cold (first call) and warm
-   (median of the next calls): the goal is <= 300 ms per query. A page's first view pays the sum of its queries;
+   (median of the next calls), in one inference mode as the app (the sidebar's default: the DB's most common mode,
+   passed to each query): the goal is <= 300 ms per query. A page's first view pays the sum of its queries;
    afterwards Streamlit's cache answers in microseconds until the DB file changes.
 3. Optionally (--pages) renders every page with streamlit.testing on that DB with empty caches (wall time per page).
 4. Times the Compare-a-photo pipeline on a face image across every model of the registry (ZOO_ARTIFACTS): decode,
@@ -58,12 +59,14 @@ def page_queries(db: str, ver: str) -> dict[str, list[tuple[str, callable]]]:
     """What each page asks the DB on its first view (default widgets), as (label, thunk) pairs."""
     from dashboard.data import queries as Q, studies
 
-    lb = Q.model_scores.raw(db, ver, "utkface", "test")
+    # Every page query reads one inference mode, the sidebar's: the DB's most common one by default (as the app).
+    mode = Q.modes.raw(db, ver)["mode"].iloc[0]
+    lb = Q.model_scores.raw(db, ver, "utkface", "test", mode=mode)
     models = tuple(lb["model_id"][:6])
     focus = models[0]
-    pts = Q.scatter_sample.raw(db, ver, focus, "utkface", "test", 4000)
+    pts = Q.scatter_sample.raw(db, ver, focus, "utkface", "test", 4000, mode=mode)
     keys = tuple(zip(pts["dataset"][:300], pts["image_id"][:300]))
-    scores = Q.clean_scores.raw(db, ver, "test")
+    scores = Q.clean_scores.raw(db, ver, "test", mode=mode)
     mdl = Q.models.raw(db, ver)
     import pandas as pd
 
@@ -72,49 +75,53 @@ def page_queries(db: str, ver: str) -> dict[str, list[tuple[str, callable]]]:
             ("db_status", lambda: Q.db_status.raw(db, ver)),
             ("models", lambda: Q.models.raw(db, ver)),
             ("eval_sets", lambda: Q.eval_sets.raw(db, ver)),
-            ("leaderboard (ranking)", lambda: Q.model_scores.raw(db, ver, "utkface", "test")),
+            ("modes", lambda: Q.modes.raw(db, ver)),
+            ("leaderboard (ranking)", lambda: Q.model_scores.raw(db, ver, "utkface", "test", mode=mode)),
         ],
-        "Leaderboard": [("leaderboard", lambda: Q.model_scores.raw(db, ver, "utkface", "test"))],
+        "Leaderboard": [("leaderboard", lambda: Q.model_scores.raw(db, ver, "utkface", "test", mode=mode))],
         "Errors": [
-            ("perturbations", lambda: Q.perturbations.raw(db, ver)),
-            ("slice_metrics(age group)", lambda: Q.slice_metrics.raw(db, ver, models, "utkface", "test", "age group")),
+            ("perturbations", lambda: Q.perturbations.raw(db, ver, mode=mode)),
+            ("slice_metrics(age group)", lambda: Q.slice_metrics.raw(db, ver, models, "utkface", "test", "age group",
+                                                                     mode=mode)),
             ("slice_metrics(lighting quartile)", lambda: Q.slice_metrics.raw(
-                db, ver, models, "utkface", "test", "lighting quartile (per dataset)")),
+                db, ver, models, "utkface", "test", "lighting quartile (per dataset)", mode=mode)),
             ("slice_metrics(perturbation)", lambda: Q.slice_metrics.raw(db, ver, models, "utkface", "test",
-                                                                        "perturbation")),
-            ("mae_by_age", lambda: Q.mae_by_age.raw(db, ver, models, "utkface", "test", 2)),
-            ("error_hist", lambda: Q.error_hist.raw(db, ver, models, "utkface", "test")),
-            ("scatter_sample(4000)", lambda: Q.scatter_sample.raw(db, ver, focus, "utkface", "test", 4000)),
+                                                                        "perturbation", mode=mode)),
+            ("mae_by_age", lambda: Q.mae_by_age.raw(db, ver, models, "utkface", "test", 2, mode=mode)),
+            ("error_hist", lambda: Q.error_hist.raw(db, ver, models, "utkface", "test", mode=mode)),
+            ("scatter_sample(4000)", lambda: Q.scatter_sample.raw(db, ver, focus, "utkface", "test", 4000, mode=mode)),
         ],
         "Fairness": [
-            ("group_metrics(gender)", lambda: Q.group_scores.raw(db, ver, models, "utkface", "test", "gender")),
-            ("group_metrics(race)", lambda: Q.group_scores.raw(db, ver, models, "utkface", "test", "race")),
+            ("group_metrics(gender)", lambda: Q.group_scores.raw(db, ver, models, "utkface", "test", "gender",
+                                                                 mode=mode)),
+            ("group_metrics(race)", lambda: Q.group_scores.raw(db, ver, models, "utkface", "test", "race", mode=mode)),
             ("group_metrics(all singles, balancing)", lambda: Q.group_scores.raw(
-                db, ver, tuple(mdl.loc[mdl["kind"] == "single", "model_id"]), "utkface", "test", "gender")),
+                db, ver, tuple(mdl.loc[mdl["kind"] == "single", "model_id"]), "utkface", "test", "gender", mode=mode)),
         ],
         "Uncertainty": [
-            ("uncertainty_summary", lambda: Q.uncertainty_summary.raw(db, ver, models, "utkface", "test")),
-            ("risk_coverage", lambda: Q.risk_coverage_curves.raw(db, ver, models, "utkface", "test")),
-            ("gender_calibration", lambda: Q.gender_calibration.raw(db, ver, models, "utkface", "test")),
+            ("uncertainty_summary", lambda: Q.uncertainty_summary.raw(db, ver, models, "utkface", "test", mode=mode)),
+            ("risk_coverage", lambda: Q.risk_coverage_curves.raw(db, ver, models, "utkface", "test", mode=mode)),
+            ("gender_calibration", lambda: Q.gender_calibration.raw(db, ver, models, "utkface", "test", mode=mode)),
         ],
-        "Robustness": [("robustness", lambda: Q.robustness.raw(db, ver, models, "utkface", "test"))],
+        "Robustness": [("robustness", lambda: Q.robustness.raw(db, ver, models, "utkface", "test", mode=mode))],
         "Data studies": [
-            ("clean_scores", lambda: Q.clean_scores.raw(db, ver, "test")),
+            ("clean_scores", lambda: Q.clean_scores.raw(db, ver, "test", mode=mode)),
             ("study_frame + 6 studies + cross_dataset (pandas)", lambda: [
                 studies.study(f, k) for f in [studies.study_frame(mdl, scores, pd.DataFrame())]
                 for k in studies.STUDY_FACTORS]
              + [studies.cross_dataset(studies.study_frame(mdl, scores, pd.DataFrame()), scores)]),
         ],
         "Browser": [
-            ("browser_rows(worst 48)", lambda: Q.browser_rows.raw(db, ver, focus, "utkface", "test")),
+            ("browser_rows(worst 48)", lambda: Q.browser_rows.raw(db, ver, focus, "utkface", "test", mode=mode)),
             ("browser_rows(filter 60+, darkest quartile)", lambda: Q.browser_rows.raw(
                 db, ver, focus, "utkface", "test", (("age group", "60+"), ("lighting quartile (per dataset)",
-                                                                           "Q1 darkest")))),
-            ("browser_rows(300 selected)", lambda: Q.browser_rows.raw(db, ver, focus, "*", "*", (), keys)),
+                                                                           "Q1 darkest")), mode=mode)),
+            ("browser_rows(300 selected)", lambda: Q.browser_rows.raw(db, ver, focus, "*", "*", (), keys, mode=mode)),
         ],
         "Model card": [
-            ("group_metrics x3 (one model)", lambda: [Q.group_scores.raw(db, ver, (focus,), "utkface", "test", b)
-                                                       for b in ("age group", "gender", "race")]),
+            ("group_metrics x3 (one model)", lambda: [
+                Q.group_scores.raw(db, ver, (focus,), "utkface", "test", b, mode=mode)
+                for b in ("age group", "gender", "race")]),
         ],
     }
 

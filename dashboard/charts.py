@@ -345,7 +345,9 @@ def study_chart(df: pd.DataFrame, factor: str, metric: str = "mae", title: str =
                                  marker=dict(size=11, color=PALETTE[k % len(PALETTE)]), text=g["label"],
                                  **_err(g, metric), hovertemplate="%{text}<br>%{x} → %{y:.3f}<extra></extra>"))
     if numeric:
-        fig.update_xaxes(type="log", title=factor)
+        # Ticks at the studied values only: within one decade plotly's own log ticks read "9 0.1 2 3 … 1".
+        vals = sorted(float(v) for v in df[factor].dropna().unique())
+        fig.update_xaxes(type="log", title=factor, tickvals=vals, ticktext=[f"{v:g}" for v in vals])
     else:
         seen = [str(v) for v in df[factor].dropna().unique()]
         first = [str(v) for v in (order or []) if str(v) in seen]
@@ -471,11 +473,13 @@ def threshold_tradeoff(sweep: pd.DataFrame, current: float, own: float, by: str 
             fig.add_trace(go.Scatter(x=sweep["threshold"], y=sweep[col], name=name, mode="lines+markers",
                                      line=dict(color=color, dash=dash), marker=dict(size=4),
                                      hovertemplate=f"t=%{{x:.2f}}<br>{name} %{{y:.3f}}<extra></extra>"))
-    fig.add_vline(x=current, line_color="black", line_width=2,
-                  annotation_text=f"current {current:.2f}", annotation_position="top right")
+    # Each line's label on the side away from the other line, so two close thresholds never print over each other.
+    own_right = own > current
+    fig.add_vline(x=current, line_color="black", line_width=2, annotation_text=f"current {current:.2f}",
+                  annotation_position="top left" if own_right else "top right")
     if abs(own - current) > 1e-9:
-        fig.add_vline(x=own, line_color="gray", line_dash="dot",
-                      annotation_text=f"model's {own:.2f}", annotation_position="top left")
+        fig.add_vline(x=own, line_color="gray", line_dash="dot", annotation_text=f"model's {own:.2f}",
+                      annotation_position="top right" if own_right else "top left")
     fig.update_xaxes(title="decision threshold (present when p ≥ t)", range=[0, 1])
     fig.update_yaxes(title="accuracy / gap", range=[0, 1.02])
     return _layout(fig, title="Accuracy and fairness gaps vs threshold")

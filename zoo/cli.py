@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(fn=cmd_export)
     sh = sub.add_parser("ship", help="choose which checkpoints are committed under a size cap",
                         description="Keep every run's record; drop checkpoints (data-strategy variants first, then "
-                                    "the largest; never headline runs) until the rest fits the cap. Writes "
+                                    "the largest; headline runs only when they alone exceed the cap, then those no "
+                                    "runnable ensemble needs, oldest first) until the rest fits the cap. Writes "
                                     "artifacts/runs/.gitignore.")
     sh.add_argument("--cap-mb", type=float, default=120.0)
     sh.set_defaults(fn=cmd_ship)

@@ -96,6 +96,10 @@ class TrainConfig:
     max_steps: int | None = None  # equal step budget for sweeps; overrides epochs
     batch_size: int = 64
     patience: int = 6  # early stopping on the val score (epochs without improvement; zoo.train selection)
+    # The val score that picks the best epoch (SELECT_SCORES): auto = the first task with val labels of age MAE,
+    # gender accuracy, attribute balanced accuracy at 0.5. attr_auc suits an attribute model whose decision
+    # threshold is chosen on val afterwards, where accuracy at 0.5 is a noisy selector.
+    select: str = "auto"
     ema_decay: float = 0.0  # > 0 evaluates and ships an exponential moving average of the weights (0 = off)
     seed: int = 0
     channels_last: bool = True
@@ -226,7 +230,10 @@ class TrainConfig:
 # Fields added after runs were registered, with the value that reproduces the behaviour from before they existed.
 # At that value they stay out of the identity, so adding a field never changes a registered run's id (and never
 # makes `python -m zoo train` retrain a finished run). A new field goes here, not only into TrainConfig.
-LATER_FIELDS = {"ema_decay": 0.0, "datasets": None, "targets": {}, "head_losses": {}, "group_balance": None}
+LATER_FIELDS = {"ema_decay": 0.0, "datasets": None, "targets": {}, "head_losses": {}, "group_balance": None,
+                "select": "auto"}
+# Val scores an epoch can be selected on (`select`; zoo.train): lower is better for mae, higher for the others.
+SELECT_SCORES = ("auto", "mae", "gender_acc", "attr_bacc", "attr_auc")
 # Fields that say how a run executes (hardware, compiler), not what it trains: out of the identity at every value, so
 # the same config trained on a CPU, a GPU or under torchrun is the same run (README "Scaling up" says how close their
 # results come).
@@ -432,6 +439,7 @@ _CHECKS = [
     ("max_steps", _range(lambda v: v is None or v >= 1, "null or >= 1")),
     ("batch_size", _range(lambda v: v >= 1, ">= 1")),
     ("patience", _range(lambda v: v >= 1, ">= 1")),
+    ("select", _one_of(lambda: SELECT_SCORES)),
     ("ema_decay", _range(lambda v: 0 <= v < 1, "in [0, 1)")),
     ("seed", _range(lambda v: v >= 0, ">= 0")),
     ("device", _range(lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, DEVICE_SYNTAX)),

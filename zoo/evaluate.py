@@ -88,8 +88,9 @@ def _plain(d: Mapping) -> dict:
 
 def attribute_scores(names: Sequence[str], labels: np.ndarray, pred: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Per attribute head, at threshold 0.5 where `labels` (float [N, K], NaN unknown) are known: `attr:NAME:bacc`
-    (balanced accuracy) and `attr:NAME:auc`, and `attr_bacc`, their mean (the val score of attribute-only models;
-    an attribute whose rows hold one class only, where balanced accuracy is undefined, counts its accuracy)."""
+    (balanced accuracy) and `attr:NAME:auc`; `attr_bacc`, their mean (the val score of attribute-only models;
+    an attribute whose rows hold one class only, where balanced accuracy is undefined, counts its accuracy), and
+    `attr_auc`, the mean of the defined AUCs (`select: attr_auc`)."""
     from zoo.fairness import binary_metrics
 
     out, baccs = {}, []
@@ -103,6 +104,9 @@ def attribute_scores(names: Sequence[str], labels: np.ndarray, pred: Mapping[str
         baccs.append(float(m["balanced_accuracy"]) if np.isfinite(m["balanced_accuracy"]) else float(m["accuracy"]))
     if baccs:
         out["attr_bacc"] = float(np.mean(baccs))
+    aucs = [v for k, v in out.items() if k.endswith(":auc") and np.isfinite(v)]
+    if aucs:
+        out["attr_auc"] = float(np.mean(aucs))
     return out
 
 

@@ -2,7 +2,8 @@
 
 Every run's record (`run.json`, `config.yaml`, `history.csv`) always ships; checkpoints are dropped until the total
 fits the cap: data-strategy variants first (their value is in their metrics, which ship anyway), then the largest
-of the rest. Headline runs (name `headline-…`) are never dropped. The decision is written to `runs/.gitignore`, so
+of the rest. Headline runs (name `headline…`) are dropped only when they alone exceed the cap, and then only those
+no runnable ensemble needs (as a member or a member's parent), oldest first: a newer headline supersedes them. The decision is written to `runs/.gitignore`, so
 `git add` can never commit a dropped checkpoint by accident, and a dropped checkpoint that an earlier commit already
 tracks is untracked (an ignore rule alone would keep shipping it); the local copies stay usable for benching.
 """
@@ -27,6 +28,7 @@ class Checkpoint:
     name: str
     mb: float
     file: str = "best.safetensors"
+    created: str = ""
 
     @property
     def path(self) -> str:
@@ -43,18 +45,36 @@ class Checkpoint:
 def plan(cap_mb: float, root: Path | None = None) -> tuple[list[Checkpoint], list[Checkpoint]]:
     """(kept, dropped) checkpoints of single runs so that the kept ones total at most `cap_mb`."""
     root = root or runs_dir()
+    runs = list_runs(root)
     ckpts = []
-    for r in list_runs(root):
+    for r in runs:
         path = root / r.id / r.checkpoint_file
         if r.kind != "ensemble" and path.is_file():
-            ckpts.append(Checkpoint(r.id, r.name, path.stat().st_size / 1e6, path.name))
+            ckpts.append(Checkpoint(r.id, r.name, path.stat().st_size / 1e6, path.name, r.created or ""))
     kept = sorted(ckpts, key=lambda c: (-c.tier, -c.mb, c.run_id))  # the next to drop is kept[0]
     dropped = []
     while sum(c.mb for c in kept) > cap_mb and kept and kept[0].tier > 0:
         dropped.append(kept.pop(0))
+    needed = _ensemble_needs(runs, {c.run_id for c in ckpts})
+    spare = sorted((c for c in kept if c.run_id not in needed), key=lambda c: (c.created, c.run_id))
+    while sum(c.mb for c in kept) > cap_mb and spare:
+        dropped.append(spare[0])
+        kept.remove(spare.pop(0))
     if sum(c.mb for c in kept) > cap_mb:
-        raise ValueError(f"headline checkpoints alone exceed the {cap_mb} MB cap")
+        raise ValueError(f"headline checkpoints that ensembles need alone exceed the {cap_mb} MB cap")
     return sorted(kept, key=lambda c: c.run_id), dropped
+
+
+def _ensemble_needs(runs: list, present: set[str]) -> set[str]:
+    """Runs whose checkpoints some ensemble needs, counting only ensembles whose every member (and an adapted
+    member's parent) has a checkpoint: one already missing a member cannot run whatever ships."""
+    by_id = {r.id: r for r in runs}
+    needed: set[str] = set()
+    for e in (r for r in runs if r.kind == "ensemble"):
+        need = set(e.members) | {by_id[m].parent for m in e.members if m in by_id and by_id[m].parent}
+        if need <= present:
+            needed |= need
+    return needed
 
 
 def write_ignore(dropped: list[Checkpoint], root: Path | None = None) -> Path:

@@ -445,6 +445,11 @@ class Trainer:
         of age MAE, gender accuracy, mean attribute balanced accuracy whose task the model has and whose labels the
         primary dataset's val split has."""
         d, v = self.data, self.data.val
+        if self.cfg.select != "auto":
+            labels = {"mae": d.age, "gender_acc": d.gender}.get(self.cfg.select, d.attrs)
+            if labels is None or not np.isfinite(labels[v]).any():
+                raise ValueError(f"select: {self.cfg.select} needs its labels in the val split of {self.cfg.dataset}")
+            return self.cfg.select
         if "age" in self.cfg.tasks and np.isfinite(d.age[v]).any():
             return "mae"
         if "gender" in self.cfg.tasks and np.isfinite(d.gender[v]).any():

@@ -229,8 +229,9 @@ def labels_csv(rows: pd.DataFrame, threshold: float) -> str:
 
 
 STUDY_CAPTIONS = {  # what each study table of bench.attribute_studies shows, and how to read it
-    "backbone": "blond_or_glasses on CelebA-HQ test at equal budget: the seed's small CNN against ImageNet "
-                "EfficientNet-Lite0 frozen (linear probe) and fine-tuned. Each decides at its own val threshold.",
+    "backbone": "blond_or_glasses on CelebA-HQ test: the seed's small CNN against ImageNet EfficientNet-Lite0 "
+                "frozen (linear probe) and fine-tuned, at equal budget (backbone/ rows), and the shipped model "
+                "(headline/: the fine-tuned recipe at 128 px, trained longer). Each decides at its own val threshold.",
     "fairness": "The seed's imbalance strategies on its CNN, one at a time (none = unweighted), and group thresholds "
                 "post-processed on the unweighted model's val predictions. A strategy works when the accuracy gap "
                 "between men and women shrinks (its CI away from the unweighted one); cost is the accuracy it gives "

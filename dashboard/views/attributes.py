@@ -81,13 +81,19 @@ st.caption("Each model decides at its own threshold: the one its training run ch
 common.glossary("accuracy", "balanced accuracy", "F1", "ROC AUC", "threshold", "TPR", "FPR", "equal opportunity",
                 "equalized odds", "95 % CI", "confident learning", "linear probe", "multi-task")
 with st.expander("Studies: the seed's CNN vs ImageNet Lite0, fairness strategies, multi-task vs single-task"):
-    studies = common.run_query(A.studies, c.db, c.ver) or {}
-    for key, caption in A.STUDY_CAPTIONS.items():
-        frame = studies.get(key, {})
-        if len(frame.get("rows", [])):
-            st.dataframe(pd.DataFrame(frame["rows"]), hide_index=True, width="stretch", key=f"attr_study_{key}")
-        st.caption(caption + (f" Not trained or benched yet: {', '.join(frame['missing'])}."
-                              if frame.get("missing") else ""))
+    # Asked for, not drawn on every visit: the tables bootstrap every study model's predictions (~20 s once per DB
+    # version on a laptop CPU, then cached), the same tables as the README's.
+    if st.toggle("Show the study tables", key="attr_studies_show",
+                 help="The same tables as the README (bench readme --update), with 95 % bootstrap CIs. Computed "
+                      "once per database version: the first time takes a while."):
+        with st.spinner("Bootstrapping the study models' predictions…"):
+            studies = common.run_query(A.studies, c.db, c.ver) or {}
+        for key, caption in A.STUDY_CAPTIONS.items():
+            frame = studies.get(key, {})
+            if len(frame.get("rows", [])):
+                st.dataframe(pd.DataFrame(frame["rows"]), hide_index=True, width="stretch", key=f"attr_study_{key}")
+            st.caption(caption + (f" Not trained or benched yet: {', '.join(frame['missing'])}."
+                                  if frame.get("missing") else ""))
 
 # --------------------------------------------------------------------------------------------------- one model
 ranked = list(lb["model_id"])

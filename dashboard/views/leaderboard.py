@@ -162,23 +162,28 @@ csv = show.assign(**{"MAE 95% CI": ci_text["MAE"], "gender acc 95% CI": ci_text[
 st.download_button("Download CSV", csv.to_csv(index=False).encode(), "leaderboard.csv", "text/csv")
 
 st.subheader("Accuracy vs cost")
-cost = {"params": "parameters", "infer_img_s": "images / second (CPU, training machine)", "flops": "FLOPs / image"}
-left, right = st.columns([1, 1])
-x = left.radio("Cost axis", list(cost), format_func=cost.get, horizontal=True, key="lb_cost")
-y = right.radio("Accuracy", ["mae", "gender_acc"], horizontal=True, key="lb_acc",
-                format_func={"mae": "MAE (years)", "gender_acc": "gender accuracy"}.get)
-plot = board.copy()
-if plot[[x, y]].dropna().empty:
-    st.info("No model has both a cost and this metric yet.")
-else:
-    better = "higher" if y == "gender_acc" else "lower"
-    common.chart(charts.cost_scatter(plot, x, y, labels={**cost, "mae": "MAE (years)", "gender_acc": "gender accuracy"}),
-                 f"Each point is a model: {cost[x]} across, {'MAE' if y == 'mae' else 'gender accuracy'} up "
-                 f"({better} is better), whiskers its 95 % CI. The circled, named points are the Pareto front: no "
-                 "other model is both more accurate and cheaper than them.", key="lb_cost_chart")
-    missing = board.loc[board[x].isna(), "label"].tolist()
-    if missing:
-        st.caption(f"Not plotted (no {cost[x]} recorded): {', '.join(missing[:12])}"
-                   + ("…" if len(missing) > 12 else ""))
+# Off by default: the chart is what makes a new tab slow (plotly's script loads and draws in the browser, ~1 s
+# of the first page's 3 s budget, issue 21), while the table above is the answer most visits come for.
+if st.toggle("Show the accuracy-vs-cost chart", key="lb_cost_show",
+             help="Every model's accuracy against its size or speed, with the Pareto front named."):
+    cost = {"params": "parameters", "infer_img_s": "images / second (CPU, training machine)", "flops": "FLOPs / image"}
+    left, right = st.columns([1, 1])
+    x = left.radio("Cost axis", list(cost), format_func=cost.get, horizontal=True, key="lb_cost")
+    y = right.radio("Accuracy", ["mae", "gender_acc"], horizontal=True, key="lb_acc",
+                    format_func={"mae": "MAE (years)", "gender_acc": "gender accuracy"}.get)
+    plot = board.copy()
+    if plot[[x, y]].dropna().empty:
+        st.info("No model has both a cost and this metric yet.")
+    else:
+        better = "higher" if y == "gender_acc" else "lower"
+        labels = {**cost, "mae": "MAE (years)", "gender_acc": "gender accuracy"}
+        common.chart(charts.cost_scatter(plot, x, y, labels=labels),
+                     f"Each point is a model: {cost[x]} across, {'MAE' if y == 'mae' else 'gender accuracy'} up "
+                     f"({better} is better), whiskers its 95 % CI. The circled, named points are the Pareto front: no "
+                     "other model is both more accurate and cheaper than them.", key="lb_cost_chart")
+        missing = board.loc[board[x].isna(), "label"].tolist()
+        if missing:
+            st.caption(f"Not plotted (no {cost[x]} recorded): {', '.join(missing[:12])}"
+                       + ("…" if len(missing) > 12 else ""))
 common.glossary("MAE", "95 % CI", "CS@5", "±10y", "RMSE", "gender accuracy", "gender F1", "AUC", "params", "FLOPs",
                 "img/s", "n", "kind", "from", "inference mode", "Pareto front")

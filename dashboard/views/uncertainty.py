@@ -34,16 +34,17 @@ t = sel[["model_id", "source", "n", "mean_sigma", "rmse", "cov_68", "cov_90", "c
 if area is not None:
     t = t.merge(area, on=["model_id", "source"], how="left")
 t.insert(0, "model", [c.label(m) for m in t["model_id"]])
+# Fixed column widths: ten columns fit a 1,400 px screen beside the sidebar with no sideways scroll (issue 21).
+num = st.column_config.NumberColumn
 st.dataframe(t.drop(columns="model_id"), hide_index=True, width="stretch", column_config={
-    "source": st.column_config.TextColumn(help=glossary.help("aleatoric", "epistemic")),
-    "n": st.column_config.NumberColumn(help=glossary.help("n")),
-    "mean_sigma": st.column_config.NumberColumn("mean σ", format="%.2f", help=glossary.help("σ")),
-    "rmse": st.column_config.NumberColumn("RMSE", format="%.2f", help=glossary.help("RMSE")),
-    **{f"cov_{p}": st.column_config.NumberColumn(f"cover {p}%", format="%.3f", help=glossary.help("coverage"))
-       for p in (68, 90, 95)},
-    "calib_error": st.column_config.NumberColumn("mean |cover − nominal|", format="%.3f",
-                                                 help=glossary.help("calibration error")),
-    "aurc": st.column_config.NumberColumn("AURC (MAE)", format="%.3f", help=glossary.help("AURC")),
+    "model": st.column_config.TextColumn(width=170),
+    "source": st.column_config.TextColumn(width=150, help=glossary.help("aleatoric", "epistemic")),
+    "n": num(width=55, help=glossary.help("n")),
+    "mean_sigma": num("mean σ", width=65, format="%.2f", help=glossary.help("σ")),
+    "rmse": num("RMSE", width=60, format="%.2f", help=glossary.help("RMSE")),
+    **{f"cov_{p}": num(f"cover {p}%", width=70, format="%.3f", help=glossary.help("coverage")) for p in (68, 90, 95)},
+    "calib_error": num("calib. error", width=90, format="%.3f", help=glossary.help("calibration error")),
+    "aurc": num("AURC (MAE)", width=80, format="%.3f", help=glossary.help("AURC")),
 })
 
 st.subheader("Coverage (reliability)")

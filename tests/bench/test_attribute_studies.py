@@ -18,7 +18,7 @@ from zoo.runs import RunRecord
 def test_study_runs_are_found_by_config_identity_not_by_name():
     from bench.attribute_studies import STUDIES
 
-    cfg = expand_grid(read_yaml(STUDIES["blond_or_glasses"]))[2]  # backbone/lite0-finetuned
+    cfg = expand_grid(read_yaml(STUDIES["blond_or_glasses"][0]))[2]  # backbone/lite0-finetuned
     d = dataclasses.asdict(cfg) | {"name": "renamed by hand"}
     found = study_runs("blond_or_glasses", [RunRecord(id="x-1", kind="single", config=d, created="2026-01-01"),
                                             RunRecord(id="x-0", kind="single", config=d, created="2025-01-01")])

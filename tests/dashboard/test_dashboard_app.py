@@ -561,6 +561,16 @@ def test_attributes_page_on_the_demo_attribute_models(artifacts, env):
     (button,) = at.get("download_button")
     assert button.proto.label.startswith("Download test-set labels") and "0.05" in button.proto.label
 
+    # The study tables (a bootstrap of every study model: slow) are computed only when asked for.
+    from dashboard.data.attributes import STUDY_CAPTIONS
+
+    def study_captions() -> int:
+        return sum(any(str(x.value).startswith(cap) for x in at.caption) for cap in STUDY_CAPTIONS.values())
+
+    assert study_captions() == 0
+    at.toggle(key="attr_studies_show").set_value(True).run(timeout=TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    assert study_captions() == len(STUDY_CAPTIONS)
 
 
 def test_compare_page_shows_attribute_probabilities(artifacts, env, tmp_path):

@@ -34,10 +34,13 @@ class Expect:
     charts: int = 0
     tables: int = 0
     images: int = 0
+    # (toggle label, a text it brings): toggles to switch on first, for content a page draws only when asked
+    switch_on: tuple[tuple[str, str], ...] = ()
 
 
 EXPECT = {  # page script name -> its own content; a page missing here still gets the generic checks
-    "leaderboard": Expect(("Conditions:", "Accuracy vs cost"), charts=1, tables=1),
+    "leaderboard": Expect(("Conditions:", "Accuracy vs cost"), charts=1, tables=1,
+                          switch_on=(("Show the accuracy-vs-cost chart", "Each point is a model"),)),
     "errors": Expect(("By slice", "Error by true age", "Error distribution", "Predicted vs true"), charts=4,
                      tables=1),
     "fairness": Expect(("Age MAE by", "Gaps across models", "Effect of balancing strategies"), charts=2, tables=1),
@@ -178,6 +181,9 @@ def test_page_renders_in_chromium(tour, server, shots, number, app_page):
     errors = main.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
     assert errors.count() == 0, f"{app_page.title}: " + " | ".join(errors.all_inner_texts())[:2000]
     exp = EXPECT.get(app_page.name, Expect())
+    for label, brings in exp.switch_on:
+        main.locator('[data-testid="stCheckbox"]').filter(has_text=label).locator("label").click()
+        headless.settle(tour, app_page.title, text=brings, timeout_s=SETTLE_S)
     text = main.inner_text()
     missing = [t for t in exp.texts if t not in text]
     assert not missing, f"{app_page.title} does not show {missing}"

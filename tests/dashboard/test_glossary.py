@@ -121,6 +121,9 @@ def test_every_chart_on_every_page_has_a_caption_under_it(app):
         visit(at, page)
         if page == "fairness":  # small demo groups: let the gap chart show too
             at.number_input(key="fair_min_n").set_value(5).run(timeout=TIMEOUT)
+        if page == "leaderboard":  # its chart is off until asked for (a new tab's first page stays fast)
+            assert not chart_captions(at.main)
+            at.toggle(key="lb_cost_show").set_value(True).run(timeout=TIMEOUT)
         pairs = chart_captions(at.main)
         assert all(cap for _, cap in pairs), (page, [k for k, cap in pairs if not cap])
         assert all(len(cap) > 40 for _, cap in pairs), (page, pairs)  # a sentence, not a label
@@ -293,3 +296,23 @@ def test_robustness_page_shows_examples_counts_and_models_without_rows(app, arti
     assert len(shots) == n_cells
     assert "a test image of the evaluation set" in caps  # the demo's images are on disk
     assert "Benchmarked in this mode: blur, jpeg" in caps
+
+
+def test_study_chart_ticks_a_log_axis_at_the_studied_values():
+    """Within one decade plotly's own log ticks read "9 0.1 2 3 … 1" (issue 21, data studies): ticks sit at the
+    values the study ran, written plainly."""
+    df = pd.DataFrame({"group": "g", "fraction": [1.0, 0.1, 0.5, 0.25], "mae": [5.0, 7.0, 5.5, 6.0],
+                       "label": list("abcd")})
+    axis = charts.study_chart(df, "fraction", numeric=True).layout.xaxis
+    assert axis.type == "log"
+    assert list(axis.tickvals) == [0.1, 0.25, 0.5, 1.0] and list(axis.ticktext) == ["0.1", "0.25", "0.5", "1"]
+
+
+def test_threshold_lines_label_away_from_each_other():
+    """Two close thresholds (the slider's and the model's own) must not print their labels over each other: each
+    label sits on the side away from the other line (issue 21: overlapping labels on the Attributes page)."""
+    sweep = pd.DataFrame({"threshold": np.linspace(0, 1, 11), "accuracy": np.linspace(0.5, 0.9, 11)})
+    for current, own in ((0.55, 0.56), (0.56, 0.55)):
+        notes = {a.text.split()[0]: a for a in charts.threshold_tradeoff(sweep, current, own).layout.annotations}
+        left, right = sorted(notes.values(), key=lambda a: a.x)
+        assert left.xanchor == "right" and right.xanchor == "left", (current, own, left, right)

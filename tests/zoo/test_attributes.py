@@ -322,6 +322,15 @@ def _cfg(**kw):
     return TrainConfig(**{**base, **kw})
 
 
+def test_attribute_run_selects_its_epoch_on_val_auc_when_asked(zoo_env):
+    from zoo.train import train
+
+    r = train(_cfg(select="attr_auc", seed=5), progress=False)
+    hist = pd.read_csv(Path(zoo_env["env"]["ZOO_ARTIFACTS"]) / "runs" / r["id"] / "history.csv")
+    assert np.allclose(hist["val_attr_auc"], hist["val_attr:blond_or_glasses:auc"])  # one head: its AUC
+    assert r["best_epoch"] == int(hist.loc[hist["val_attr_auc"].idxmax(), "epoch"])
+
+
 def test_attribute_only_run_chooses_thresholds_and_predicts(zoo_env):
     from zoo.data.manifest import load_manifest
     from zoo.pipeline import Pipeline

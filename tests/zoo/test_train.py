@@ -101,6 +101,22 @@ def test_single_task_runs_select_a_checkpoint_and_register(tiny):
         assert r["best_epoch"] >= 1 and np.isfinite(r["metrics"]["test"][key]), tasks
 
 
+def test_select_names_the_val_score_that_picks_the_epoch(tiny):
+    """`select` overrides the task-derived selector (an attribute model whose threshold is tuned later selects on
+    AUC); asking for a score whose labels val lacks is a clear error; the default keeps every registered id."""
+    from zoo.config import ConfigError, TrainConfig
+    from zoo.train import Trainer, train
+
+    r = train(_cfg(epochs=3, seed=3, select="gender_acc"), progress=False)
+    hist = pd.read_csv(Path(tiny["env"]["ZOO_ARTIFACTS"]) / "runs" / r["id"] / "history.csv")
+    assert r["best_epoch"] == int(hist.loc[hist["val_gender_acc"].idxmax(), "epoch"])  # not the MAE's choice
+    with pytest.raises(ValueError, match="select: attr_auc needs its labels in the val split of utkface"):
+        Trainer(_cfg(select="attr_auc"), progress=False, root=tiny["base"] / "scratch")
+    with pytest.raises(ConfigError, match="select must be one of auto, mae"):
+        TrainConfig.from_dict({"select": "loss"})
+    assert "select" not in TrainConfig().identity() and TrainConfig(select="mae").identity()["select"] == "mae"
+
+
 @pytest.mark.parametrize("strategy", [dict(augment="strong"), dict(train_fraction=0.25), dict(age_balance="lds"),
                                       dict(age_balance="balanced_sampler"), dict(gender_balance="undersample"),
                                       dict(gender_balance="reweight"), dict(gender_loss="focal"),
