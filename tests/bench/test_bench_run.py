@@ -557,7 +557,8 @@ def test_sigint_stops_a_run_cleanly_and_it_resumes_to_the_exact_count(zoo_env, t
     exactly."""
     db = tmp_path / "b.duckdb"
     ids = zoo_env["ids"]
-    argv = ["run", "--models", ",".join(ids), "--datasets", "utkface", "--perturb", "default", "--batch-size", "8",
+    # Batches of 2: many parts over several seconds, so a busy machine that polls late still finds the run going.
+    argv = ["run", "--models", ",".join(ids), "--datasets", "utkface", "--perturb", "default", "--batch-size", "2",
             "--flush-seconds", "0", "--merge-seconds", "1000", "--threads", "1", "--no-progress", "--db", str(db)]
     proc = subprocess.Popen([sys.executable, "-m", "bench", *argv], cwd=REPO, env={**os.environ, **zoo_env["env"]},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

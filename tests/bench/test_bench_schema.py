@@ -89,7 +89,7 @@ def _sql_strings(source: str) -> list[str]:
 
 def query_drift(source: str, schema: dict[str, list[tuple[str, str]]]) -> list[str]:
     """`p.col` / `i.col` / `m.col` / `a.col` / `e.col` references in the dashboard's SQL that the schema lacks."""
-    cols = {t: {c for c, _ in schema[t]} for t in schema}
+    cols = {t: {c for c, _ in schema[t]} | {"rowid"} for t in schema}  # DuckDB's row number of every table
     missing = set()
     for s in _sql_strings(source):
         for alias, col in re.findall(r"\b([pimae])\.([A-Za-z_]\w*)", s):
