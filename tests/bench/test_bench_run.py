@@ -557,9 +557,11 @@ def test_sigint_stops_a_run_cleanly_and_it_resumes_to_the_exact_count(zoo_env, t
     exactly."""
     db = tmp_path / "b.duckdb"
     ids = zoo_env["ids"]
-    # Batches of 2: many parts over several seconds, so a busy machine that polls late still finds the run going.
-    argv = ["run", "--models", ",".join(ids), "--datasets", "utkface", "--perturb", "default", "--batch-size", "2",
-            "--flush-seconds", "0", "--merge-seconds", "1000", "--threads", "1", "--no-progress", "--db", str(db)]
+    # Five MC-Dropout passes per image: a run of several seconds and many parts, so a busy test process that polls
+    # late still finds it going (at one pass, a full-suite run once finished before the poll saw three parts).
+    argv = ["run", "--models", ",".join(ids), "--datasets", "utkface", "--perturb", "default", "--batch-size", "4",
+            "--mc-dropout", "5", "--flush-seconds", "0", "--merge-seconds", "1000", "--threads", "1", "--no-progress",
+            "--db", str(db)]
     proc = subprocess.Popen([sys.executable, "-m", "bench", *argv], cwd=REPO, env={**os.environ, **zoo_env["env"]},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -576,7 +578,7 @@ def test_sigint_stops_a_run_cleanly_and_it_resumes_to_the_exact_count(zoo_env, t
 
     from bench.run import run
 
-    s = run(_opts(db, ids, perturb="default"))
+    s = run(_opts(db, ids, perturb="default", mc_dropout=5))
     assert s["rows"] == expected - done and store.table_counts(db)["predictions"] == expected
     assert _duplicates(db) == 0 and _q(db, "SELECT sum(n_rows) FROM bench_runs")[0][0] == expected
 
