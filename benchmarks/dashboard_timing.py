@@ -3,7 +3,7 @@
     python benchmarks/dashboard_timing.py                           # the shipped artifacts (artifacts/)
     python benchmarks/dashboard_timing.py --artifacts DIR --photos 3 --screenshots /tmp/agezoo-shots
 
-Runs `streamlit run dashboard/app.py` (dashboard/headless.py: Debian's chromium through Playwright, 1,400 x 900)
+Runs `python -m dashboard` (dashboard/headless.py: Debian's chromium through Playwright, 1,400 x 900)
 twice, each on a freshly started server:
 
 1. Pages. The first tab opened once the server answers its health check (empty caches: the "first tab after server
@@ -99,13 +99,14 @@ def pages_run(browser, env: dict, tmp: Path, table: Table, layout: list, shots: 
     default = next(p.title for p in pages if p.default)
     t_start = time.perf_counter()
     with headless.serve(env, tmp / "pages.log") as url:
-        table.add("server start to health check (streamlit run)", time.perf_counter() - t_start)
+        table.add("server start to health check (python -m dashboard)", time.perf_counter() - t_start)
         for which in ("first tab after server start", "second fresh tab"):
             pg = browser.new_page(viewport=headless.VIEWPORT)
             t0 = time.perf_counter()
             pg.goto(url + "/", wait_until="commit")
             t = headless.settle(pg, default, timeout_s=timeout_s) - t0
-            table.add(f"first page ({default}), {which}", t, TARGETS["first"])
+            # Issue 21: the first page within 3 s on a warm server; the first tab after start is reported
+            table.add(f"first page ({default}), {which}", t, TARGETS["first"] if which == "second fresh tab" else None)
             if which == "first tab after server start":
                 pg.close()
         failed: list[str] = []

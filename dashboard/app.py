@@ -1,4 +1,4 @@
-"""agezoo analysis dashboard: `streamlit run dashboard/app.py`.
+"""agezoo analysis dashboard: `python -m dashboard` (or `streamlit run dashboard/app.py`).
 
 Reads the model registry (`artifacts/runs`) and the predictions database (`artifacts/bench.duckdb`, see
 bench/SCHEMA.md); both move with ZOO_ARTIFACTS. Pages are thin scripts in dashboard/views/ with no SQL; the data layer
@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts dashboard
 
 import streamlit as st  # noqa: E402
 
-from dashboard import common  # noqa: E402
+from dashboard import common, predict  # noqa: E402
 from dashboard.data import db as DB, registry  # noqa: E402
 
 st.set_page_config(page_title="agezoo — age & gender model zoo", page_icon="🧭", layout="wide")
@@ -44,7 +44,7 @@ PAGES = {
 }
 
 nav = st.navigation(PAGES)
-common.model_pool(registry.registry_version())  # starts loading the zoo for "Compare a photo" in the background
+predict.app_pool(registry.registry_version())  # the zoo for "Compare a photo" loads in the background (once)
 DB.reset_stale()
 with DB.batch():  # one read-only connection for this run's uncached queries, closed when the run ends
     try:

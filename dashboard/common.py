@@ -15,7 +15,7 @@ from zoo.modes import REGISTRY_MODES
 PHOTO_TTA = ("off", "flip", "flip+crop")
 
 DEMO_HINT = ("To look around on made-up numbers first: `python -m dashboard.demo /tmp/agezoo-demo` then "
-             "`ZOO_ARTIFACTS=/tmp/agezoo-demo ZOO_CACHE=/tmp/agezoo-demo/cache streamlit run dashboard/app.py`.")
+             "`ZOO_ARTIFACTS=/tmp/agezoo-demo ZOO_CACHE=/tmp/agezoo-demo/cache python -m dashboard`.")
 BENCH_HINT = ("Fill it with the benchmark: `python -m bench` writes one row per (model, image, perturbation) to "
               "`{db}` (schema: `bench/SCHEMA.md`). The dashboard reloads by itself when the file changes.")
 TRAIN_HINT = ("Train and register a model: `python -m zoo train --config zoo/configs/resnet18_dldl.yaml` "
@@ -316,19 +316,6 @@ def run_query(fn, *args, **kw):
         st.warning("The database is locked by a running bench write and this view has no earlier result cached. "
                    "Reload in a moment.")
         return None
-
-
-@st.cache_resource(show_spinner=False, max_entries=2)
-def model_pool(reg_ver: str):
-    """The app-wide `predict.ModelPool` of this registry version, already loading the photo page's default models
-    (`predict.headline_ids`) in the background (called from app.py, so loading starts when the app opens, not when a
-    photo arrives). The rest of the zoo loads when a page asks for it: less work competing with the first page."""
-    from dashboard import predict
-
-    pool = predict.ModelPool()
-    runs, _ = predict.available_models()
-    pool.preload(predict.headline_ids(runs))
-    return pool
 
 
 def selected_images(event, frame: pd.DataFrame | None = None) -> list[tuple[str, str]]:

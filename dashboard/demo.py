@@ -14,7 +14,7 @@
 * `write_face_images(root, images)` writes small JPEG stand-ins for the images table's `path`s (for the Browser).
 
     python -m dashboard.demo OUT_DIR [--images 3000] [--models 12]
-    ZOO_ARTIFACTS=OUT_DIR ZOO_CACHE=OUT_DIR/cache streamlit run dashboard/app.py
+    ZOO_ARTIFACTS=OUT_DIR ZOO_CACHE=OUT_DIR/cache python -m dashboard
 
 The numbers are made up: never mix a demo database with real results.
 """
@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     c = write_demo_artifacts(a.out, a.images, a.models, seed=a.seed)
     print(f"wrote {c['predictions']:,} predictions for {c['models']} models on {c['images']:,} images to {a.out}\n"
-          f"ZOO_ARTIFACTS={a.out} ZOO_CACHE={a.out / 'cache'} streamlit run dashboard/app.py")
+          f"ZOO_ARTIFACTS={a.out} ZOO_CACHE={a.out / 'cache'} python -m dashboard")
     return 0
 
 

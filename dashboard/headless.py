@@ -1,4 +1,4 @@
-"""The dashboard served for real and driven headless: `streamlit run dashboard/app.py` in a process group of its own,
+"""The dashboard served for real and driven headless: `python -m dashboard` in a process group of its own,
 Debian's chromium through Playwright (never a downloaded browser). Used by the Chromium test
 (tests/dashboard/test_dashboard_browser.py) and the timing benchmark (benchmarks/dashboard_timing.py); the app itself
 never imports it. Playwright is imported by the callers, not here."""
@@ -85,8 +85,8 @@ def free_port() -> int:
 
 @contextmanager
 def serve(env: dict[str, str | None], log: Path, start_timeout: float = 180.0) -> Iterator[str]:
-    """`streamlit run dashboard/app.py` on a free local port until the `with` ends; yields its URL once /healthz
-    answers. `env` overrides the environment (None removes a variable). Output goes to `log`."""
+    """`python -m dashboard` (the README's command) on a free local port until the `with` ends; yields its URL once
+    /healthz answers. `env` overrides the environment (None removes a variable). Output goes to `log`."""
     full = {**os.environ, "PYTHONPATH": str(ROOT)}
     for k, v in env.items():
         if v is None:
@@ -97,7 +97,7 @@ def serve(env: dict[str, str | None], log: Path, start_timeout: float = 180.0) -
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port",
+            [sys.executable, "-m", "dashboard", "--server.headless", "true", "--server.port",
              str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
              "--server.fileWatcherType", "none"],
             cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

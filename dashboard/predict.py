@@ -7,10 +7,14 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported on use: the model process and `python -m dashboard` start without it
+    from concurrent.futures import Future
+
+    import pandas as pd
 
 
 def set_torch_threads() -> None:
@@ -28,12 +32,12 @@ def available_models(root: Path | None = None) -> tuple[list[dict], list[tuple[s
     """(runnable models as plain dicts: run.json's content, or a peer's {id, name, kind}; [(id, why not runnable)]):
     a run is runnable when its weights (or, for an ensemble, every member's, for an adapted run its own and its
     parent's) are present; external peers are always listed."""
-    from dashboard.data.registry import read_runs
     from zoo.paths import runs_dir
     from zoo.registry import missing_weights
+    from zoo.runs import RunRecord
 
     root = root or runs_dir()
-    runs = read_runs(root)
+    runs = RunRecord.load_all(root)
     by_id = {r.id: r for r in runs}
     ok, skipped = [], []
     for r in runs:
@@ -140,20 +144,23 @@ class ModelPool:
     def loaded(self) -> int:
         return len(self._loaded)
 
-    def preload(self, model_ids: list[str]) -> threading.Thread:
+    def preload(self, model_ids: list[str], detector: bool = True) -> threading.Thread:
         """Load `model_ids` in a daemon thread (once per pool) and run each once on a blank crop, so the first real
-        photo does not pay for the first forward either; failures are left for `get` to raise on the page. The face
-        detector is loaded first, on the thread `detect_faces` runs on. `progress` follows it."""
+        photo does not pay for the first forward either; failures are left for `get` to raise on the page. With
+        `detector`, the face detector is loaded first, on the thread `detect_faces` runs on. `progress` follows it."""
         def work() -> None:
             blank = np.full((64, 64, 3), 128, np.uint8)
             try:
-                self._current = FACE_DETECTOR
-                detect_faces(blank)  # loads the detector and landmark model where the page's detections run
-                self._done = 1
+                if detector:
+                    self._current = FACE_DETECTOR
+                    load_detector().result()
+                    self._done = 1
                 for mid in model_ids:
                     self._current = mid
                     try:
-                        predict_one(self.get(mid), blank, mc_dropout=2)
+                        model = self.get(mid)
+                        if not hasattr(model, "members"):  # an ensemble's forward is its members' (warm already)
+                            predict_one(model, blank, mc_dropout=2)
                     except Exception:  # noqa: BLE001 (the Compare page shows this model's error when it runs it)
                         pass
                     self._done += 1
@@ -167,20 +174,156 @@ class ModelPool:
 
         with self._guard:
             if self._thread is None:
-                self._plan, self._started = [FACE_DETECTOR, *model_ids], time.perf_counter()
+                self._plan, self._started = [FACE_DETECTOR] * detector + list(model_ids), time.perf_counter()
                 self._thread = threading.Thread(target=work, name="model-preload", daemon=True)
                 self._thread.start()
         return self._thread
+
+    def preload_headline(self) -> threading.Thread:
+        """`preload` the photo page's default models (`headline_ids`), without the face detector: the app's model
+        process does this, and the app detects faces itself (`detect_faces`; the photo page starts loading the
+        detector there), so the two load at once on the two cores."""
+        return self.preload(headline_ids(available_models(self.root)[0]), detector=False)
+
+    def predict(self, model_id: str, crop: np.ndarray, mc_dropout: int = 10, tta: str | None = None) -> dict:
+        """`predict_one` with this pool's model."""
+        return predict_one(self.get(model_id), crop, mc_dropout=mc_dropout, tta=tta)
+
+    def combine(self, model_id: str, results: dict[str, dict]) -> dict | None:
+        """`combine_members` for this pool's ensemble `model_id`."""
+        return combine_members(self.get(model_id), results)
+
 
     def progress(self) -> PoolProgress:
         """Where the preload stands: steps done of planned (the face detector, then each model), the step under way,
         and seconds since it started (until it finished)."""
         end = self._finished or time.perf_counter()
         return PoolProgress(self._done, len(self._plan), self._current, self._finished is not None,
-                            end - self._started if self._started else 0.0, list(self._plan[1:]))
+                            end - self._started if self._started else 0.0,
+                            [m for m in self._plan if m != FACE_DETECTOR])
 
 
 FACE_DETECTOR = "face detector"
+
+
+class PoolStopped(RuntimeError):
+    """The model process ended (killed, out of memory): the app starts a new one on the next page run."""
+
+
+class PoolProcess:
+    """The app's `ModelPool` in a process of its own, with the same calls (preload, progress, predict, combine) and
+    `wait`, each a message on a pipe. Why a process: loading the pool is ~6 s of Python (importing torch, torchvision
+    and timm, building networks) that, in a thread of the app, holds the interpreter lock against every page being
+    drawn (a new tab took 4 s instead of ~2.5 s while it loaded, and the loading itself ran twice as long). In its own
+    process it runs on the other core, and the app never imports torch. Faces are detected in the app (dlib, no
+    torch). Calls are served one at a time; the page caches answers (`st.cache_data`), so they are few."""
+
+    def __init__(self, root: Path | None = None):
+        import subprocess
+        import sys
+        from multiprocessing import Pipe
+
+        # A plain subprocess on one end of a socket pair, not multiprocessing's spawn: spawn re-runs the parent's
+        # __main__ in the child, and while a page runs Streamlit's __main__ is that page's script.
+        self._conn, theirs = Pipe()
+        repo = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from dashboard.predict import _serve_pool; _serve_pool()", str(theirs.fileno()),
+             str(root or "")], pass_fds=[theirs.fileno()], env=env, cwd=repo)
+        theirs.close()
+        self._lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def close(self) -> None:
+        self._conn.close()  # the process ends when its end of the pipe closes
+        try:
+            self._proc.wait(5)
+        except Exception:  # noqa: BLE001 (subprocess.TimeoutExpired)
+            self._proc.kill()
+
+    def _call(self, name: str, *args):
+        with self._lock:
+            try:
+                self._conn.send((name, args))
+                ok, value = self._conn.recv()
+            except (EOFError, OSError) as e:
+                raise PoolStopped(f"the model process stopped (exit code {self._proc.poll()}); reload the page "
+                                  "to start it again") from e
+        if ok:
+            return value
+        raise value
+
+    def preload(self, model_ids: list[str]) -> None:
+        self._call("preload", list(model_ids))
+
+    def preload_headline(self) -> None:
+        self._call("preload_headline")
+
+    def progress(self) -> PoolProgress:
+        return self._call("progress")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (p := self.progress()).finished and p.total:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return p.finished
+
+    def predict(self, model_id: str, crop: np.ndarray, mc_dropout: int = 10, tta: str | None = None) -> dict:
+        return self._call("predict", model_id, crop, mc_dropout, tta)
+
+    def combine(self, model_id: str, results: dict[str, dict]) -> dict | None:
+        return self._call("combine", model_id, results)
+
+
+def _serve_pool() -> None:
+    """The model process (argv: the pipe's file descriptor, the registry root or ""): a ModelPool answering
+    PoolProcess's calls until the app closes the pipe or exits."""
+    import sys
+    from multiprocessing.connection import Connection
+
+    conn, root = Connection(int(sys.argv[1])), sys.argv[2]
+    pool = ModelPool(Path(root) if root else None)
+    while True:
+        try:
+            name, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            value = getattr(pool, name)(*args)
+            reply = (True, None if name.startswith("preload") else value)  # the preload's thread stays here
+        except Exception as e:  # noqa: BLE001 (the page shows it: a broken checkpoint, a bad image)
+            reply = (False, e)
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+        except Exception as e:  # noqa: BLE001 (an exception that does not pickle)
+            conn.send((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}; {e}")))
+
+
+_POOLS: dict[str, PoolProcess] = {}  # registry version -> the app's pool (two kept: the current and the one before)
+_POOLS_GUARD = threading.Lock()
+
+
+def app_pool(reg_ver: str) -> PoolProcess:
+    """The app's model pool (a `PoolProcess`) for this registry version (zoo.runs.registry_version), preloading
+    the photo page's default models (`headline_ids`) from its first call: `python -m dashboard` makes that call before
+    it starts the server, so the models load while the browser connects; under `streamlit run`, app.py's first run
+    does. The rest of the zoo loads when a page asks for it. A pool whose process died is replaced."""
+    with _POOLS_GUARD:
+        pool = _POOLS.get(reg_ver)
+        if pool is not None and pool.alive():
+            return pool
+        pool = _POOLS[reg_ver] = PoolProcess()
+        for old in list(_POOLS)[:-2]:
+            _POOLS.pop(old).close()
+    pool.preload_headline()  # the process reads the registry itself: nothing here waits for it
+    return pool
 
 
 class PoolProgress(NamedTuple):
@@ -196,11 +339,11 @@ _DETECTOR = None
 _DETECT_GUARD = threading.Lock()
 
 
-def detect_faces(rgb: np.ndarray) -> list:
-    """`zoo.faces.FacePipeline().detect(rgb)` on one long-lived worker thread. zoo.faces keeps its dlib detector and
-    landmark model per thread, and Streamlit runs every rerun of a page on a new thread, so detecting on the page's
-    own thread paid ~1 s of dlib loading for every new photo (measured: 1.3-1.5 s first, 0.25 s again on the
-    astronaut); one worker thread also never runs two dlib detections at once."""
+def _on_detector_thread(fn) -> Future:
+    """fn(FacePipeline()) on one long-lived worker thread. zoo.faces keeps its dlib detector and landmark model per
+    thread, and Streamlit runs every rerun of a page on a new thread, so detecting on the page's own thread paid ~1 s
+    of dlib loading for every new photo (measured: 1.3-1.5 s first, 0.25 s again on the astronaut); one worker
+    thread also never runs two dlib detections at once."""
     global _DETECTOR
     from concurrent.futures import ThreadPoolExecutor
 
@@ -209,7 +352,17 @@ def detect_faces(rgb: np.ndarray) -> list:
     with _DETECT_GUARD:
         if _DETECTOR is None:
             _DETECTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-detector")
-    return _DETECTOR.submit(lambda: FacePipeline().detect(rgb)).result()
+    return _DETECTOR.submit(lambda: fn(FacePipeline()))
+
+
+def load_detector() -> Future:
+    """Start loading the face detector and landmark model on the detector thread (~1 s); returns at once."""
+    return _on_detector_thread(lambda pipe: pipe.load())
+
+
+def detect_faces(rgb: np.ndarray) -> list:
+    """`zoo.faces.FacePipeline().detect(rgb)` on the detector thread."""
+    return _on_detector_thread(lambda pipe: pipe.detect(rgb)).result()
 
 
 def predict_one(predictor, crop: np.ndarray, mc_dropout: int = 10, tta: str | None = None) -> dict:
@@ -260,6 +413,8 @@ def combine_members(ensemble, results: dict[str, dict]) -> dict | None:
 def attribute_table(rows: list[dict]) -> pd.DataFrame:
     """The attribute heads' probabilities in `predict_one` rows (keys `attr:NAME`): one row per model that has any
     (label, then one column per attribute, NaN where a model lacks that head); empty when no model has one."""
+    import pandas as pd
+
     from zoo.attributes import ATTR_PREFIX
 
     names = list(dict.fromkeys(k[len(ATTR_PREFIX):] for r in rows for k in r if k.startswith(ATTR_PREFIX)))
@@ -271,12 +426,14 @@ def attribute_table(rows: list[dict]) -> pd.DataFrame:
 def results_frame(rows: list[dict]) -> pd.DataFrame:
     """Rows of {model_id, label, kind, age, sigma_aleatoric, sigma_epistemic, sigma_tta, gender_prob, seconds,
     error} -> frame with sigma_total = sqrt(aleatoric² + epistemic²) (whichever exist)."""
+    import pandas as pd
+
     cols = ["model_id", "label", "kind", "age", "sigma_aleatoric", "sigma_epistemic", "sigma_tta", "gender_prob",
             "seconds", "error"]
     df = pd.DataFrame(rows).reindex(columns=cols)
     for c in ("age", "sigma_aleatoric", "sigma_epistemic", "sigma_tta", "gender_prob", "seconds"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
-    from zoo.inference import total_sigma
+    from zoo.metrics import total_sigma
 
     df["sigma_total"] = total_sigma(df["sigma_aleatoric"], df["sigma_epistemic"])
     return df

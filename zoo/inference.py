@@ -66,13 +66,6 @@ def set_mc_dropout(model: nn.Module, active: bool) -> None:
                 m.train()
 
 
-def total_sigma(aleatoric, epistemic) -> np.ndarray:
-    """sqrt(aleatoric² + epistemic²) of whichever exist; NaN where neither does."""
-    a, e = np.asarray(aleatoric, float), np.asarray(epistemic, float)
-    both = np.sqrt(np.nan_to_num(a) ** 2 + np.nan_to_num(e) ** 2)
-    return np.where(np.isnan(a) & np.isnan(e), np.nan, both)
-
-
 def predict_photos(predictor: Predictor, photos, detector: str = "dlib_hog", **kw) -> list:
     """Any photos (paths or RGB arrays) -> one `zoo.pipeline.FaceRow` per face, predicted by `predictor`."""
     from zoo.pipeline import Pipeline

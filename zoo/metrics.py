@@ -56,3 +56,10 @@ def all_metrics(pred: dict[str, np.ndarray], age: np.ndarray, gender: np.ndarray
     if "gender_prob" in pred:
         out.update(gender_metrics(pred["gender_prob"], gender))
     return out
+
+
+def total_sigma(aleatoric, epistemic) -> np.ndarray:
+    """sqrt(aleatoric² + epistemic²) of whichever exist; NaN where neither does."""
+    a, e = np.asarray(aleatoric, float), np.asarray(epistemic, float)
+    both = np.sqrt(np.nan_to_num(a) ** 2 + np.nan_to_num(e) ** 2)
+    return np.where(np.isnan(a) & np.isnan(e), np.nan, both)

@@ -66,7 +66,7 @@ def predict_crops(predictor: Predictor, crops: np.ndarray, mc_dropout: int = 0,
 
 
 def _summary(out: dict[str, np.ndarray], i: int) -> dict[str, float]:
-    from zoo.inference import total_sigma
+    from zoo.metrics import total_sigma
 
     sigma = float(total_sigma(out["sigma_aleatoric"][i], out["sigma_epistemic"][i]))
     attrs = {k: float(v[i]) for k, v in out.items() if k.startswith("attr:")}  # attribute heads' probabilities

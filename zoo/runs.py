@@ -301,3 +301,13 @@ def _fmt_pretrained(p: str | None) -> str | None:
     if not p:
         return None
     return p if p == "imagenet" else Path(str(p)).name
+
+
+def registry_version(root: Path | None = None) -> str:
+    """Changes when a run is added, removed or rewritten (a cache key for readers of the registry)."""
+    from zoo.paths import runs_dir
+
+    root = root or runs_dir()
+    if not root.is_dir():
+        return f"{root}|-"
+    return f"{root}|" + "|".join(f"{p.parent.name}:{p.stat().st_mtime_ns}" for p in sorted(root.glob(f"*/{RUN_FILE}")))

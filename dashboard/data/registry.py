@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from zoo.modes import PLAIN, metrics_key
+from zoo.runs import registry_version  # noqa: F401 (the pages' cache key)
 from zoo.runs import RunRecord
 
 try:
@@ -20,14 +21,6 @@ def runs_root() -> Path:
     from zoo.paths import runs_dir
 
     return runs_dir()
-
-
-def registry_version() -> str:
-    """Changes when a run is added, removed or rewritten."""
-    root = runs_root()
-    if not root.is_dir():
-        return f"{root}|-"
-    return f"{root}|" + "|".join(f"{p.parent.name}:{p.stat().st_mtime_ns}" for p in sorted(root.glob("*/run.json")))
 
 
 def _registry_runs_impl(ver: str) -> list[RunRecord]:

@@ -22,7 +22,8 @@ st.caption("The photo is decoded in memory and never written to disk. Each face 
 
 reg_ver = registry.registry_version()
 runs, skipped = predict.available_models()
-pool = common.model_pool(reg_ver)  # app.py started it: the headline models are loading (or loaded) already
+pool = predict.app_pool(reg_ver)  # started with the server or by app.py: the headline models are loading (or loaded)
+predict.load_detector()  # faces are found here, in the app: the detector loads while the photo is picked
 headline = predict.headline_ids(runs)
 labels = common.unique_names({r["id"]: (r.get("name") or r["id"]) for r in runs})
 if not any(r["kind"] != "peer" for r in runs):
@@ -108,7 +109,7 @@ def find_faces(digest: str, _rgb) -> list:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def run_model(model_id: str, reg_ver: str, digest: str, _crop, mc: int, tta: str | None) -> dict:
-    return predict.predict_one(pool.get(model_id), _crop, mc_dropout=mc, tta=tta)
+    return pool.predict(model_id, _crop, mc_dropout=mc, tta=tta)
 
 
 faces = find_faces(photos.image_digest(pic.rgb), pic.rgb)
@@ -146,7 +147,7 @@ bar = st.progress(0.0, text="running models…") if len(picked) > 1 else None
 for k, mid in enumerate(sorted(picked, key=lambda m: kind_of[m] == "ensemble")):
     try:
         ran = {m: r for m, r in done.items() if "error" not in r}
-        got = predict.combine_members(pool.get(mid), ran) if kind_of[mid] == "ensemble" else None
+        got = pool.combine(mid, ran) if kind_of[mid] == "ensemble" else None
         done[mid] = got or run_model(mid, reg_ver, digest, crop, mc, tta)
     except Exception as e:  # one broken checkpoint must not hide the others
         done[mid] = {"error": f"{type(e).__name__}: {e}"}

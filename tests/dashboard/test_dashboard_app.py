@@ -150,6 +150,94 @@ def test_model_pool_loads_each_model_once_and_shares_ensemble_members(artifacts,
     assert all(m is pool.get(mid) for m, mid in zip(ens.members, ens.info["members"]))
 
 
+def test_the_app_pool_is_one_per_registry_version_and_preloads_the_headline_models(artifacts, env, monkeypatch):
+    """app.py, the photo page and `python -m dashboard` share one pool per registry version; its preload is the
+    photo page's default set, started once; an older version's pool is closed after two newer ones, and a pool
+    whose process died is replaced."""
+    from dashboard import predict
+
+    env(artifacts["dir"])
+    ids = [r["id"] for r in predict.available_models()[0] if r["kind"] != "peer"]
+    pool = predict.ModelPool()  # without the detector step, progress lists every model still
+    pool.preload(ids, detector=False).join(120)
+    assert pool.progress().models == ids and pool.progress().done == len(ids) == pool.loaded()
+    planned, closed = [], []
+
+    class Recorded:
+        def __init__(self):
+            self.up = True
+
+        def alive(self):
+            return self.up
+
+        def preload_headline(self):
+            planned.append(self)
+
+        def close(self):
+            closed.append(self)
+
+    monkeypatch.setattr(predict, "PoolProcess", Recorded)
+    monkeypatch.setattr(predict, "_POOLS", {})
+    a = predict.app_pool("v1")
+    assert predict.app_pool("v1") is a and planned == [a]
+    b = predict.app_pool("v2")
+    assert b is not a and len(planned) == 2
+    predict.app_pool("v3")
+    assert set(predict._POOLS) == {"v2", "v3"} and closed == [a]
+    b.up = False
+    assert predict.app_pool("v2") is not b
+    loading = []  # what the process preloads: the photo page's default set; the app loads the face detector
+    monkeypatch.setattr(predict.ModelPool, "preload", lambda self, ids, detector=True: loading.append((ids, detector)))
+    predict.ModelPool().preload_headline()
+    assert loading == [(predict.headline_ids(predict.available_models()[0]), False)]
+
+
+def test_the_pool_process_answers_as_the_pool_does_and_reports_errors(artifacts, env):
+    """PoolProcess: the same answers as an in-process ModelPool (a network, an ensemble combined from its members),
+    a model's error raised on the caller's side with its type, and a clear error once the process is gone."""
+    from dashboard import predict
+
+    env(artifacts["dir"])
+    runs, _ = predict.available_models()
+    ens = next(r for r in runs if r["kind"] == "ensemble")
+    local, remote = predict.ModelPool(), predict.PoolProcess()
+    try:
+        remote.preload(ens["members"])
+        assert remote.wait(120) and remote.progress().done == 1 + len(ens["members"])  # the face detector, then each
+        crop = np.full((64, 64, 3), 100, np.uint8)
+        mine = {m: local.predict(m, crop, mc_dropout=0) for m in ens["members"]}
+        theirs = {m: remote.predict(m, crop, mc_dropout=0) for m in ens["members"]}
+        for m in mine:
+            assert theirs[m]["age"] == pytest.approx(mine[m]["age"], abs=1e-4)
+        assert remote.combine(ens["id"], theirs)["age"] == pytest.approx(local.combine(ens["id"], mine)["age"],
+                                                                         abs=1e-4)
+        with pytest.raises(KeyError, match="no model 'nope'"):
+            remote.predict("nope", crop)
+    finally:
+        remote.close()
+    with pytest.raises(predict.PoolStopped, match="model process stopped"):
+        remote.progress()
+
+
+def test_python_m_dashboard_loads_the_models_before_a_browser_connects(artifacts, env, tmp_path):
+    """The README's command starts the model pool with the server: the photo page's models are loaded (the server
+    log says so) while no browser has opened a page, so no app script has run."""
+    import time
+
+    from dashboard import headless, predict
+
+    env(artifacts["dir"])  # the server inherits this environment
+    headline = predict.headline_ids(predict.available_models()[0])
+    log = tmp_path / "server.log"
+    with headless.serve({}, log):
+        deadline = time.monotonic() + 120
+        while "loaded in" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+    text = log.read_text()
+    assert f"agezoo: {len(headline)} models" in text and "loaded in" in text, text[-2000:]
+    assert "Traceback" not in text, text[-2000:]
+
+
 def test_compare_page_predicts_with_every_model(artifacts, env):
     env(artifacts["dir"])
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)

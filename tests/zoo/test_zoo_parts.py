@@ -169,3 +169,38 @@ def test_greedy_ensemble_selection_keeps_complementary_models_and_drops_a_bad_on
     mean = np.mean([preds[k] for k in chosen], 0)
     assert np.abs(mean - target).mean() < min(np.abs(preds[k] - target).mean() for k in chosen)
     assert greedy_select({"only": target + 1}, target) == ["only"]
+
+
+@pytest.mark.parametrize("backbone", ["seed_cnn", "mobilenetv3_small_100"])
+def test_a_network_loads_its_checkpoint_exactly_with_or_without_the_meta_device(backbone, monkeypatch):
+    """zoo.registry builds a loaded network on the meta device (no random init) and falls back to the CPU build when
+    the network has a tensor the checkpoint lacks: both give the checkpoint's network, on real tensors."""
+    from zoo import registry
+    from zoo.config import TrainConfig
+    from zoo.model import AgeGenderModel
+
+    cfg = TrainConfig(backbone=backbone, formulation="dldl", tasks=["age", "gender"])
+    src = AgeGenderModel(cfg, load_pretrained=False).eval()
+    state = {k: v.clone() for k, v in src.state_dict().items()}
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        want = src.heads(src.features(x))
+
+    def check(net):
+        assert not any(t.is_meta for t in [*net.parameters(), *net.buffers()])
+        assert all(p.requires_grad for p in net.parameters())
+        with torch.no_grad():
+            got = net.eval().heads(net.features(x))
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+    check(registry._network_holding(cfg, state))
+    init = AgeGenderModel.__init__
+
+    def with_extra_buffer(self, *a, **kw):  # a tensor no checkpoint holds
+        init(self, *a, **kw)
+        self.register_buffer("scratch", torch.ones(1), persistent=False)
+
+    monkeypatch.setattr(AgeGenderModel, "__init__", with_extra_buffer)
+    net = registry._network_holding(cfg, state)
+    check(net)
+    assert torch.equal(net.scratch, torch.ones(1))  # built on the CPU: its own buffers are real, not meta

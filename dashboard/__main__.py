@@ -1,0 +1,46 @@
+"""`python -m dashboard`: the agezoo dashboard, with the photo page's models loading from the moment it starts.
+
+    python -m dashboard                          # http://localhost:8501, reads ZOO_ARTIFACTS (default artifacts/)
+    python -m dashboard --server.port 8600       # any option of `streamlit run`
+
+The same app as `streamlit run dashboard/app.py`. The difference: Streamlit runs nothing of the app before a browser
+connects, so under `streamlit run` the model pool (a process of its own loading torch, timm and the headline
+networks: ~5 s on a 2-core CPU) starts only with the first page; here it starts before the server, and a photo
+uploaded right after start finds it (nearly) ready.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent / "app.py"
+
+
+def _report_loaded(pool) -> None:
+    pool.wait()
+    p = pool.progress()
+    print(f"agezoo: {len(p.models)} models for \"Compare a photo\" loaded in {p.seconds:.1f} s", file=sys.stderr,
+          flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if {"-h", "--help"} & set(args):
+        print(__doc__.strip() + "\n\nOptions: `streamlit run --help`.")
+        return 0
+    from dashboard import predict
+    from zoo.runs import registry_version
+
+    pool = predict.app_pool(registry_version())  # the model process starts first; app.py finds it (same version)
+    # Streamlit (with pandas, numpy, plotly) imported before another thread runs here: two threads importing one
+    # package's mutually importing modules at once can see one of them half initialised (seen with pandas).
+    from streamlit.web import cli
+
+    threading.Thread(target=_report_loaded, args=(pool,), name="model-pool-report", daemon=True).start()
+    sys.argv = ["streamlit", "run", str(APP), *args]
+    return cli.main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
