@@ -22,7 +22,7 @@ from bench import store
 from bench.metrics import metrics_with_ci
 from bench.report import load_predictions
 from zoo.config import TrainConfig, expand_grid, read_yaml
-from zoo.fairness import attribute_report, group_thresholds
+from zoo.fairness import attribute_report, choose_threshold, group_thresholds
 from zoo.paths import REPO
 from zoo.runs import RunRecord
 
@@ -88,9 +88,24 @@ def attribute_rows(con, attribute: str, dataset: str, mode: str | None, models: 
         WHERE {' AND '.join(where)} ORDER BY a.model_id, a.image_id""", prm).df()[ROW_COLUMNS]
 
 
-def _threshold(run: RunRecord, attribute: str) -> float:
-    t = run.attribute_threshold(attribute)
-    return 0.5 if t is None else t  # as the Attributes page, for a run that chose none
+DEFAULT_THRESHOLD = 0.5  # for a model with neither val rows nor a threshold of its own
+
+
+def decision_threshold(val: pd.DataFrame, run: RunRecord | None, attribute: str) -> tuple[float, str]:
+    """(threshold a model is judged at, where it comes from). "val": chosen on its labelled val rows of the inference
+    mode being judged (`zoo.fairness.choose_threshold`, training's rule), since a threshold chosen on plain
+    predictions misjudges TTA outputs (the 4-run Lite0 ensemble: 0.457 on plain val, 0.497 under flip); without such
+    rows, "training": the one its training chose on plain val (run.json); else "default". The README tables and the
+    Attributes page both judge models here."""
+    lab = val[val["label"].notna() & val["prob"].notna()] if len(val) else val
+    if len(lab):
+        return choose_threshold(lab["label"].to_numpy(float), lab["prob"].to_numpy(float)), "val"
+    t = run.attribute_threshold(attribute) if run is not None else None
+    return (DEFAULT_THRESHOLD, "default") if t is None else (t, "training")
+
+
+def _threshold(rows: pd.DataFrame, run: RunRecord, attribute: str = ATTRIBUTE) -> float:
+    return decision_threshold(rows[rows["split"] == "val"], run, attribute)[0]
 
 
 def _report(rows: pd.DataFrame, threshold: float) -> dict:
@@ -115,7 +130,7 @@ def backbone_table(con, runs: dict[str, RunRecord | None]) -> pd.DataFrame:
         if run is None or not (rows["split"] == "test").any():
             missing.append(name)
             continue
-        r = _report(rows, _threshold(run, ATTRIBUTE))["overall"]
+        r = _report(rows, _threshold(rows, run))["overall"]
         out.append({"run": name, "model_id": run.id, "n": int(r["n"]["value"]),
                     "accuracy %": _ci(r["accuracy"]), "balanced acc. %": _ci(r["balanced_accuracy"]),
                     "F1": _ci(r["f1"], 1, 3), "ROC AUC": _ci(r["roc_auc"], 1, 3),
@@ -146,7 +161,7 @@ def fairness_table(con, runs: dict[str, RunRecord | None]) -> pd.DataFrame:
         if run is None or not (rows["split"] == "test").any():
             missing.append(name)
             continue
-        rep = _report(rows, _threshold(run, ATTRIBUTE))
+        rep = _report(rows, _threshold(rows, run))
         if label == "none":
             base, base_rows = rep["overall"]["accuracy"]["value"], rows
         out.append(_fairness_row(label, run.id, rep, base))
@@ -204,7 +219,7 @@ def sharing_table(db: Path | str | None, runs: dict[str, RunRecord | None]) -> p
             with closing(store.connect_read(db)) as con:
                 rows = attribute_rows(con, attr, DATASET, MODE, [run.id])
             if (rows["split"] == "test").any():
-                cells[run.id] = _report(rows, _threshold(run, attr))["overall"]
+                cells[run.id] = _report(rows, _threshold(rows, run, attr))["overall"]
         for metric, key, scale, digits in (("accuracy %", "accuracy", 100.0, 1), ("F1", "f1", 1.0, 3)):
             out.append({"dataset": DATASET, "task": f"{attr} {metric}",
                         "multi-task": _ci(cells[multi.id][key], scale, digits) if multi.id in cells else "–",
@@ -231,7 +246,8 @@ def study_tables(db: Path | str | None = None) -> dict[str, pd.DataFrame]:
 def markdown(tables: dict[str, pd.DataFrame]) -> str:
     """The README block: one markdown table per study (the display columns), and what is still missing."""
     titles = {"backbone": ("blond_or_glasses on CelebA-HQ test: the seed's CNN vs ImageNet Lite0 (backbone/ rows at "
-                           "equal budget; headline/ is the shipped model, trained longer; attr/ rows: more Lite0 runs and the mean of all four)"),
+                           "equal budget; headline/ is the shipped model, trained longer; attr/ rows: more Lite0 runs "
+                           "and the mean of all four)"),
               "fairness": "Gender fairness of blond_or_glasses (the seed's CNN; strategies at equal budget)",
               "sharing": "Multi-task vs single-task twins (equal budget), each dataset's test split"}
     out = []

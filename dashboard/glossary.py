@@ -43,8 +43,9 @@ TERMS: dict[str, str] = {
     "TPR": "True-positive rate (recall): of the images that truly have the attribute (e.g. are female), the share "
            "the model flags.",
     "FPR": "False-positive rate: of the images that do not have the attribute, the share the model wrongly flags.",
-    "threshold": "A classifier says 'present' when its probability is at least the threshold (0.5 by default). "
-                 "Moving it trades false positives against missed positives.",
+    "threshold": "A classifier says 'present' when its probability is at least the threshold: each model's is "
+                 "chosen on its val predictions in the inference mode shown (else 0.5). Moving it trades false "
+                 "positives against missed positives.",
     "accuracy": "The share of images the classifier decides right at its threshold. Misleading for a rare "
                 "attribute: always saying 'absent' already scores high.",
     "balanced accuracy": "The mean of the true-positive and true-negative rates: 0.5 is chance whatever the "

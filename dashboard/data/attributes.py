@@ -20,7 +20,6 @@ import pandas as pd
 from dashboard.data.db import connect, query
 from dashboard.data.queries import DEFAULT_MODE_SQL, _mode_where
 
-DEFAULT_THRESHOLD = 0.5  # for a model whose run record chose none on val
 N_BOOT = 1000  # bootstrap resamples behind every interval (zoo.fairness.attribute_report)
 # Thresholds the accuracy / fairness trade-off is drawn at (each a zoo.fairness.binary_metrics per group).
 SWEEP = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
@@ -73,17 +72,16 @@ def attribute_rows(db: str, ver: str, attribute: str, dataset: str, split: str, 
         return rows(con, attribute, dataset, mode, models, None if split == "*" else split)
 
 
-def model_thresholds(models: pd.DataFrame, attribute: str) -> dict[str, tuple[float, str]]:
-    """model_id -> (decision threshold, where it comes from): the one its training run chose on val
-    (`RunRecord.attribute_threshold`, from `models.info`), else DEFAULT_THRESHOLD."""
+def model_thresholds(models: pd.DataFrame, attribute: str, val: pd.DataFrame) -> dict[str, tuple[float, str]]:
+    """model_id -> (decision threshold, where it comes from) for every row of `models`, chosen as the README's tables
+    choose it (`bench.attribute_studies.decision_threshold`): on the model's rows in `val` (`attribute_rows` of the
+    val split, in the mode shown), else its training's (`models.info`), else the default."""
+    from bench.attribute_studies import decision_threshold
     from zoo.runs import RunRecord
 
-    out = {}
-    for row in models.to_dict("records"):
-        rec = RunRecord.from_row(row)  # None: no run record (a peer)
-        t = rec.attribute_threshold(attribute) if rec is not None else None
-        out[row["model_id"]] = (DEFAULT_THRESHOLD, "default") if t is None else (t, "val")
-    return out
+    return {row["model_id"]: decision_threshold(val[val["model_id"] == row["model_id"]], RunRecord.from_row(row),
+                                                attribute)
+            for row in models.to_dict("records")}  # RunRecord.from_row: None for a model without a record (a peer)
 
 
 def _groups(rows: pd.DataFrame) -> dict[str, np.ndarray]:

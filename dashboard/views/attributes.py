@@ -49,8 +49,10 @@ st.caption(f"Clean images of **{dataset}**, {'all splits' if split == '*' else f
 # ---------------------------------------------------------------------------------------------------- leaderboard
 st.subheader(f"Leaderboard: {attr}")
 ids = sorted(set(here.loc[here["dataset"] == dataset, "model_id"]))
-own = A.model_thresholds(c.models[c.models["model_id"].isin(ids)] if len(c.models) else c.models, attr)
-thresholds = tuple((m, own.get(m, (A.DEFAULT_THRESHOLD, "default"))[0]) for m in ids)
+val = common.run_query(A.attribute_rows, c.db, c.ver, attr, dataset, "val", tuple(ids), mode=mode)
+own = A.model_thresholds(c.models[c.models["model_id"].isin(ids)] if len(c.models) else c.models, attr,
+                         val if val is not None else pd.DataFrame(columns=["model_id", "prob", "label"]))
+thresholds = tuple((m, own.get(m, (0.5, "default"))[0]) for m in ids)
 lb = common.run_query(A.leaderboard, c.db, c.ver, attr, dataset, split, thresholds, mode=mode)
 if lb is None or not len(lb):
     st.info("None of these models has labelled images here.")
@@ -74,9 +76,10 @@ st.dataframe(pd.DataFrame({
     "AUC": [ci(*v, pct=False) for v in zip(lb["roc_auc"], lb["roc_auc_lo"], lb["roc_auc_hi"])],
     "n": lb["n"], "positives": lb["positives"], "id": lb["model_id"],
 }), hide_index=True, width="stretch", key="attr_board", column_config={"id": None})  # fits 1,400 px; id in the data
-st.caption("Each model decides at its own threshold: the one its training run chose on val (run record), else "
-           "0.5. Best balanced accuracy first; balanced accuracy and F1 matter more than accuracy when the "
-           "attribute is rare, and AUC ignores the threshold altogether.")
+st.caption("Each model decides at its own threshold: chosen on its val predictions in this inference mode (val), "
+           "else the one its training chose on plain val (training), else 0.5. Best balanced accuracy first; "
+           "balanced accuracy and F1 matter more than accuracy when the attribute is rare, and AUC ignores the "
+           "threshold altogether.")
 
 common.glossary("accuracy", "balanced accuracy", "F1", "ROC AUC", "threshold", "TPR", "FPR", "equal opportunity",
                 "equalized odds", "95 % CI", "confident learning", "linear probe", "multi-task")
@@ -100,7 +103,7 @@ ranked = list(lb["model_id"])
 if st.session_state.get("attr_model") not in ranked:
     st.session_state["attr_model"] = c.focus if c.focus in ranked else ranked[0]
 model = st.selectbox("Model", ranked, key="attr_model", format_func=c.label)
-own_t = own.get(model, (A.DEFAULT_THRESHOLD, "default"))[0]
+own_t = own.get(model, (0.5, "default"))[0]
 t = st.slider("Decision threshold (present when p ≥ threshold)", 0.0, 1.0, float(round(own_t, 2)), 0.01,
               key=f"attr_threshold_{attr}_{model}",
               help="Starts at the model's own threshold. Everything below follows it: the fairness panel, the "

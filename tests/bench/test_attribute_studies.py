@@ -75,12 +75,22 @@ def test_fairness_table_orders_strategies_and_post_processing_narrows_a_planted_
     assert "| strategy |" in text and "fairness/focal" in text and "model_id" not in text
 
 
-def test_backbone_table_uses_each_runs_val_threshold(con):
+def test_backbone_table_chooses_the_threshold_on_val_rows_of_its_mode_else_the_runs(con):
+    """With val rows in the table's mode, the threshold is chosen on them (a run's plain-val 0.9 is not used); without
+    them, the run's own threshold; without either, 0.5."""
+    from bench.attribute_studies import decision_threshold
+
     rng = np.random.default_rng(1)
     _plant(con, "m", rng, men_error=0.1, women_error=0.1)
-    at_half = backbone_table(con, {"backbone/a": RunRecord(id="m", kind="single")})
     shifted = RunRecord(id="m", kind="single", metrics={"attributes": {ATTRIBUTE: {"threshold": 0.9}}})
-    at_high = backbone_table(con, {"backbone/a": shifted, "backbone/b": None})
-    assert at_half["accuracy"][0] == pytest.approx(0.9, abs=0.03)
-    assert at_high["accuracy"][0] < 0.7  # nearly everything decided absent at 0.9
-    assert at_high.attrs["missing"] == ["backbone/b"]
+    on_val = backbone_table(con, {"backbone/a": shifted, "backbone/b": None})
+    assert on_val["accuracy"][0] == pytest.approx(0.9, abs=0.03)  # the planted val rows' threshold, near 0.5
+    assert on_val.attrs["missing"] == ["backbone/b"]
+    con.execute("DELETE FROM attributes WHERE model_id = 'm' AND image_id LIKE 'val%'")
+    at_high = backbone_table(con, {"backbone/a": shifted})
+    assert at_high["accuracy"][0] < 0.7  # nearly everything decided absent at the run's 0.9
+    no_val = pd.DataFrame(columns=["prob", "label"])
+    assert decision_threshold(no_val, shifted, ATTRIBUTE) == (0.9, "training")
+    assert decision_threshold(no_val, None, ATTRIBUTE) == (0.5, "default")
+    val = pd.DataFrame({"prob": [0.1, 0.2, 0.3, 0.4], "label": [0, 0, 1, 1.0]})
+    assert decision_threshold(val, shifted, ATTRIBUTE) == (pytest.approx(0.25), "val")

@@ -628,7 +628,14 @@ def test_attributes_page_on_the_demo_attribute_models(artifacts, env):
     assert set(board["id"]) == {"lite0-attributes", "cnn-attributes"}
     assert board["AUC"].str.match(r"0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\]").all()
     thresholds = dict(zip(board["id"], board["threshold"]))
-    assert thresholds == {"lite0-attributes": "0.42 (val)", "cnn-attributes": "0.50 (default)"}
+    from dashboard.data import attributes as A, db as DB  # each chosen on its val rows of the mode shown
+    from zoo.fairness import choose_threshold
+
+    db = str(artifacts["dir"] / "bench.duckdb")
+    for m, shown in thresholds.items():
+        val = A.attribute_rows.raw(db, DB.db_version(db), "blond_or_glasses", "utkface", "val", (m,))
+        t = choose_threshold(val["label"].to_numpy(float), val["prob"].to_numpy(float))
+        assert len(val) and shown == f"{t:.2f} (val)"
     keys = {ch.key for ch in at.get("plotly_chart")}
     assert {"attr_fair_gender", "attr_tradeoff"} <= keys
     gaps = next(d.value for d in at.dataframe if "gap" in d.value.columns)
