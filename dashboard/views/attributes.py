@@ -75,7 +75,11 @@ st.dataframe(pd.DataFrame({
     "F1": [ci(*v, pct=False) for v in zip(lb["f1"], lb["f1_lo"], lb["f1_hi"])],
     "AUC": [ci(*v, pct=False) for v in zip(lb["roc_auc"], lb["roc_auc_lo"], lb["roc_auc_hi"])],
     "n": lb["n"], "positives": lb["positives"], "id": lb["model_id"],
-}), hide_index=True, width="stretch", key="attr_board", column_config={"id": None})  # fits 1,400 px; id in the data
+}), hide_index=True, width="stretch", key="attr_board", column_config={  # fixed widths: fits 1,400 px; id in the data
+    "id": None, "model": st.column_config.TextColumn(width=270), "threshold": st.column_config.TextColumn(width=95),
+    **{k: st.column_config.TextColumn(width=w) for k, w in (("accuracy %", 105), ("balanced acc %", 105), ("F1", 125),
+                                                             ("AUC", 125))},
+    "n": st.column_config.NumberColumn(width=40), "positives": st.column_config.NumberColumn(width=60)})
 st.caption("Each model decides at its own threshold: chosen on its val predictions in this inference mode (val), "
            "else the one its training chose on plain val (training), else 0.5. Best balanced accuracy first; "
            "balanced accuracy and F1 matter more than accuracy when the attribute is rare, and AUC ignores the "
