@@ -72,16 +72,19 @@ def attribute_rows(db: str, ver: str, attribute: str, dataset: str, split: str, 
         return rows(con, attribute, dataset, mode, models, None if split == "*" else split)
 
 
-def model_thresholds(models: pd.DataFrame, attribute: str, val: pd.DataFrame) -> dict[str, tuple[float, str]]:
-    """model_id -> (decision threshold, where it comes from) for every row of `models`, chosen as the README's tables
-    choose it (`bench.attribute_studies.decision_threshold`): on the model's rows in `val` (`attribute_rows` of the
-    val split, in the mode shown), else its training's (`models.info`), else the default."""
+def model_thresholds(ids: list[str], models: pd.DataFrame, attribute: str,
+                     val: pd.DataFrame | None) -> dict[str, tuple[float, str]]:
+    """model_id -> (decision threshold, where it comes from) for each of `ids`, chosen as the README's tables choose
+    it (`bench.attribute_studies.decision_threshold`): on the model's rows in `val` (`attribute_rows` of the val
+    split, in the mode shown; None: none read), else its training's (its `models` row's info), else the default."""
     from bench.attribute_studies import decision_threshold
     from zoo.runs import RunRecord
 
-    return {row["model_id"]: decision_threshold(val[val["model_id"] == row["model_id"]], RunRecord.from_row(row),
-                                                attribute)
-            for row in models.to_dict("records")}  # RunRecord.from_row: None for a model without a record (a peer)
+    rows = {r["model_id"]: r for r in models.to_dict("records")} if len(models) else {}
+    val = val if val is not None else pd.DataFrame(columns=["model_id", "prob", "label"])
+    # RunRecord.from_row: None for a model without a run record (a peer)
+    return {m: decision_threshold(val[val["model_id"] == m], RunRecord.from_row(rows[m]) if m in rows else None,
+                                  attribute) for m in ids}
 
 
 def _groups(rows: pd.DataFrame) -> dict[str, np.ndarray]:

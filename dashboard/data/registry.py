@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 
 from zoo.modes import PLAIN, metrics_key
-from zoo.runs import registry_version  # noqa: F401 (the pages' cache key)
-from zoo.runs import RunRecord
+from zoo.runs import RunRecord, registry_version  # noqa: F401 (registry_version: the pages' cache key)
 
 try:
     import streamlit as st

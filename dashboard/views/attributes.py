@@ -50,9 +50,8 @@ st.caption(f"Clean images of **{dataset}**, {'all splits' if split == '*' else f
 st.subheader(f"Leaderboard: {attr}")
 ids = sorted(set(here.loc[here["dataset"] == dataset, "model_id"]))
 val = common.run_query(A.attribute_rows, c.db, c.ver, attr, dataset, "val", tuple(ids), mode=mode)
-own = A.model_thresholds(c.models[c.models["model_id"].isin(ids)] if len(c.models) else c.models, attr,
-                         val if val is not None else pd.DataFrame(columns=["model_id", "prob", "label"]))
-thresholds = tuple((m, own.get(m, (0.5, "default"))[0]) for m in ids)
+own = A.model_thresholds(ids, c.models, attr, val)
+thresholds = tuple((m, own[m][0]) for m in ids)
 lb = common.run_query(A.leaderboard, c.db, c.ver, attr, dataset, split, thresholds, mode=mode)
 if lb is None or not len(lb):
     st.info("None of these models has labelled images here.")
@@ -68,7 +67,7 @@ def ci(v, lo, hi, pct: bool = True) -> str:
 
 st.dataframe(pd.DataFrame({
     "model": [c.label(m) for m in lb["model_id"]],
-    "threshold": [f"{t:.2f} ({own.get(m, (0, 'default'))[1]})" for m, t in zip(lb["model_id"], lb["threshold"])],
+    "threshold": [f"{t:.2f} ({own[m][1]})" for m, t in zip(lb["model_id"], lb["threshold"])],
     "accuracy %": [ci(*v) for v in zip(lb["accuracy"], lb["accuracy_lo"], lb["accuracy_hi"])],
     "balanced acc %": [ci(*v) for v in zip(lb["balanced_accuracy"], lb["balanced_accuracy_lo"],
                                            lb["balanced_accuracy_hi"])],
@@ -107,7 +106,7 @@ ranked = list(lb["model_id"])
 if st.session_state.get("attr_model") not in ranked:
     st.session_state["attr_model"] = c.focus if c.focus in ranked else ranked[0]
 model = st.selectbox("Model", ranked, key="attr_model", format_func=c.label)
-own_t = own.get(model, (0.5, "default"))[0]
+own_t = own[model][0]
 t = st.slider("Decision threshold (present when p ≥ threshold)", 0.0, 1.0, float(round(own_t, 2)), 0.01,
               key=f"attr_threshold_{attr}_{model}",
               help="Starts at the model's own threshold. Everything below follows it: the fairness panel, the "

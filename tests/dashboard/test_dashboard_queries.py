@@ -255,15 +255,16 @@ def test_attribute_rows_thresholds_and_reports_come_from_zoo(attr_db):
     assert np.array_equal(rows["label"].to_numpy(float), want, equal_nan=True) and not np.isnan(want).all()
     assert A.attribute_rows.raw(attr_db, ver, "Smiling", "appa", "test")["label"].isna().all()  # no labels there
 
-    none = pd.DataFrame(columns=["model_id", "prob", "label"])
-    th = A.model_thresholds(models, "blond_or_glasses", none)
+    th = A.model_thresholds(list(models["model_id"]), models, "blond_or_glasses", None)
     assert th["lite0-attributes"] == (0.42, "training") and th["cnn-attributes"] == (0.5, "default")
     assert th["mnv3-dldl-base"] == (0.5, "default")  # no attribute head, no run record: the default
     val = A.attribute_rows.raw(attr_db, ver, "blond_or_glasses", "utkface", "val", ("lite0-attributes",))
     from zoo.fairness import choose_threshold  # with val rows in the mode shown: chosen on them, as in the README
 
     want = choose_threshold(val["label"].to_numpy(float), val["prob"].to_numpy(float))
-    assert len(val) and A.model_thresholds(models, "blond_or_glasses", val)["lite0-attributes"] == (want, "val")
+    assert len(val) and A.model_thresholds(["lite0-attributes"], models, "blond_or_glasses", val)["lite0-attributes"] \
+        == (want, "val")
+    assert A.model_thresholds(["peer:x"], models, "blond_or_glasses", val) == {"peer:x": (0.5, "default")}  # no row
     lb = A.leaderboard.raw(attr_db, ver, "blond_or_glasses", "utkface", "test",
                            (("cnn-attributes", 0.5), ("lite0-attributes", 0.42)), n_boot=50)
     cnn = lb.set_index("model_id").loc["cnn-attributes"]
