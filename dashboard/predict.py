@@ -103,11 +103,11 @@ def load_predictor(model_id: str, root: Path | None = None):
 
 
 class ModelPool:
-    """Loaded predictors, shared by every session of the app and filled in the background from app start.
+    """Loaded predictors, filled in the background (the app's runs in the model process: `PoolProcess`).
 
-    Loading the shipped zoo takes seconds (timm builds each network in Python: ~0.1 s for a MobileNet, ~0.8 s for a
-    ResNet-50, plus the first import of timm), far more than predicting one photo with all of it; so `preload` starts
-    a daemon thread when the app opens and the first photo finds the models ready. `get` never loads a model twice:
+    Loading the shipped zoo takes seconds (importing torch and timm, building each network), far more than
+    predicting one photo with all of it; so `preload` starts a daemon thread and the first photo finds the models
+    ready. `get` never loads a model twice:
     a page asking for one that the thread is still loading waits for it. Ensembles are built from the pool's own
     members instead of loading each member again."""
 
