@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from zoo.cliargs import add_list_argument, split_list
+from zoo.export import RUNTIME_HELP, RUNTIMES
 
 RUN_HELP = """\
 Compute the predictions the DB does not have yet: one row per (model, image, perturbation, severity, mode).
@@ -103,10 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, default=None, metavar="N",
                    help="only the first N images of each dataset selection (by image id)")
     r.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1 …")
-    r.add_argument("--runtime", choices=["auto", "eager", "compile", "onnx"], default="auto",
-                   help="what runs the zoo networks on the CPU: auto (the measured fastest with equal outputs, "
-                        "zoo.export.DEFAULT_CPU_RUNTIME; eager on CUDA), eager, compile (torch.compile), onnx (ONNX "
-                        "Runtime on a cached export); MC-Dropout passes always run eager")
+    r.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     r.add_argument("--flush-seconds", type=float, default=5.0,
                    help="publish finished rows as a Parquet part at least this often; a kill loses at most this much")
     r.add_argument("--merge-seconds", type=float, default=30.0,

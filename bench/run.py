@@ -44,7 +44,6 @@ before it propagates, so an interrupted run resumes exactly where it stopped.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import signal
 import sys
@@ -71,10 +70,9 @@ from bench.attributes import images_rows
 from bench.perturb import apply, list_perturbations, resolve_suite
 from zoo.attributes import attribute_labels, predictor_attributes, predictor_targets
 from zoo.data.cache import cache_path, image_loader, load_images, square_resize
-from zoo.data.manifest import DEFAULT_ROOTS, Manifest, load_manifest, manifest_path
+from zoo.data.manifest import Manifest, load_manifest, manifest_path
 from zoo.device import device_label, on_device, pick_device
 from zoo.modes import inference_mode
-from zoo.paths import cache_dir, shared_data_dir
 from zoo.peers import is_peer, list_peers, load_peer
 from zoo.predictor import Predictor
 
@@ -239,19 +237,6 @@ def select_images(m: Manifest, splits: list[str] | None, limit: int | None,
     return idx[shard_mask(f["image_id"].iloc[idx], shard)]
 
 
-@contextmanager
-def _file_lock(name: str) -> Iterator[None]:
-    """Serialise building a shared cache file between shard processes on one machine (it is written once)."""
-    path = cache_dir() / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def unreadable(paths: list[Path], workers: int = 2) -> list[str | None]:
     """Why each file cannot be benched (None: it decodes). The test is the loaders' own (`cv2.imread` gives
     None: missing, unreadable or not an image), on a reduced decode, which is several times faster for JPEGs."""
@@ -285,7 +270,7 @@ class _Decoder:
 def _images(m: Manifest, size: int, framing: str, cache: dict, selected: np.ndarray, progress: bool,
             no_cache: set[str], log: Callable[[str], None]) -> object:
     """uint8 [N, size, size, 3] indexable by manifest row: the memory-mapped decoded cache (built once, under a
-    lock shared by shard processes), or a decoder when the cache is absent and few images are benched, or the
+    lock shared by concurrent jobs), or a decoder when the cache is absent and few images are benched, or the
     dataset (`no_cache`) has a file that does not decode."""
     key = (m.dataset, size, framing)
     if key not in cache:
@@ -293,8 +278,7 @@ def _images(m: Manifest, size: int, framing: str, cache: dict, selected: np.ndar
             cache[key] = _Decoder(m, size, framing, selected, progress)
         else:
             try:
-                with _file_lock(f"{m.dataset}-{size}-{framing}"):
-                    cache[key] = load_images(m, size, in_memory=False, progress=progress, framing=framing)
+                cache[key] = load_images(m, size, in_memory=False, progress=progress, framing=framing)
             except ValueError as e:  # a bad image outside the selection: decode the selection on demand instead
                 if "cannot decode" not in str(e):
                     raise
@@ -451,15 +435,6 @@ class Plan:
     conds: list[tuple[str, int]]
 
 
-def _load_manifest(name: str) -> Manifest:
-    """The dataset's manifest; a first scan (of the shared data folder) runs under a lock shared by shards."""
-    if not manifest_path(name).exists() and name in DEFAULT_ROOTS \
-            and (shared_data_dir() / DEFAULT_ROOTS[name]).is_dir():
-        with _file_lock(f"manifest-{name}"):
-            return load_manifest(name)
-    return load_manifest(name)
-
-
 def plan(opts: RunOptions) -> Plan:
     """Check and normalise every option before any work; BenchInputError (one line) on the first problem.
 
@@ -499,7 +474,7 @@ def plan(opts: RunOptions) -> Plan:
     datasets = []
     for name, splits in resolved:
         try:
-            m = _load_manifest(name)
+            m = load_manifest(name)
         except (FileNotFoundError, ValueError) as e:
             raise BenchInputError(f"dataset {name!r}: {e}") from None
         if not len(select_images(m, splits, None, None)):
@@ -527,6 +502,24 @@ def _signals_held() -> Iterator[None]:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT/SIGTERM that arrive during the body take effect right after it (their handlers run then), so an
+    interrupt never splits publishing a part from forgetting its rows; only the main thread can change handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {sig: signal.signal(sig, lambda s, _f: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
 
 
 class Runner:
@@ -583,12 +576,15 @@ class Runner:
             self.written += t.num_rows
 
     def _write_part(self, table: str, rows: pa.Table, keep: Callable[[], None]) -> None:
-        """Publish `rows` as a part; rows not published (a failure or an interrupt) are kept for the next flush."""
-        try:
-            store.write_part(self.db, table, rows, tag=self.run_id)
-        except BaseException:
-            keep()
-            raise
+        """Publish `rows` as a part; rows not published (a failure) are kept for the next flush. An interrupt waits
+        for the outcome: one that arrived just after the part was published used to keep its rows too, and
+        `interrupted` published them again (duplicates)."""
+        with _signals_deferred():
+            try:
+                store.write_part(self.db, table, rows, tag=self.run_id)
+            except BaseException:
+                keep()
+                raise
 
     def flush(self, force: bool = False) -> None:
         if not force and time.monotonic() - self.last_flush < self.o.flush_seconds:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import timm
 import torch
 from torch import nn
 
@@ -59,6 +58,10 @@ def softbio_cnn(filters: tuple[int, ...] = (32, 64, 128), hidden: int = 512, dro
 
 def _timm_backbone(timm_name: str) -> Callable[..., nn.Module]:
     def make(**kwargs) -> nn.Module:
+        # Imported here: timm imports torchvision (~2 s), which a network whose backbone runs in ONNX Runtime
+        # (runtime onnx-cached) never needs.
+        import timm
+
         # pretrained=False always: timm would download; local weights are loaded by `load_local_weights`.
         return timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from zoo.cliargs import add_list_argument, split_list
 from zoo.config import MIN_IMG_SIZE
-from zoo.export import RUNTIMES
+from zoo.export import RUNTIME_HELP, RUNTIMES
 from zoo.predictor import Predictor
 
 
@@ -343,9 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--mc-dropout", type=int, default=0, help="MC-Dropout passes for the uncertainty")
     pr.add_argument("--tta", choices=["off", "flip", "flip+crop"], default="off")
     pr.add_argument("--largest-only", action="store_true", help="one face per photo: the largest")
-    pr.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                    help="what runs the networks: auto (the measured fastest with equal outputs on CPU: "
-                         "zoo.export.DEFAULT_CPU_RUNTIME), eager, compile, onnx; MC-Dropout passes run eager")
+    pr.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(fn=cmd_predict)
     ex = sub.add_parser("export", help="write a registered network as ONNX (or TorchScript) for other runtimes",

@@ -43,13 +43,17 @@ if TYPE_CHECKING:  # torch is imported on use: `zoo.cli` imports this module for
     import torch
     from torch import nn
 
-RUNTIMES = ("auto", "eager", "compile", "onnx")
+RUNTIMES = ("auto", "eager", "compile", "onnx", "onnx-cached")
 FORMATS = ("onnx", "torchscript")
 # Measured by benchmarks/inference_runtimes.py (batch 64, every headline input size, this project's 2-core CPU):
 # see README "Exported models and CPU runtimes".
 DEFAULT_CPU_RUNTIME = "onnx"
+RUNTIME_HELP = ("what runs the zoo networks: auto (the measured fastest with equal outputs: "
+                f"{DEFAULT_CPU_RUNTIME} on the CPU, eager on CUDA), eager, compile (torch.compile), onnx (ONNX "
+                "Runtime on a cached export, made on first use), onnx-cached (ONNX Runtime where an export is cached "
+                "already, else eager). MC-Dropout samples its head passes in torch from the runtime's features")
 OPSET = 17
-EXPORT_RECIPE = f"zoo-export-v2|opset{OPSET}"  # part of the cache key: change it when the exported graph changes
+EXPORT_RECIPE = f"zoo-export-v3|opset{OPSET}"  # part of the cache key: change it when the exported graph changes
 OUTPUT_ORDER = ("age", "gender", "race", "attr")
 PARITY_ATOL = 1e-3  # exported vs eager raw outputs (tests/zoo/test_export.py, acceptance of issue 22)
 
@@ -149,6 +153,9 @@ def preprocessing(run: RunRecord | Mapping, model: nn.Module, root: Path | None 
                                     f"{prep.face_crop_size} px canonical crop)",
         "zoo.checkpoint_key": checkpoint_key(run, root), "zoo.export_recipe": EXPORT_RECIPE,
         "zoo.torch": torch.__version__,
+        # MC-Dropout can sample head passes from the exported features only when the backbone has no dropout
+        "zoo.backbone_dropout": str(int(any(isinstance(m, torch.nn.Dropout) and m.p > 0
+                                            for m in model.backbone.modules()))),
     }
 
 
@@ -214,20 +221,26 @@ def export(model_id: str, path: Path | str | None = None, fmt: str = "onnx", roo
     return export_network(model, int(meta["preprocess.img_size"]), Path(path), fmt, meta)
 
 
+def cached_onnx_path(run: RunRecord | Mapping, root: Path | None = None) -> Path:
+    """Where the runtime cache keeps (or would keep) the run's ONNX export."""
+    from zoo.paths import cache_dir
+
+    run = RunRecord.from_dict(run)
+    return cache_dir() / "exported" / f"{run.id}-{checkpoint_key(run, root)}.onnx"
+
+
 def cached_onnx(model_id: str, root: Path | None = None, model: nn.Module | None = None) -> Path:
     """The run's ONNX file in the local cache, exported now if it is missing or its checkpoint changed."""
-    from zoo.paths import cache_dir
     from zoo.registry import build_network
 
     run = _network_run(model_id, root)
-    folder = cache_dir() / "exported"
-    path = folder / f"{model_id}-{checkpoint_key(run, root)}.onnx"
+    path = cached_onnx_path(run, root)
     if path.is_file():
         return path
     model = model if model is not None else build_network(run, root)
     meta = preprocessing(run, model, root)
     export_network(model, int(meta["preprocess.img_size"]), path, "onnx", meta)
-    for old in folder.glob(f"{model_id}-*.onnx"):  # stale exports of an older checkpoint of this run (only)
+    for old in path.parent.glob(f"{model_id}-*.onnx"):  # stale exports of an older checkpoint of this run (only)
         key = old.name[len(model_id) + 1:-len(".onnx")]
         if old != path and len(key) == 16 and all(c in "0123456789abcdef" for c in key):
             old.unlink(missing_ok=True)
@@ -328,7 +341,7 @@ class CompiledRunner:
 
 def resolve_runtime(runtime: str | None, device: torch.device | str | None = None) -> str:
     """The runtime a name means on a device: `auto` -> DEFAULT_CPU_RUNTIME on the CPU, eager elsewhere; every
-    runtime is eager on a non-CPU device."""
+    runtime is eager on a non-CPU device. `onnx-cached` stays itself (`exported_network` decides per network)."""
     runtime = runtime or "eager"
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
@@ -337,12 +350,56 @@ def resolve_runtime(runtime: str | None, device: torch.device | str | None = Non
     return DEFAULT_CPU_RUNTIME if runtime == "auto" else runtime
 
 
+def _exported_backbone(path: Path) -> nn.Module:
+    """Stands in for the backbone of a network whose backbone runs in ONNX Runtime (`exported_network`)."""
+    from torch import nn
+
+    class ExportedBackbone(nn.Module):
+        def forward(self, x):
+            raise RuntimeError(f"this network was loaded with runtime onnx-cached: its backbone runs in ONNX Runtime "
+                               f"({path.name}), not in torch; load it with runtime eager to run it in torch "
+                               f"(another device, training, BatchNorm adaptation)")
+
+    return ExportedBackbone()
+
+
+def exported_network(run: RunRecord | Mapping, root: Path | None = None) -> tuple[nn.Module, OnnxRunner] | None:
+    """Runtime `onnx-cached`: when the run's ONNX export is already in the runtime cache, its heads (with the
+    checkpoint's weights) and an ONNX Runtime session for the rest, without building the backbone in torch or
+    importing timm and torchvision: the dashboard's model process is ready in about half the time. None when the
+    export is missing (nothing is exported here), predates this runtime, or its backbone has dropout inside (its
+    MC-Dropout passes need the torch backbone); the caller then builds the whole network."""
+    import torch
+
+    from zoo.config import TrainConfig
+    from zoo.model import AgeGenderModel
+    from zoo.registry import get_run, load_state
+
+    run = RunRecord.from_dict(run)
+    path = cached_onnx_path(run, root)
+    if not path.is_file():
+        return None
+    runner = OnnxRunner(path)
+    if runner.session.get_modelmeta().custom_metadata_map.get("zoo.backbone_dropout") != "0":
+        return None
+    net = run.network_run(lambda m: get_run(m, root))
+    heads = {k: v for p in _checkpoints(run, root) for k, v in load_state(p.parent, p.name).items()
+             if not k.startswith("backbone.")}  # an adapted run's own file holds only backbone statistics
+    dim = runner.session.get_outputs()[-1].shape[-1]  # `features`, the last output
+    cfg = TrainConfig.from_dict({"name": net.name, **net.config})
+    with torch.device("meta"):
+        model = AgeGenderModel(cfg, load_pretrained=False, backbone=(_exported_backbone(path), dim))
+    model.load_state_dict(heads, assign=True)
+    return model.eval(), runner
+
+
 def make_runner(model: nn.Module, model_id: str, runtime: str, root: Path | None = None,
                 ) -> Callable[[torch.Tensor], dict[str, torch.Tensor]] | None:
     """The fast deterministic forward of a registered network for `runtime` (None: eager). `auto` falls back to
-    eager, with a warning, when the network cannot be exported; an explicit `onnx` raises."""
+    eager, with a warning, when the network cannot be exported; an explicit `onnx` raises; `onnx-cached` has
+    none here (`exported_network` found no usable export: eager)."""
     name = resolve_runtime(runtime)
-    if name == "eager":
+    if name in ("eager", "onnx-cached"):
         return None
     if name == "compile":
         return CompiledRunner(model)

@@ -18,11 +18,16 @@ from zoo.formulations import create_formulation
 
 
 class AgeGenderModel(nn.Module):
-    def __init__(self, cfg: TrainConfig, load_pretrained: bool = True):
+    def __init__(self, cfg: TrainConfig, load_pretrained: bool = True, backbone: tuple[nn.Module, int] | None = None):
+        """`backbone`: (module, feature dim) to use instead of building cfg's (zoo.export's ExportedBackbone: the
+        heads of a network whose backbone runs in ONNX Runtime); mean and std then come from the checkpoint."""
         super().__init__()
         self.tasks = list(cfg.tasks)
-        self.backbone, dim, mean, std = create_backbone(
-            cfg.backbone, pretrained=cfg.pretrained if load_pretrained else None, **cfg.backbone_kwargs)
+        if backbone is None:
+            self.backbone, dim, mean, std = create_backbone(
+                cfg.backbone, pretrained=cfg.pretrained if load_pretrained else None, **cfg.backbone_kwargs)
+        else:
+            (self.backbone, dim), mean, std = backbone, (0.0,) * 3, (1.0,) * 3
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
         self.dropout = nn.Dropout(cfg.dropout)

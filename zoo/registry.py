@@ -109,17 +109,22 @@ def input_framing(run: RunRecord | Mapping, dataset: str, root: Path | None = No
 
 def load(model_id: str, root: Path | None = None, runtime: str = "eager") -> ModesPredictor:
     """A registered model as a predictor. `runtime` (zoo.export.RUNTIMES): what runs its network on the CPU: `eager`
-    (the reference), `onnx` (ONNX Runtime on a cached export), `compile`, or `auto` (the measured fastest with equal
-    outputs); an ensemble's members each get it. MC-Dropout samples the head dropout in torch (zoo.export)."""
-    from zoo.export import make_runner, resolve_runtime
+    (the reference), `onnx` (ONNX Runtime on a cached export, exported first if missing), `onnx-cached` (ONNX
+    Runtime where the export is already cached, its backbone not built in torch; else eager), `compile`, or `auto`
+    (the measured fastest with equal outputs); an ensemble's members each get it. MC-Dropout samples the head
+    dropout in torch (zoo.export)."""
+    from zoo.export import exported_network, make_runner, resolve_runtime
     from zoo.inference import EnsemblePredictor, NetworkPredictor
 
     root = root or runs_dir()
     run = get_run(model_id, root)
     if run.kind == "ensemble":
         return EnsemblePredictor([load(m, root, runtime) for m in run.members], model_id, run.to_dict())
-    resolve_runtime(runtime)  # an unknown name fails before the network is built
     size = run.preprocessing(lambda m: get_run(m, root)).img_size
+    if resolve_runtime(runtime) == "onnx-cached":  # (an unknown name fails here, before any network is built)
+        found = exported_network(run, root)
+        if found is not None:
+            return NetworkPredictor(found[0], size, model_id, run.to_dict(), found[1], "onnx")
     model = build_network(run, root)
     return NetworkPredictor(model, size, model_id, run.to_dict(), make_runner(model, model_id, runtime, root),
                             resolve_runtime(runtime))

@@ -157,6 +157,46 @@ def test_onnx_runtime_predicts_like_eager_with_mc_dropout_and_tta(tiny):
     assert [m.runtime for m in members] == ["onnx", "onnx"]
 
 
+def test_onnx_cached_runs_exported_networks_without_their_torch_backbone(tiny):
+    """Runtime onnx-cached (the dashboard's): a network exported already runs in ONNX Runtime with only its heads
+    built in torch, predicting as eager (MC-Dropout too); one not exported, or with dropout inside its backbone,
+    is built whole and runs eager; nothing is exported on load."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from zoo.export import cached_onnx, cached_onnx_path
+    from zoo.registry import get_run, load
+
+    assert load("tiny-b", runtime="onnx-cached").runtime == "eager"  # not exported yet: the whole network
+    assert not cached_onnx_path(get_run("tiny-b")).exists()
+    for mid in ("tiny-a", "tiny-b", "tiny-a-adabn"):
+        cached_onnx(mid)
+    x = _images()
+    lean = load("tiny-b", runtime="onnx-cached")
+    assert lean.runtime == "onnx" and not any(p.numel() for p in lean.model.backbone.parameters())
+    with pytest.raises(RuntimeError, match="runtime onnx-cached: its backbone runs in ONNX Runtime"):
+        lean.model.features(torch.zeros(1, 3, 32, 32))
+    eager = load("tiny-b")
+    for mc in (0, 3):
+        torch.manual_seed(0)
+        a = eager.predict(x, mc_dropout=mc, tta="flip")
+        torch.manual_seed(0)
+        b = lean.predict(x, mc_dropout=mc, tta="flip")
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], atol=1e-4, rtol=0, equal_nan=True, err_msg=f"MC {mc} {k}")
+    np.testing.assert_allclose(lean.embed(x), eager.embed(x), atol=1e-4)
+    # tiny-a has dropout inside its backbone: its MC passes need the torch backbone, exported or not
+    assert [m.runtime for m in load("tiny-ens", runtime="onnx-cached").members] == ["eager", "onnx"]
+    assert load("tiny-a-adabn", runtime="onnx-cached").runtime == "eager"
+    # The point of it: loading imports neither timm nor torchvision (~2 s of the dashboard's model process).
+    code = ("import sys; from zoo.registry import load; p = load('tiny-b', runtime='onnx-cached'); "
+            "print(p.runtime, sorted({'timm', 'torchvision'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, timeout=120)
+    assert out.stdout.split() == ["onnx", "[]"], out.stderr[-2000:]
+
+
 def test_runtime_cache_is_keyed_by_checkpoint(tiny):
     from zoo.export import cached_onnx, resolve_runtime
     from zoo.paths import cache_dir, runs_dir

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from zoo.data.manifest import Manifest
-from zoo.paths import cache_dir
+from zoo.paths import cache_dir, cache_lock
 
 
 def square_resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -85,6 +85,11 @@ def build_cache(manifest: Manifest, size: int, workers: int = 2, progress: bool 
     out = cache_path(manifest, size, framing)
     if out.exists():
         return out
+    with cache_lock(out.stem):
+        return out if out.exists() else _build(manifest, size, out, workers, progress, framing)
+
+
+def _build(manifest: Manifest, size: int, out: Path, workers: int, progress: bool, framing: str | None) -> Path:
     load = image_loader(manifest, framing, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".partial.npy")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from zoo.data.manifest import Manifest
 from zoo.faces import DATASET_MIN_FACE, FacePipeline, FaceReport
-from zoo.paths import cache_dir
+from zoo.paths import cache_dir, cache_lock
 
 CHUNK = 500
 LANDMARK_COLS = [f"lm{i}" for i in range(10)]  # x0, y0, ..., x4, y4 of the largest face, NaN without one
@@ -72,6 +72,16 @@ def detections(manifest: Manifest, idx: np.ndarray | None = None, pipe: FacePipe
     f = manifest.frame if idx is None else manifest.frame.iloc[np.asarray(idx, dtype=int)]
     path = detections_path(manifest.dataset, pipe)
     stored = _load(path)
+    if not f["image_id"].isin(stored["image_id"]).all():
+        with cache_lock(path.stem):  # another job may be detecting the same images: wait, then take its rows
+            stored = _detect_missing(manifest, f, _load(path), pipe, path, progress)
+    out = f[["image_id"]].merge(stored.drop_duplicates("image_id"), on="image_id", how="left")
+    out["face_found"] = out["face_found"].astype(bool)
+    return out
+
+
+def _detect_missing(manifest: Manifest, f: pd.DataFrame, stored: pd.DataFrame, pipe: FacePipeline, path: Path,
+                    progress: bool) -> pd.DataFrame:
     todo = f[~f["image_id"].isin(stored["image_id"])]
     boxes = manifest.framing == "boxes"
     new: list[dict] = []
@@ -86,9 +96,7 @@ def detections(manifest: Manifest, idx: np.ndarray | None = None, pipe: FacePipe
             stored = pd.concat([stored, pd.DataFrame(new, columns=COLUMNS)], ignore_index=True)
             _save(stored, path)
             new = []
-    out = f[["image_id"]].merge(stored.drop_duplicates("image_id"), on="image_id", how="left")
-    out["face_found"] = out["face_found"].astype(bool)
-    return out
+    return stored
 
 
 def landmarks_of(rows: pd.DataFrame) -> np.ndarray:

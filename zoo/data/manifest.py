@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from zoo.data.readers import ReadResult, ScanIssue, get_reader, list_readers, root_problem
 from zoo.data.splits import assign_splits, extend_split_file, reconcile, split_file_path, write_split_file
-from zoo.paths import cache_dir, shared_data_dir
+from zoo.paths import cache_dir, cache_lock, shared_data_dir
 
 COLUMNS = ["image_id", "path", "dataset", "age", "age_min", "age_max", "gender", "race", "subject_id", "split",
            "content_hash", "extras"]
@@ -256,6 +256,13 @@ def load_manifest(dataset: str, root: Path | None = None) -> Manifest:
     path = manifest_path(dataset)
     if path.exists() and root is None:
         return Manifest.load(path)
+    with cache_lock(f"manifest-{dataset}"):
+        if path.exists() and root is None:  # another job scanned it while this one waited
+            return Manifest.load(path)
+        return _scan_default(dataset, root)
+
+
+def _scan_default(dataset: str, root: Path | None) -> Manifest:
     if root is None:
         if dataset not in DEFAULT_ROOTS:
             raise FileNotFoundError(f"no manifest for {dataset!r}; run `python -m zoo data scan --dataset "

@@ -283,3 +283,37 @@ def test_real_utkface_scan_reproduces_committed_split(tmp_env):
     assert not [i for i in m.issues if i.excluded]
     assert sum("irregular date" in i.reason for i in m.issues) == 5
     assert split_file_path("utkface").read_bytes() == committed.read_bytes()
+
+
+def test_concurrent_jobs_wait_for_one_build_of_a_shared_cache_file(tmp_env, tmp_path, monkeypatch):
+    """Two trainings started together once crashed: both scanned UTKFace and raced on the manifest's temporary
+    file. A second job now waits for the first one's manifest and decoded-image array and uses them as they are."""
+    import subprocess
+    import sys
+    import time
+
+    from zoo.data.cache import _build, cache_path
+    from zoo.data.manifest import manifest_path, scan
+    from zoo.paths import cache_lock
+
+    shared = tmp_path / "shared"
+    _utk_tree(shared / "utkface" / "UTKFace", n=6)
+    monkeypatch.setenv("ZOO_SHARED_DATA", str(shared))
+    child = ("from zoo.data.cache import build_cache; from zoo.data.manifest import load_manifest\n"
+             "m = load_manifest('utkface'); print(m.hash, build_cache(m, 16, progress=False))")
+    with cache_lock("manifest-utkface"):  # this test is the first job, scanning
+        proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
+        time.sleep(3)  # ample for the child to start and, unlocked, to scan
+        assert not manifest_path("utkface").exists()
+        m = scan("utkface", shared / "utkface" / "UTKFace", progress=False)
+        manifest_time = manifest_path("utkface").stat().st_mtime_ns
+        out = cache_path(m, 16)
+        with cache_lock(out.stem):  # as build_cache holds it while decoding
+            time.sleep(2)
+            assert not list(out.parent.glob("*.npy"))  # the child waits instead of decoding
+            _build(m, 16, out, workers=1, progress=False, framing=None)
+    cache_time = out.stat().st_mtime_ns
+    got, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and got.split() == [m.hash, str(out)]
+    assert manifest_path("utkface").stat().st_mtime_ns == manifest_time and out.stat().st_mtime_ns == cache_time
