@@ -114,10 +114,12 @@ def history(model_id: str) -> pd.DataFrame | None:
 
 
 def model_relations(runs: list[RunRecord]) -> pd.DataFrame:
-    """For each registered run, its AdaBN variants and its twin trained on the primary dataset alone (same config
-    but for the extra datasets of its mix and the step budget), so the Generalization page can put them side by
-    side. Columns: model_id, relation (adabn / single-dataset twin), related."""
-    drop = ("name", "datasets", "epochs", "max_steps", "patience")
+    """For each registered run, its AdaBN variants and its twin trained on the primary dataset alone, so the
+    Generalization page can put them side by side. Twins share the config but for the extra datasets of the mix, the
+    step budget and the warm-up (counted in epochs, whose length the mix sets), and start from the same weights or
+    from twins themselves (a second cycle of each). Columns: model_id, relation (AdaBN / single-dataset twin),
+    related."""
+    drop = ("name", "datasets", "epochs", "max_steps", "patience", "warmup_epochs", "pretrained")
 
     def key(r: RunRecord) -> str:
         return json.dumps({k: v for k, v in r.config.items() if k not in drop}, sort_keys=True)
@@ -129,13 +131,26 @@ def model_relations(runs: list[RunRecord]) -> pd.DataFrame:
         ds = r.config.get("dataset")
         return [e for e in mix(r) if isinstance(e, dict) and e.get("name") == ds]
 
+    def start(r: RunRecord) -> str | None:  # a run checkpoint as `pretrained`: that run's id
+        src = r.config.get("pretrained")
+        return Path(src).parent.name if src and str(src).endswith(".safetensors") else src
+
     rows = []
     singles = [r for r in runs if r.kind == "single"]
+    mixed = [r for r in singles if len(mix(r)) > len(primary(r))]
+    alone = [t for t in singles if len(mix(t)) == len(primary(t))]
+    twins: set[tuple[str | None, str | None]] = set()
+    grew = True
+    while grew:  # a second cycle's twins are found once the first cycle's are
+        grew = False
+        for r in mixed:
+            for t in alone:
+                if (r.id, t.id) not in twins and key(t) == key(r) and primary(t) == primary(r) \
+                        and (start(t) == start(r) or (start(r), start(t)) in twins):
+                    twins.add((r.id, t.id))
+                    grew = True
     for r in runs:
         if r.kind == "adapted" and r.parent:
             rows.append({"model_id": r.parent, "relation": "AdaBN", "related": r.id})
-        if r.kind == "single" and len(mix(r)) > len(primary(r)):
-            for t in singles:
-                if t.id != r.id and key(t) == key(r) and len(mix(t)) == len(primary(t)) and primary(t) == primary(r):
-                    rows.append({"model_id": r.id, "relation": "single-dataset twin", "related": t.id})
+    rows += [{"model_id": r, "relation": "single-dataset twin", "related": t} for r, t in sorted(twins)]
     return pd.DataFrame(rows, columns=["model_id", "relation", "related"])

@@ -341,3 +341,27 @@ def test_embedding_map_joins_one_mode_and_expands_extras(db, frame):
     assert (got["abs_err"] == got["err"].abs()).all()
     assert set(got["Smiling"].dropna().unique()) <= {0, 1} and got["Smiling"].notna().mean() > 0.9
     assert Q.embedding_map.raw(db, ver, mid, "utkface", "test", mode="plain")["age_pred"].isna().all()
+
+
+def test_model_relations_pair_twins_across_cycles_and_adabn_variants():
+    """Generalization's side-by-side pairs: a mixed-data run with the run on its primary dataset alone at the same
+    recipe (warm-up in epochs and budget may differ), a second cycle of each with the other's (it starts from the
+    first cycle's twin, not from the same weights), and AdaBN variants with their parents; a run with another
+    recipe is no twin."""
+    from dashboard.data.registry import model_relations
+    from zoo.runs import RunRecord
+
+    def run(rid: str, datasets: list, pretrained: str = "imagenet", **kw) -> RunRecord:
+        cfg = {"dataset": "utkface", "datasets": datasets, "backbone": "efficientnet_lite0", "pretrained": pretrained,
+               "lr": 3e-4, "warmup_epochs": 0.3, "max_steps": 1000, **kw}
+        return RunRecord.from_dict({"id": rid, "kind": "single", "name": rid, "config": cfg})
+
+    utk, mix = [{"name": "utkface"}], [{"name": "utkface"}, {"name": "celebahq", "weight": 1.0}]
+    runs = [run("mixed-1", mix, warmup_epochs=0.15), run("alone-1", utk), run("other-lr", utk, lr=1e-3),
+            run("mixed-2", mix, "artifacts/runs/mixed-1/best.safetensors"),
+            run("alone-2", utk, "artifacts/runs/alone-1/best.safetensors"),
+            run("alone-2b", utk, "artifacts/runs/other-lr/best.safetensors"),
+            RunRecord.from_dict({"id": "alone-1-adabn", "kind": "adapted", "parent": "alone-1"})]
+    got = {tuple(r) for r in model_relations(runs)[["model_id", "relation", "related"]].itertuples(index=False)}
+    assert got == {("mixed-1", "single-dataset twin", "alone-1"), ("mixed-2", "single-dataset twin", "alone-2"),
+                   ("alone-1", "AdaBN", "alone-1-adabn")}
