@@ -252,18 +252,13 @@ def scan(dataset: str, root: Path, seed: int = 0, progress: bool = True, reader:
 
 def load_manifest(dataset: str, root: Path | None = None) -> Manifest:
     """The cached manifest of a dataset, scanning it first (from `root` or the shared data folder) if needed, with
-    the reader and framing it was last scanned with."""
+    the reader and framing it was last scanned with. A scan runs under a lock: a job that waited for another's
+    scan of the shared folder loads its manifest instead."""
     path = manifest_path(dataset)
     if path.exists() and root is None:
         return Manifest.load(path)
-    with cache_lock(f"manifest-{dataset}"):
-        if path.exists() and root is None:  # another job scanned it while this one waited
-            return Manifest.load(path)
-        return _scan_default(dataset, root)
-
-
-def _scan_default(dataset: str, root: Path | None) -> Manifest:
-    if root is None:
+    given = root is not None
+    if not given:
         if dataset not in DEFAULT_ROOTS:
             raise FileNotFoundError(f"no manifest for {dataset!r}; run `python -m zoo data scan --dataset "
                                     f"{dataset} --root PATH` first")
@@ -271,5 +266,8 @@ def _scan_default(dataset: str, root: Path | None) -> Manifest:
     if not Path(root).is_dir():
         raise FileNotFoundError(f"dataset {dataset!r} not found at {root}; pass --root or run `python -m zoo "
                                 f"data scan --dataset {dataset} --root PATH`")
-    side = _recorded(dataset)
-    return scan(dataset, Path(root), progress=False, reader=side.get("reader"), framing=side.get("framing"))
+    with cache_lock(f"manifest-{dataset}"):
+        if path.exists() and not given:
+            return Manifest.load(path)
+        side = _recorded(dataset)
+        return scan(dataset, Path(root), progress=False, reader=side.get("reader"), framing=side.get("framing"))
