@@ -19,7 +19,7 @@ from zoo.formulations import create_formulation
 
 class AgeGenderModel(nn.Module):
     def __init__(self, cfg: TrainConfig, load_pretrained: bool = True, backbone: tuple[nn.Module, int] | None = None):
-        """`backbone`: (module, feature dim) to use instead of building cfg's (zoo.export's ExportedBackbone: the
+        """`backbone`: (module, feature dim) to use instead of building cfg's (zoo.export.exported_network: the
         heads of a network whose backbone runs in ONNX Runtime); mean and std then come from the checkpoint."""
         super().__init__()
         self.tasks = list(cfg.tasks)
