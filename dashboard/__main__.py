@@ -20,9 +20,16 @@ from pathlib import Path
 APP = Path(__file__).resolve().parent / "app.py"
 
 
-# One network per call, so one that cannot be exported leaves the others exported.
-EXPORT = ("import sys\nfrom zoo.export import cached_onnx\nfor m in sys.argv[1:]:\n    try:\n        cached_onnx(m)\n"
-          "    except Exception as e:\n        print(f'agezoo: {m} not exported ({e})', file=sys.stderr)")
+def _export(model_ids: list[str]) -> None:
+    """Export each network into the runtime cache (the background process `_report_loaded` starts); one that cannot
+    be exported is reported and leaves the others exported."""
+    from zoo.export import cached_onnx
+
+    for m in model_ids:
+        try:
+            cached_onnx(m)
+        except Exception as e:  # noqa: BLE001 (it keeps running eager; the log says why)
+            print(f"agezoo: {m} not exported ({e})", file=sys.stderr)
 
 
 def _report_loaded(pool) -> None:
@@ -37,7 +44,8 @@ def _report_loaded(pool) -> None:
     if todo:
         print(f"agezoo: exporting {len(todo)} of them to ONNX in the background, once, for faster starts",
               file=sys.stderr, flush=True)
-        subprocess.Popen([sys.executable, "-c", EXPORT, *todo], preexec_fn=lambda: os.nice(19))
+        code = "import sys; from dashboard.__main__ import _export; _export(sys.argv[1:])"
+        subprocess.Popen([sys.executable, "-c", code, *todo], cwd=APP.parent.parent, preexec_fn=lambda: os.nice(19))
 
 
 def main(argv: list[str] | None = None) -> int:

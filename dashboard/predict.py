@@ -205,7 +205,6 @@ class ModelPool:
         """`combine_members` for this pool's ensemble `model_id`."""
         return combine_members(self.get(model_id), results)
 
-
     def progress(self) -> PoolProgress:
         """Where the preload stands: steps done of planned (the face detector, then each model), the step under way,
         and seconds since it started (until it finished)."""
