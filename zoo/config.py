@@ -98,7 +98,8 @@ class TrainConfig:
     patience: int = 6  # early stopping on the val score (epochs without improvement; zoo.train selection)
     # The val score that picks the best epoch (SELECT_SCORES): auto = the first task with val labels of age MAE,
     # gender accuracy, attribute balanced accuracy at 0.5. attr_auc suits an attribute model whose decision
-    # threshold is chosen on val afterwards, where accuracy at 0.5 is a noisy selector.
+    # threshold is chosen on val afterwards, where accuracy at 0.5 is a noisy selector. SCORE@DATASET scores the val
+    # split of another dataset of the mix (gender_acc@celebahq: the mix's gender accuracy on CelebA-HQ val).
     select: str = "auto"
     ema_decay: float = 0.0  # > 0 evaluates and ships an exponential moving average of the weights (0 = off)
     seed: int = 0
@@ -234,6 +235,18 @@ LATER_FIELDS = {"ema_decay": 0.0, "datasets": None, "targets": {}, "head_losses"
                 "select": "auto"}
 # Val scores an epoch can be selected on (`select`; zoo.train): lower is better for mae, higher for the others.
 SELECT_SCORES = ("auto", "mae", "gender_acc", "attr_bacc", "attr_auc")
+
+
+def parse_select(value: str, cfg: "TrainConfig") -> tuple[str, str]:
+    """`select` -> (score, dataset): `gender_acc` scores the primary dataset's val split, `gender_acc@celebahq` the val
+    split of celebahq, which must be in the mix."""
+    score, _, dataset = value.partition("@")
+    if score not in SELECT_SCORES or (dataset and score == "auto"):
+        raise ValueError(f"must be one of {', '.join(SELECT_SCORES)}, optionally SCORE@DATASET (got {value!r})")
+    names = [m["name"] for m in cfg.dataset_mix()]
+    if dataset and dataset not in names:
+        raise ValueError(f"select {value!r} names {dataset!r}, which is not in the datasets trained on ({', '.join(names)})")
+    return score, dataset or cfg.dataset
 # Fields that say how a run executes (hardware, compiler), not what it trains: out of the identity at every value, so
 # the same config trained on a CPU, a GPU or under torchrun is the same run (README "Scaling up" says how close their
 # results come).
@@ -439,7 +452,7 @@ _CHECKS = [
     ("max_steps", _range(lambda v: v is None or v >= 1, "null or >= 1")),
     ("batch_size", _range(lambda v: v >= 1, ">= 1")),
     ("patience", _range(lambda v: v >= 1, ">= 1")),
-    ("select", _one_of(lambda: SELECT_SCORES)),
+    ("select", _parses(parse_select)),
     ("ema_decay", _range(lambda v: 0 <= v < 1, "in [0, 1)")),
     ("seed", _range(lambda v: v >= 0, ">= 0")),
     ("device", _range(lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, DEVICE_SYNTAX)),

@@ -49,8 +49,6 @@ class Photo:
 
 def _to_rgb(im) -> tuple[np.ndarray, str]:
     """Any PIL mode -> RGB uint8; transparency is composited onto white, high bit depths are rescaled."""
-    from PIL import Image
-
     mode = im.mode
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")

@@ -6,8 +6,9 @@ on the test split and `run.json` is written, which is what makes it part of the 
 
 Model selection, early stopping and the plateau schedule follow one val score: the MAE when the model has an age head
 and the primary dataset's val split has ages; else gender accuracy; else the mean balanced accuracy of the attribute
-heads (at 0.5). Attribute heads (`attr:NAME` tasks) then get their decision thresholds chosen on val (every dataset's
-val split that has their labels) and reported on test: run.json `metrics["attributes"]`.
+heads (at 0.5); or the config's `select`, on another dataset's val split with SCORE@DATASET. Attribute heads
+(`attr:NAME` tasks) then get their decision thresholds chosen on val (every dataset's val split that has their labels)
+and reported on test: run.json `metrics["attributes"]`.
 
 Devices: `device` (config or `--device`) is auto | cpu | cuda | cuda:N. On CUDA the feeder hands over uint8 batches in
 pinned memory, copied without blocking and augmented on the GPU, and the step runs under autocast (bf16 where
@@ -50,7 +51,7 @@ from tqdm import tqdm
 from zoo.attributes import attribute_matrix, task_attributes
 from zoo.augment import augment_batch
 from zoo.balance import GROUP_NAMES, balance
-from zoo.config import TrainConfig, parse_source
+from zoo.config import TrainConfig, parse_select, parse_source
 from zoo.data.cache import load_images, to_tensor
 from zoo.data.manifest import Manifest, extras_label, load_manifest
 from zoo.data.readers import RACES
@@ -398,7 +399,9 @@ class Trainer:
         # one binary loss per attribute head (config head_losses; bce where none is named)
         self.attr_losses = [create_gender_loss(**{"name": "bce", **cfg.head_losses.get(f"attr:{n}", {})})
                             for n in self.model.attributes]
-        self.select = self._selection()
+        self.select, self.select_rows = self._selection()
+        # the val dict's key of the selection score: SCORE@DATASET scores are added to the primary val's under it
+        self.select_key = self.select if self.select_rows is self.data.val else self.cfg.select
         back = [p for p in self.model.backbone.parameters() if p.requires_grad]
         heads = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
         groups = [{"params": heads, "lr": cfg.lr}]
@@ -440,22 +443,25 @@ class Trainer:
         self.step, self.epoch, self.best_mae, self.best_epoch, self.plateau = 0, 0, float("inf"), -1, [1.0, 0]
         self.history: list[dict] = []
 
-    def _selection(self) -> str:
-        """The val score that selects the best epoch (and drives early stopping and the plateau schedule): the first
-        of age MAE, gender accuracy, mean attribute balanced accuracy whose task the model has and whose labels the
-        primary dataset's val split has."""
+    def _selection(self) -> tuple[str, np.ndarray]:
+        """The val score that selects the best epoch (and drives early stopping and the plateau schedule), and the val
+        rows it is scored on: `select` when named (SCORE@DATASET: that dataset's val split), else the first of age
+        MAE, gender accuracy, mean attribute balanced accuracy whose task the model has and whose labels the primary
+        dataset's val split has."""
         d, v = self.data, self.data.val
         if self.cfg.select != "auto":
-            labels = {"mae": d.age, "gender_acc": d.gender}.get(self.cfg.select, d.attrs)
-            if labels is None or not np.isfinite(labels[v]).any():
-                raise ValueError(f"select: {self.cfg.select} needs its labels in the val split of {self.cfg.dataset}")
-            return self.cfg.select
+            score, dataset = parse_select(self.cfg.select, self.cfg)
+            rows = v if dataset == self.cfg.dataset else d.other_vals[dataset]
+            labels = {"mae": d.age, "gender_acc": d.gender}.get(score, d.attrs)
+            if labels is None or not np.isfinite(labels[rows]).any():
+                raise ValueError(f"select: {self.cfg.select} needs its labels in the val split of {dataset}")
+            return score, rows
         if "age" in self.cfg.tasks and np.isfinite(d.age[v]).any():
-            return "mae"
+            return "mae", v
         if "gender" in self.cfg.tasks and np.isfinite(d.gender[v]).any():
-            return "gender_acc"
+            return "gender_acc", v
         if d.attrs is not None and np.isfinite(d.attrs[v]).any():
-            return "attr_bacc"
+            return "attr_bacc", v
         raise ValueError(f"no task of {self.cfg.tasks} has labels in the val split of {self.cfg.dataset}, so no epoch "
                          f"can be selected; make a dataset with such labels the primary `dataset`")
 
@@ -680,6 +686,8 @@ class Trainer:
         while self.epoch < self.epochs and self.step < self.total_steps:
             row = {"epoch": self.epoch + 1, **self.train_epoch()}
             val = self.evaluate(self.data.val, attributes=True) if self.rank == 0 else None
+            if self.rank == 0 and self.select_key not in val:  # SCORE@DATASET: scored on that dataset's val split
+                val[self.select_key] = self.evaluate(self.select_rows, self.select.startswith("attr"))[self.select]
             if self.world > 1:  # rank 0's metrics: every rank takes the same selection and schedule decisions
                 box = [val]
                 dist.broadcast_object_list(box, src=0)
@@ -687,7 +695,7 @@ class Trainer:
             row.update({f"val_{k}": v for k, v in val.items() if k not in ("n", "n_gender")})
             row["lr"] = self.opt.param_groups[0]["lr"]
             self.epoch += 1
-            score = val["mae"] if self.select == "mae" else -val[self.select]  # lower is better (`_selection`)
+            score = val[self.select_key] * (1 if self.select == "mae" else -1)  # lower is better (`_selection`)
             if score < self.best_mae:
                 self.best_mae, self.best_epoch = score, self.epoch
                 if self.rank == 0:

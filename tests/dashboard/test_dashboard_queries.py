@@ -345,8 +345,8 @@ def test_embedding_map_joins_one_mode_and_expands_extras(db, frame):
 
 def test_model_relations_pair_twins_across_cycles_and_adabn_variants():
     """Generalization's side-by-side pairs: a mixed-data run with the run on its primary dataset alone at the same
-    recipe (warm-up in epochs and budget may differ), a second cycle of each with the other's (it starts from the
-    first cycle's twin, not from the same weights), and AdaBN variants with their parents; a run with another
+    recipe (warm-up in epochs, budget and the val score selecting the epoch may differ), a second and third cycle of
+    each with the other's (each starts from the previous cycle's twin, not from the same weights), and AdaBN variants with their parents; a run with another
     recipe is no twin."""
     from dashboard.data.registry import model_relations
     from zoo.runs import RunRecord
@@ -361,7 +361,9 @@ def test_model_relations_pair_twins_across_cycles_and_adabn_variants():
             run("mixed-2", mix, "artifacts/runs/mixed-1/best.safetensors"),
             run("alone-2", utk, "artifacts/runs/alone-1/best.safetensors"),
             run("alone-2b", utk, "artifacts/runs/other-lr/best.safetensors"),
+            run("mixed-3", mix, "artifacts/runs/mixed-2/best.safetensors", select="gender_acc@celebahq"),
+            run("alone-3", utk, "artifacts/runs/alone-2/best.safetensors"),
             RunRecord.from_dict({"id": "alone-1-adabn", "kind": "adapted", "parent": "alone-1"})]
     got = {tuple(r) for r in model_relations(runs)[["model_id", "relation", "related"]].itertuples(index=False)}
     assert got == {("mixed-1", "single-dataset twin", "alone-1"), ("mixed-2", "single-dataset twin", "alone-2"),
-                   ("alone-1", "AdaBN", "alone-1-adabn")}
+                   ("mixed-3", "single-dataset twin", "alone-3"), ("alone-1", "AdaBN", "alone-1-adabn")}

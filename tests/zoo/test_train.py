@@ -346,13 +346,19 @@ def _celebahq_tree(root: Path, n: int = 60, seed: int = 0) -> Path:
     return root
 
 
-def test_two_datasets_train_together_with_masked_losses(tiny):
+@pytest.fixture(scope="module")
+def celeb(tiny):
+    """The CelebA-HQ-style set scanned beside `tiny` (as ready crops)."""
+    from zoo.data.manifest import scan
+
+    return scan("celebahq", _celebahq_tree(tiny["base"] / "celeb"), progress=False, framing="aligned")
+
+
+def test_two_datasets_train_together_with_masked_losses(tiny, celeb):
     """UTKFace-style ages + a CelebA-HQ-style set without ages: the age loss is masked where the age is unknown,
     draws follow the dataset weights, and the other dataset's test split is evaluated too."""
-    from zoo.data.manifest import scan
     from zoo.train import Trainer, data_hash, prepare_data, train
 
-    scan("celebahq", _celebahq_tree(tiny["base"] / "celeb"), progress=False, framing="aligned")
     cfg = _cfg(name="mix", datasets=[{"name": "celebahq", "weight": 1.0}], max_steps=8)
     data = prepare_data(cfg, progress=False)
     assert np.isnan(data.age[data.other_tests["celebahq"]]).all() and not np.isnan(data.age[data.test]).any()
@@ -379,6 +385,33 @@ def test_two_datasets_train_together_with_masked_losses(tiny):
     assert cfg.run_id(data_hash(cfg)) != _cfg(name="mix", datasets=[{"name": "celebahq", "weight": 0.5}],
                                               max_steps=8).run_id(data_hash(cfg))
     assert "datasets" not in _cfg().identity()
+
+
+def test_a_mixed_run_can_select_its_epoch_on_another_datasets_val_split(tiny, celeb):
+    """select: gender_acc@celebahq keeps the epoch of best gender accuracy on CelebA-HQ val (logged per epoch), not
+    the primary dataset's; a dataset outside the mix is refused before any data work."""
+    from zoo.config import ConfigError, TrainConfig
+    from zoo.train import Trainer, prepare_data
+
+    cfg = _cfg(name="mix-select", datasets=[{"name": "celebahq"}], epochs=4, seed=11, select="gender_acc@celebahq")
+    data = prepare_data(cfg, progress=False)
+    tr = Trainer(cfg, data=data, progress=False)
+    on_celeb, evaluate = [], tr.evaluate
+
+    def spy(idx, attributes=False):  # the scores computed on CelebA-HQ val rows, in order
+        out = evaluate(idx, attributes)
+        if np.array_equal(idx, data.other_vals["celebahq"]):
+            on_celeb.append(out["gender_acc"])
+        return out
+
+    tr.evaluate = spy
+    r = tr.run()
+    hist = pd.read_csv(tr.dir / "history.csv")
+    scores = hist["val_gender_acc@celebahq"]
+    assert len(hist) == 4 and scores.tolist() == pytest.approx(on_celeb[:4])
+    assert r["best_epoch"] == int(hist.loc[scores.idxmax(), "epoch"])
+    with pytest.raises(ConfigError, match="names 'celebahq', which is not in the datasets trained on"):
+        TrainConfig.from_dict({"select": "gender_acc@celebahq"})
 
 
 @pytest.mark.parametrize("mix,match", [([{"name": "x", "weight": 0}], "weight must be > 0"),
