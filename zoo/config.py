@@ -245,8 +245,11 @@ def parse_select(value: str, cfg: "TrainConfig") -> tuple[str, str]:
         raise ValueError(f"must be one of {', '.join(SELECT_SCORES)}, optionally SCORE@DATASET (got {value!r})")
     names = [m["name"] for m in cfg.dataset_mix()]
     if dataset and dataset not in names:
-        raise ValueError(f"select {value!r} names {dataset!r}, which is not in the datasets trained on ({', '.join(names)})")
+        raise ValueError(f"select {value!r} names {dataset!r}, which is not in the datasets trained on "
+                         f"({', '.join(names)})")
     return score, dataset or cfg.dataset
+
+
 # Fields that say how a run executes (hardware, compiler), not what it trains: out of the identity at every value, so
 # the same config trained on a CPU, a GPU or under torchrun is the same run (README "Scaling up" says how close their
 # results come).

@@ -117,9 +117,8 @@ def model_relations(runs: list[RunRecord]) -> pd.DataFrame:
     """For each registered run, its AdaBN variants and its twin trained on the primary dataset alone, so the
     Generalization page can put them side by side. Twins share the config but for the extra datasets of the mix, the
     step budget, the warm-up (counted in epochs, whose length the mix sets) and the val score that selects the epoch
-    (a mix may select on another dataset's val), and start from the same weights or from twins themselves (a second
-    cycle of each). Columns: model_id, relation (AdaBN / single-dataset twin),
-    related."""
+    (a mix may select on another dataset's val), and start from the same weights or from twins themselves (a later
+    cycle of each). Columns: model_id, relation (AdaBN / single-dataset twin), related."""
     drop = ("name", "datasets", "epochs", "max_steps", "patience", "warmup_epochs", "pretrained", "select")
 
     def key(r: RunRecord) -> str:
