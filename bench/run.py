@@ -490,34 +490,21 @@ def plan(opts: RunOptions) -> Plan:
 
 
 @contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT/SIGTERM ignored for the body (publishing rows after an interrupt must not be cut short); only the
-    main thread can change signal handlers, elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """SIGINT/SIGTERM that arrive during the body take effect right after it (their handlers run then), so an
-    interrupt never splits publishing a part from forgetting its rows; only the main thread can change handlers."""
+def _signals_held(defer: bool = False) -> Iterator[None]:
+    """SIGINT/SIGTERM during the body: ignored (publishing rows after an interrupt must not be cut short), or with
+    `defer` taking effect right after it (their handlers run then, so an interrupt never splits publishing a part
+    from forgetting its rows). Only the main thread can change signal handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    old = {sig: signal.signal(sig, lambda s, _f: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handler = (lambda s, _f: caught.append(s)) if defer else signal.SIG_IGN
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
         for sig in dict.fromkeys(caught):
             signal.raise_signal(sig)
 
@@ -579,7 +566,7 @@ class Runner:
         """Publish `rows` as a part; rows not published (a failure) are kept for the next flush. An interrupt waits
         for the outcome: one that arrived just after the part was published used to keep its rows too, and
         `interrupted` published them again (duplicates)."""
-        with _signals_deferred():
+        with _signals_held(defer=True):
             try:
                 store.write_part(self.db, table, rows, tag=self.run_id)
             except BaseException:

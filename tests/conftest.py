@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -14,6 +15,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root, for tests that run its CLIs or read artifacts/
+
+# Ctrl-C as in a terminal, for this process and the CLIs it starts, even when the suite runs as a background job
+# whose shell left SIGINT ignored (an ignored signal stays ignored across exec; a handler does not).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def make_jpeg(path: Path | str, size: tuple[int, int] = (32, 32), color: tuple[int, int, int] | None = None,

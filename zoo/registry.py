@@ -121,13 +121,13 @@ def load(model_id: str, root: Path | None = None, runtime: str = "eager") -> Mod
     if run.kind == "ensemble":
         return EnsemblePredictor([load(m, root, runtime) for m in run.members], model_id, run.to_dict())
     size = run.preprocessing(lambda m: get_run(m, root)).img_size
-    if resolve_runtime(runtime) == "onnx-cached":  # (an unknown name fails here, before any network is built)
+    name = resolve_runtime(runtime)  # an unknown name fails here, before any network is built
+    if name == "onnx-cached":
         found = exported_network(run, root)
         if found is not None:
             return NetworkPredictor(found[0], size, model_id, run.to_dict(), found[1], "onnx")
     model = build_network(run, root)
-    return NetworkPredictor(model, size, model_id, run.to_dict(), make_runner(model, model_id, runtime, root),
-                            resolve_runtime(runtime))
+    return NetworkPredictor(model, size, model_id, run.to_dict(), make_runner(model, model_id, runtime, root), name)
 
 
 def missing_weights(run: RunRecord | Mapping, by_id: Mapping[str, RunRecord | Mapping],
