@@ -21,6 +21,14 @@ REPO = Path(__file__).resolve().parents[1]  # the repository root, for tests tha
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def learnable_face(rng: np.random.Generator, age: int, gender: int, size: int = 40) -> np.ndarray:
+    """A synthetic 'face' whose brightness follows age and whose hue follows gender, so tiny models can learn."""
+    img = rng.integers(0, 40, (size, size, 3)).astype(np.float32) + age * 2.0
+    img[..., 2 * gender] += 60
+    cv2.circle(img, (size // 2, size // 2), size // 3, (200, 180, 160), -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def make_jpeg(path: Path | str, size: tuple[int, int] = (32, 32), color: tuple[int, int, int] | None = None,
               quality: int = 90) -> Path:
     """Write a small real JPEG (size = (width, height)) at `path`, creating parent folders.

@@ -277,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "authoritative: listed images keep their split, new ones are appended, missing ones stay "
                         "listed, and a scan finding under 90%% of the listed images is refused")
     s.add_argument("--framing", choices=FRAMINGS, default=None,
-                   help="how images become model inputs: aligned (face crops, used as they are), detect (find and "
-                        "align the face), boxes (align the face in extras face_box); default: the reader's own")
+                   help="how images become model inputs: aligned (face crops, used as they are), fixed (all aligned "
+                        "alike: warped from the landmarks the reader declares), detect (find and align the face), "
+                        "boxes (align the face in extras face_box); default: the reader's own")
     s.set_defaults(fn=cmd_data_scan)
     c = dsub.add_parser("cache", help="decode and resize every image once into the uint8 array cache")
     c.add_argument("--dataset", required=True)

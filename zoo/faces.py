@@ -46,7 +46,7 @@ PHOTO_MIN_FACE = 0.1  # photos: faces down to 10 % of the shorter side are found
 DATASET_MIN_FACE = 0.4  # face datasets: the face is large, so detection runs on a small copy (fast)
 PAD = 0.2  # border added (replicated) on every side before detecting, so faces that fill a tight crop are found
 DLIB_SECOND_CHANCE = -0.5  # dlib HOG score threshold of the second pass (its default is 0)
-FRAMINGS = ("aligned", "detect", "boxes")  # how a dataset's images are framed (see zoo.data.readers)
+FRAMINGS = ("aligned", "fixed", "detect", "boxes")  # how a dataset's images are framed (see zoo.data.readers)
 
 
 def pipeline_version(detector: str = "dlib_hog", min_face: float = DATASET_MIN_FACE) -> str:
@@ -211,6 +211,13 @@ def _overlap(a: Face, b: Face) -> bool:
     ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
     iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
     return ix * iy > 0.5 * min(a.area, b.area)
+
+
+def fixed_crop(rgb: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """The `fixed` framing: a dataset whose images all share one alignment declares where it puts the 5 landmarks
+    (fractions of width and height); every image is warped from there, with no detection that could miss or jitter."""
+    h, w = rgb.shape[:2]
+    return warp_to_template(rgb, np.asarray(landmarks, np.float64) * [w, h], size)
 
 
 def fallback_crop(rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:

@@ -19,17 +19,9 @@ import pytest
 
 from bench import store
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, learnable_face  # noqa: E402
 N_IMAGES = 24
 KEY = "model_id, dataset, image_id, perturbation, severity"
-
-
-def _face(rng: np.random.Generator, age: int, gender: int, size: int = 40) -> np.ndarray:
-    """A synthetic 'face' whose brightness follows age and whose hue follows gender (as in test_train)."""
-    img = rng.integers(0, 40, (size, size, 3)).astype(np.float32) + age * 2.0
-    img[..., 2 * gender] += 60
-    cv2.circle(img, (size // 2, size // 2), size // 3, (200, 180, 160), -1)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 # `python -m bench run` processes for the SIGKILL test, forked from an interpreter that has already imported torch and
@@ -71,7 +63,7 @@ def zoo_env(tmp_path_factory):
     rng = np.random.default_rng(0)
     for i in range(N_IMAGES):
         age, gender, race = int(rng.integers(1, 90)), int(rng.integers(0, 2)), int(rng.integers(0, 5))
-        cv2.imwrite(str(root / f"{age}_{gender}_{race}_2017010{i:010d}.jpg.chip.jpg"), _face(rng, age, gender))
+        cv2.imwrite(str(root / f"{age}_{gender}_{race}_2017010{i:010d}.jpg.chip.jpg"), learnable_face(rng, age, gender))
     env = {"ZOO_ARTIFACTS": str(base / "artifacts"), "ZOO_CACHE": str(base / "cache")}
     forkserver = subprocess.Popen([sys.executable, "-c", _FORKSERVER, str(REPO)], cwd=REPO, text=True,
                                   env={**os.environ, **env}, stdin=subprocess.PIPE, stdout=subprocess.PIPE)

@@ -12,15 +12,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, learnable_face  # noqa: E402
 AGES = [1, 5, 15, 25, 35, 45, 55, 65, 80]
-
-
-def _face(rng: np.random.Generator, age: int, gender: int, size: int = 24) -> np.ndarray:
-    img = rng.integers(0, 40, (size, size, 3)).astype(np.float32) + age * 2.0
-    img[..., 2 * gender] += 60
-    cv2.circle(img, (size // 2, size // 2), size // 3, (200, 180, 160), -1)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,7 +39,8 @@ def tiny(tmp_path_factory):
         for age in AGES:
             for gender in (0, 1):
                 a = age
-                cv2.imwrite(str(root / f"{a}_{gender}_0_2017010{i:010d}.jpg.chip.jpg"), _face(rng, a, gender))
+                cv2.imwrite(str(root / f"{a}_{gender}_0_2017010{i:010d}.jpg.chip.jpg"),
+                            learnable_face(rng, a, gender, size=24))
                 i += 1
     env = {"ZOO_ARTIFACTS": str(base / "artifacts"), "ZOO_CACHE": str(base / "cache")}
     with pytest.MonkeyPatch.context() as mp:

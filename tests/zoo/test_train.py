@@ -16,16 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO  # noqa: E402
-
-
-def _face(rng: np.random.Generator, age: int, gender: int, size: int = 40) -> np.ndarray:
-    """A synthetic 'face' whose brightness follows age and whose hue follows gender, so models can learn."""
-    img = rng.integers(0, 40, (size, size, 3)).astype(np.float32)
-    img += age * 2.0
-    img[..., 2 * gender] += 60
-    cv2.circle(img, (size // 2, size // 2), size // 3, (200, 180, 160), -1)
-    return np.clip(img, 0, 255).astype(np.uint8)
+from conftest import REPO, learnable_face  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +28,7 @@ def tiny(tmp_path_factory):
     rng = np.random.default_rng(0)
     for i in range(120):
         age, gender, race = int(rng.integers(1, 90)), int(rng.integers(0, 2)), int(rng.integers(0, 5))
-        cv2.imwrite(str(root / f"{age}_{gender}_{race}_2017010{i:010d}.jpg.chip.jpg"), _face(rng, age, gender))
+        cv2.imwrite(str(root / f"{age}_{gender}_{race}_2017010{i:010d}.jpg.chip.jpg"), learnable_face(rng, age, gender))
     env = {"ZOO_ARTIFACTS": str(base / "artifacts"), "ZOO_CACHE": str(base / "cache")}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
@@ -339,7 +330,7 @@ def _celebahq_tree(root: Path, n: int = 60, seed: int = 0) -> Path:
     (root / "images").mkdir(parents=True)
     for i in range(n):
         male, young = int(rng.integers(0, 2)), int(rng.integers(0, 2))
-        cv2.imwrite(str(root / "images" / f"{3 * i + 1}.jpg"), _face(rng, 30, 1 - male))
+        cv2.imwrite(str(root / "images" / f"{3 * i + 1}.jpg"), learnable_face(rng, 30, 1 - male))
         vals = [int(v) for v in rng.integers(0, 2, 38)] + [male, young]
         rows.append(f"{3 * i + 1}.jpg " + " ".join("1" if v else "-1" for v in vals))
     (root / ATTRIBUTE_FILE).write_text(f"{n}\n{' '.join(names)}\n" + "\n".join(rows) + "\n")

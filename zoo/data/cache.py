@@ -3,12 +3,15 @@
 Training and benchmarking then index a memory-mapped [N, S, S, 3] array instead of decoding JPEGs, which keeps
 them compute-bound on a 2-core machine. Rows follow the manifest's order (sorted by image_id).
 
-Framing (`zoo.faces`): `aligned` images are used as they are (centre square, resized); `detect` and `boxes` images
-are warped to the canonical aligned crop from their stored landmarks (`zoo.data.detections`), or take the documented
-fallback crop when no face was found. Caches of aligned crops are keyed by the face pipeline's version.
+Framing (`zoo.faces`): `aligned` images are used as they are (centre square, resized); `fixed` images are warped
+from the landmarks their dataset declares for all of them (`zoo.data.readers.register_reader`); `detect` and
+`boxes` images are warped to the canonical aligned crop from their stored landmarks (`zoo.data.detections`), or
+take the documented fallback crop when no face was found. Caches of aligned crops are keyed by the face pipeline's
+version (fixed crops: by the landmarks and the template).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,9 +62,17 @@ def cache_path(manifest: Manifest, size: int, framing: str | None = None) -> Pat
     framing = _framing(manifest, framing)
     if framing == "aligned":
         return cache_dir() / "images" / f"{manifest.dataset}-{manifest.hash}-{size}.npy"
-    from zoo.faces import pipeline_version
+    from zoo.faces import CROP_SIZE, TEMPLATE, pipeline_version
 
-    return cache_dir() / "images" / f"{manifest.dataset}-{manifest.hash}-{pipeline_version()}-{size}.npy"
+    if framing == "fixed":
+        from zoo.data.readers import reader_landmarks
+
+        landmarks = reader_landmarks(manifest.reader or manifest.dataset)
+        blob = f"{landmarks.round(4).tolist()}|{TEMPLATE.round(2).tolist()}|{CROP_SIZE}"
+        version = f"fixed-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
+    else:
+        version = pipeline_version()
+    return cache_dir() / "images" / f"{manifest.dataset}-{manifest.hash}-{version}-{size}.npy"
 
 
 def image_loader(manifest: Manifest, framing: str | None = None, progress: bool = True,
@@ -69,8 +80,16 @@ def image_loader(manifest: Manifest, framing: str | None = None, progress: bool 
     """`load(i, size)` -> uint8 [size, size, 3] of manifest row i under `framing`. Faces are detected first (or read
     from the detection store) for `rows` (default all), the only rows it can then load."""
     paths = manifest.abspaths()
-    if _framing(manifest, framing) == "aligned":
+    framing = _framing(manifest, framing)
+    if framing == "aligned":
         return lambda i, size: decode_image(paths[i], size)
+    if framing == "fixed":
+        from zoo.data.detections import read_rgb
+        from zoo.data.readers import reader_landmarks
+        from zoo.faces import fixed_crop
+
+        landmarks = reader_landmarks(manifest.reader or manifest.dataset)
+        return lambda i, size: square_resize(fixed_crop(read_rgb(paths[i]), landmarks), size)
     from zoo.data.detections import detections, landmarks_of
 
     rows = np.arange(len(paths)) if rows is None else np.asarray(rows, dtype=int)

@@ -154,7 +154,7 @@ def build_manifest(dataset: str, root: Path, seed: int = 0, split_file: Path | N
     """Read labels with the dataset's reader (`reader`, default the dataset's own name, e.g. `csv` for a
     synthetic set named `synth_ddpm`), verify every file decodes, hash it, and assign splits. `framing` overrides
     the reader's declared framing (e.g. `aligned` for a CSV folder of ready face crops)."""
-    from zoo.data.readers import reader_framing
+    from zoo.data.readers import reader_framing, reader_landmarks
     from zoo.faces import FRAMINGS
 
     root = Path(root).resolve()
@@ -166,6 +166,8 @@ def build_manifest(dataset: str, root: Path, seed: int = 0, split_file: Path | N
     framing = framing or reader_framing(reader or dataset)
     if framing not in FRAMINGS:
         raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
+    if framing == "fixed":
+        reader_landmarks(reader or dataset)  # a clear error before scanning when the dataset declares none
     result: ReadResult = get_reader(reader or dataset)(root)
     issues = list(result.issues)
     paths = [root / r.path for r in result.records]

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
 
 from zoo.plugins import Registry
 
@@ -134,21 +136,40 @@ def _builtin_readers() -> None:
     from zoo.data import adapters  # noqa: F401  (importing registers the built-in readers)
 
 
-# name -> Reader, with meta `framing`: how its images are framed (zoo.faces.FRAMINGS)
+# name -> Reader, with meta `framing`: how its images are framed (zoo.faces.FRAMINGS), and `landmarks`: where a
+# dataset whose images share one alignment puts the 5 landmarks (what the `fixed` framing warps from), or None
 READERS = Registry("dataset", populate=_builtin_readers)
 get_reader = READERS.get
 list_readers = READERS.names
 
 
-def register_reader(name: str, framing: str = "aligned") -> Callable[[Reader], Reader]:
-    """Register a reader. `framing` declares its images: `aligned` (face crops, used as they are), `detect` (find the
-    face and align it, `zoo.faces`) or `boxes` (face boxes given in extras `face_box` = [x, y, w, h])."""
+def register_reader(name: str, framing: str = "aligned",
+                    landmarks: Sequence[Sequence[float]] | None = None) -> Callable[[Reader], Reader]:
+    """Register a reader. `framing` declares its images: `aligned` (face crops, used as they are), `fixed` (all
+    aligned alike, at `landmarks`: [5, 2] fractions of width and height in dlib's 5-point order), `detect` (find the
+    face and align it, `zoo.faces`) or `boxes` (face boxes given in extras `face_box` = [x, y, w, h]). A dataset
+    that declares `landmarks` can be read `fixed` whatever its default framing."""
     from zoo.faces import FRAMINGS
 
     if framing not in FRAMINGS:
         raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
-    return READERS.register(name, framing=framing)
+    if landmarks is not None:
+        landmarks = tuple(tuple(float(v) for v in p) for p in landmarks)
+        if len(landmarks) != 5 or any(len(p) != 2 or not 0 <= min(p) <= max(p) <= 1 for p in landmarks):
+            raise ValueError(f"landmarks are 5 (x, y) fractions of the image's width and height, got {landmarks}")
+    if framing == "fixed" and landmarks is None:
+        raise ValueError(f"reader {name!r}: the fixed framing needs the dataset's landmarks")
+    return READERS.register(name, framing=framing, landmarks=landmarks)
 
 
 def reader_framing(name: str) -> str:
     return READERS.meta(name)["framing"]
+
+
+def reader_landmarks(name: str) -> np.ndarray:
+    """The landmarks [5, 2] a `fixed`-framed dataset's images share; a clear error for a dataset without them."""
+    landmarks = READERS.meta(name).get("landmarks")
+    if landmarks is None:
+        raise ValueError(f"dataset reader {name!r} declares no fixed alignment (landmarks), so it cannot be read with "
+                         "the fixed framing; use detect")
+    return np.asarray(landmarks, np.float64)

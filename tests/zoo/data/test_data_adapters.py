@@ -541,6 +541,42 @@ def test_celebahq_attributes_and_real_quirks(tmp_path):
     assert a["extras"]["Blond_Hair"] == 1 and b["extras"]["Young"] == 0 and len(a["extras"]) == 40
 
 
+def test_celebahq_fixed_framing_warps_every_image_from_its_declared_alignment(tmp_env, tmp_path):
+    """`framing: fixed`: dots drawn where CelebA-HQ's declared alignment puts the 5 landmarks land on the template,
+    at any image size and with no face to detect; a dataset that declares no alignment refuses it."""
+    import cv2
+
+    from zoo.data.adapters.celebahq import ATTRIBUTE_FILE, LANDMARKS
+    from zoo.data.cache import cache_path, load_images
+    from zoo.data.manifest import build_manifest
+    from zoo.data.readers import register_reader
+    from zoo.faces import CROP_SIZE, TEMPLATE
+
+    root = tmp_path / "celebahq"
+    (root / "images").mkdir(parents=True)
+    sides = (64, 100, 256)
+    for i, side in enumerate(sides):
+        img = np.zeros((side, side, 3), np.uint8)
+        for x, y in np.array(LANDMARKS) * side:
+            cv2.circle(img, (round(x), round(y)), max(1, side // 40), (255, 255, 255), -1)
+        cv2.imwrite(str(root / "images" / f"{i}.png"), img)
+    rows = [_celeb_row(f"{i}.png", male=i % 2) for i in range(len(sides))]
+    (root / ATTRIBUTE_FILE).write_text(f"{len(rows)}\n{' '.join(CELEB_NAMES)}\n" + "\n".join(rows) + "\n")
+    m = _build("celebahq", root)
+    crops = load_images(m, 100, progress=False, framing="fixed")
+    assert cache_path(m, 100, "fixed") != cache_path(m, 100) and "fixed" in cache_path(m, 100, "fixed").name
+    on = np.round(TEMPLATE * 100 / CROP_SIZE).astype(int)
+    for crop in crops:
+        assert all(crop[y, x].mean() > 150 for x, y in on), [crop[y, x].mean() for x, y in on]
+        assert crop[5, 50].mean() < 20 and crop[50, 50].mean() < 20  # between the dots: dark
+    with pytest.raises(ValueError, match="'utkface' declares no fixed alignment"):
+        build_manifest("utkface", root, progress=False, framing="fixed")
+    with pytest.raises(ValueError, match="fixed framing needs the dataset's landmarks"):
+        register_reader("nolandmarks", framing="fixed")
+    with pytest.raises(ValueError, match="5 \\(x, y\\) fractions"):
+        register_reader("badlandmarks", landmarks=[(0.5, 1.5)] * 5)
+
+
 def test_celebahq_splits_are_60_20_20_by_gender(tmp_path):
     from zoo.data.adapters.celebahq import ATTRIBUTE_FILE
 
@@ -571,8 +607,11 @@ def test_celebahq_broken_attribute_file_is_a_clear_error(tmp_path, header, match
         _build("celebahq", root)
 
 
-def test_celebahq_real_data_matches_its_readme():
-    """The shared CelebA-HQ folder (skipped without it): counts and quirks as ../shared/data/README.md states."""
+def test_celebahq_real_data_matches_its_readme(tmp_env):
+    """The shared CelebA-HQ folder (skipped without it): counts and quirks as ../shared/data/README.md states, and
+    its faces where the declared fixed alignment says they are."""
+    from zoo.data.adapters.celebahq import LANDMARKS
+    from zoo.data.detections import detections, landmarks_of
     from zoo.paths import shared_data_dir
 
     root = shared_data_dir() / "celebahq"
@@ -586,3 +625,9 @@ def test_celebahq_real_data_matches_its_readme():
     assert f["image_id"].str.contains("-").sum() == 22  # byte-identical duplicates
     assert sum("different labels" in i.reason for i in m.issues) == 15
     assert not any(i.excluded for i in m.issues)
+    train = np.flatnonzero(f["split"] == "train")[:300]
+    found = landmarks_of(detections(m, train, progress=False)) / 64  # the images are 64 x 64
+    found = found[~np.isnan(found).any(axis=(1, 2))]
+    assert len(found) > 280
+    assert np.abs(np.median(found, axis=0) - LANDMARKS).max() < 0.01  # under 0.64 px
+

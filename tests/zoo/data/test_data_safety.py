@@ -324,14 +324,14 @@ def test_non_utf8_label_file_error_names_the_file(tmp_env, tmp_path, make_jpeg, 
 # ---- named datasets in the bench -----------------------------------------------------------------------------------
 
 def _csv_dataset(root: Path, n: int, seed: int) -> Path:
-    from test_bench_run import _face
+    from conftest import learnable_face
 
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         age, gender = int(rng.integers(1, 90)), int(rng.integers(0, 2))
         root.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / f"img{i}.jpg"), _face(rng, age, gender))
+        cv2.imwrite(str(root / f"img{i}.jpg"), learnable_face(rng, age, gender))
         rows.append({"path": f"img{i}.jpg", "age": age, "gender": gender})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     return root
@@ -339,13 +339,13 @@ def _csv_dataset(root: Path, n: int, seed: int) -> Path:
 
 def _utk_faces(root: Path, n: int) -> None:
     """n UTKFace-named synthetic faces in four strata (ages 25/35 x gender), so every split gets images."""
-    from test_bench_run import _face
+    from conftest import learnable_face
 
     rng = np.random.default_rng(0)
     root.mkdir(parents=True)
     for i in range(n):
         age, gender = (25, 35)[i % 2], (i // 2) % 2
-        cv2.imwrite(str(root / f"{age}_{gender}_0_{UTK_DATE.format(i)}.jpg.chip.jpg"), _face(rng, age, gender))
+        cv2.imwrite(str(root / f"{age}_{gender}_0_{UTK_DATE.format(i)}.jpg.chip.jpg"), learnable_face(rng, age, gender))
 
 
 def test_two_csv_datasets_coexist_and_each_benches_its_own_rows(tmp_env, tmp_path, capsys):
