@@ -66,7 +66,7 @@ def parse_attribute_file(path: Path) -> tuple[list[str], dict[str, dict[str, int
 
 
 # CelebA-HQ's images all share one alignment: dlib's 5 landmarks sit here, as fractions of the image (the median
-# detected position on the train split; half of the images' own landmarks lie within 0.75 px of it at 64 px). Read
+# detected position on the train split; an image's own landmarks lie 0.75 px from it, median over images at 64 px). Read
 # with the `fixed` framing, every image is warped from it: no detection to miss a face or jitter the crop.
 LANDMARKS = ((0.6714, 0.4780), (0.5747, 0.4868), (0.3286, 0.4780), (0.4253, 0.4868), (0.4956, 0.6714))
 
